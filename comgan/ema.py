@@ -1,0 +1,49 @@
+"""Exponential moving average of the generator, the network that is evaluated and handed on."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+
+def make_ema(model: nn.Module) -> nn.Module:
+    ema = copy.deepcopy(model).eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Ramp the decay up from 0 so the early, fast-moving weights are not averaged for long."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p.detach(), 1 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, make_inputs, batches: int) -> None:
+    """Re-estimate BatchNorm running statistics for the averaged weights.
+
+    The running statistics copied from the live generator belong to other weights than the EMA's;
+    eval-mode samples then drift in colour and mask sharpness. A cumulative average over fresh
+    batches (momentum=None) fixes that; `make_inputs()` returns the forward arguments of one batch.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or batches < 1:
+        return
+    saved = [(m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for _ in range(batches):
+        model(*make_inputs())
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    model.eval()

@@ -1,0 +1,30 @@
+"""Loss terms of both stages (paper eqs. 8-12). Discriminators output logits, so the adversarial
+terms use BCE-with-logits (the reference's sigmoid + BCE, without its numerical edge)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bce_real(logits: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+
+def bce_fake(logits: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+
+
+def binary_entropy(mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean pixel-wise H2(p) = -p log2 p - (1-p) log2 (1-p): 1 for grey masks, 0 for binary ones."""
+    p = mask.clamp(eps, 1 - eps)
+    return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p)).mean()
+
+
+def info_loss(logits: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+    """InfoGAN-style code recovery: cross-entropy of D_f / D_b against the sampled category."""
+    return F.cross_entropy(logits, target_idx)
+
+
+def consistency_loss(pred_mask: torch.Tensor, gen_mask: torch.Tensor) -> torch.Tensor:
+    """L_cons (eq. 10): L1 between S(x_bar) and the generator's own mask x_bar_m."""
+    return (pred_mask - gen_mask).abs().mean()

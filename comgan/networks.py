@@ -1,0 +1,267 @@
+"""DS-ComGAN networks (pure PyTorch), following the paper and the authors' public code.
+
+Generator: feature generator Phi (z -> 4x4 -> ... -> full resolution), the global-feature head
+x_bar_z, shared features phi = [a1, a2, a3] from the last three stages, and the subnets
+M(phi), F(phi, f), B(phi, b). The composite is x_bar = m * x_f + (1 - m) * x_b.
+Discriminators: D_z (real/fake), D_f and D_b (info heads predicting f and b), D_m (masks).
+Segmenter S: a U-Net. Every width and the resolution come from `ModelConfig`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+class GLU(nn.Module):
+    """Gated linear unit over channels: halves them, x[:c] * sigmoid(x[c:])."""
+
+    def forward(self, x):
+        c = x.shape[1] // 2
+        return x[:, :c] * torch.sigmoid(x[:, c:])
+
+
+def conv3x3(c_in, c_out, bias=False):
+    return nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias)
+
+
+def same_block(c_in, c_out):
+    return nn.Sequential(conv3x3(c_in, 2 * c_out), nn.BatchNorm2d(2 * c_out), GLU())
+
+
+def up_block(c_in, c_out, scale=2):
+    return nn.Sequential(nn.Upsample(scale_factor=scale, mode="nearest"), same_block(c_in, c_out))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(conv3x3(c, 2 * c), nn.BatchNorm2d(2 * c), GLU(), conv3x3(c, c), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def num_upblocks(resolution: int) -> int:
+    return int(math.log2(resolution)) - 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator
+
+
+class FeatureGenerator(nn.Module):
+    """Phi: z -> (8*ngf, 4, 4) -> upBlocks halving channels to full resolution.
+
+    Returns the activations of the last three stages (coarse to fine): the sources of a1, a2, a3.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c = 8 * cfg.ngf
+        self.c0 = c
+        self.fc = nn.Sequential(nn.Linear(cfg.z_dim, c * 4 * 4 * 2, bias=False), nn.BatchNorm1d(c * 4 * 4 * 2), GLU())
+        ups = []
+        for _ in range(num_upblocks(cfg.resolution)):
+            ups.append(up_block(c, c // 2))
+            c //= 2
+        self.ups = nn.ModuleList(ups)
+        self.out_channels = c
+
+    def forward(self, z):
+        h = self.fc(z).view(z.shape[0], self.c0, 4, 4)
+        acts = [h]  # the 4x4 stage counts too, so 16 px (two upBlocks) still has three stages
+        for up in self.ups:
+            h = up(h)
+            acts.append(h)
+        return acts[-3:]
+
+
+class SharedFeatures(nn.Module):
+    """phi (eq. 5): a1 = x4-upsampled stage L-2, a2 = x2-upsampled stage L-1, a3 = stage L."""
+
+    def __init__(self, c_last: int):
+        super().__init__()
+        self.a1 = up_block(4 * c_last, 2 * c_last, scale=4)
+        self.a2 = up_block(2 * c_last, c_last, scale=2)
+        self.out_channels = 4 * c_last
+
+    def forward(self, acts):
+        h1, h2, h3 = acts
+        return torch.cat([self.a1(h1), self.a2(h2), h3], dim=1)
+
+
+class Subnet(nn.Module):
+    """M, F or B: [code tiled over space ++] phi -> sameBlock -> ResBlocks -> sameBlock -> conv3x3."""
+
+    def __init__(self, c_phi, code_len, width, c_last, num_res, c_out, activation):
+        super().__init__()
+        self.code_len = code_len
+        self.body = nn.Sequential(
+            same_block(c_phi + code_len, width),
+            *[ResBlock(width) for _ in range(num_res)],
+            same_block(width, c_last),
+        )
+        self.to_out = nn.Sequential(conv3x3(c_last, c_out), activation)
+
+    def forward(self, phi, code=None):
+        if self.code_len:
+            code = code[:, :, None, None].expand(-1, -1, phi.shape[2], phi.shape[3])
+            phi = torch.cat([code, phi], dim=1)
+        return self.to_out(self.body(phi))
+
+
+@dataclass
+class GeneratorOutput:
+    image: torch.Tensor     # x_bar: the composite, [-1, 1]
+    mask: torch.Tensor      # x_bar_m, (0, 1), one channel
+    fg: torch.Tensor        # x_bar_f, the unmasked foreground
+    bg: torch.Tensor        # x_bar_b, the unmasked background
+    global_image: torch.Tensor  # x_bar_z, the global-feature image (eq. 7)
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.phi_net = FeatureGenerator(cfg)
+        c_last = self.phi_net.out_channels
+        self.global_head = nn.Sequential(conv3x3(c_last, 3), nn.Tanh())
+        self.shared = SharedFeatures(c_last)
+        c_phi, n, w = self.shared.out_channels, cfg.num_categories, cfg.subnet_width
+        self.mask_net = Subnet(c_phi, 0, w, c_last, num_res=1, c_out=1, activation=nn.Sigmoid())
+        self.fg_net = Subnet(c_phi, n, w, c_last, num_res=2, c_out=3, activation=nn.Tanh())
+        self.bg_net = Subnet(c_phi, n, w, c_last, num_res=2, c_out=3, activation=nn.Tanh())
+
+    def forward(self, z, f, b) -> GeneratorOutput:
+        acts = self.phi_net(z)
+        phi = self.shared(acts)
+        mask = self.mask_net(phi)
+        fg = self.fg_net(phi, f)
+        bg = self.bg_net(phi, b)
+        image = mask * fg + (1 - mask) * bg
+        return GeneratorOutput(image, mask, fg, bg, self.global_head(acts[-1]))
+
+
+def sample_codes(batch: int, cfg: ModelConfig, device=None, generator: torch.Generator | None = None):
+    """z ~ N(0, 1) * z_scale and independent one-hot f, b (the paper's unsupervised setting)."""
+    z = torch.randn(batch, cfg.z_dim, device=device, generator=generator) * cfg.z_scale
+    n = cfg.num_categories
+    f_idx = torch.randint(n, (batch,), device=device, generator=generator)
+    b_idx = torch.randint(n, (batch,), device=device, generator=generator)
+    return z, F.one_hot(f_idx, n).float(), F.one_hot(b_idx, n).float(), f_idx, b_idx
+
+
+# ---------------------------------------------------------------------------------------------
+# Discriminators
+
+
+def _encoder(c_in: int, width: int, resolution: int) -> tuple[nn.Sequential, int]:
+    """Stride-2 conv4 layers down to 4x4 (width doubling, capped at 8x), then conv3 s1."""
+    layers = [nn.Conv2d(c_in, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+    c, size = width, resolution // 2
+    while size > 4:
+        c_next = min(2 * c, 8 * width)
+        layers += [nn.Conv2d(c, c_next, 4, 2, 1, bias=False), nn.BatchNorm2d(c_next), nn.LeakyReLU(0.2, inplace=True)]
+        c, size = c_next, size // 2
+    layers += [conv3x3(c, c), nn.BatchNorm2d(c), nn.LeakyReLU(0.2, inplace=True)]
+    return nn.Sequential(*layers), c
+
+
+class Discriminator(nn.Module):
+    """D_z on images (3 channels) or D_m on masks (1 channel): one real/fake logit per image.
+
+    `aux_logits` adds the code head that the authors' D_z carries but never trains; it exists only
+    so the paper config has their exact architecture. Its parameters never require gradients and
+    forward() never runs it, so it costs nothing in training or in DDP.
+    """
+
+    def __init__(self, c_in: int, width: int, resolution: int, aux_logits: int = 0):
+        super().__init__()
+        self.encoder, c = _encoder(c_in, width, resolution)
+        self.logit = nn.Conv2d(c, 1, 4, 1, 0)
+        self.aux_head = None
+        if aux_logits:
+            self.aux_head = nn.Sequential(conv3x3(c, c), nn.BatchNorm2d(c), nn.LeakyReLU(0.2, inplace=True),
+                                          nn.Conv2d(c, aux_logits, 4, 4))
+            self.aux_head.requires_grad_(False)
+
+    def forward(self, x):
+        return self.logit(self.encoder(x)).flatten(1).squeeze(1)
+
+
+class InfoHead(nn.Module):
+    """D_f or D_b (eq. 8): predicts the one-hot code (N logits) from x_bar_f or x_bar_b."""
+
+    def __init__(self, width: int, resolution: int, num_categories: int):
+        super().__init__()
+        self.encoder, c = _encoder(3, width, resolution)
+        self.head = nn.Sequential(conv3x3(c, c), nn.BatchNorm2d(c), nn.LeakyReLU(0.2, inplace=True),
+                                  nn.Conv2d(c, num_categories, 4, 4))
+
+    def forward(self, x):
+        return self.head(self.encoder(x)).flatten(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmenter
+
+
+def _double_conv(c_in, c_out):
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """S: U-Net with `depth` max-pool levels, filters width * 2^level; sigmoid mask out."""
+
+    def __init__(self, width: int, depth: int, c_in: int = 3):
+        super().__init__()
+        chans = [width * 2 ** i for i in range(depth + 1)]
+        self.down = nn.ModuleList([_double_conv(c_in, chans[0])] +
+                                  [_double_conv(chans[i], chans[i + 1]) for i in range(depth)])
+        self.up_convs = nn.ModuleList([nn.Conv2d(chans[i + 1], chans[i], 3, 1, 1) for i in reversed(range(depth))])
+        self.up_blocks = nn.ModuleList([_double_conv(2 * chans[i], chans[i]) for i in reversed(range(depth))])
+        self.out = nn.Conv2d(chans[0], 1, 1)
+
+    def forward(self, x):
+        skips = []
+        h = self.down[0](x)
+        for block in self.down[1:]:
+            skips.append(h)
+            h = block(F.max_pool2d(h, 2))
+        for up_conv, block in zip(self.up_convs, self.up_blocks):
+            h = up_conv(F.interpolate(h, scale_factor=2, mode="nearest"))
+            h = block(torch.cat([skips.pop(), h], dim=1))
+        return torch.sigmoid(self.out(h))
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders
+
+
+def build_stage1_networks(cfg: ModelConfig) -> dict[str, nn.Module]:
+    return {
+        "G": Generator(cfg),
+        "D_z": Discriminator(3, cfg.dz_width, cfg.resolution, cfg.dz_aux_logits),
+        "D_f": InfoHead(cfg.info_width, cfg.resolution, cfg.num_categories),
+        "D_b": InfoHead(cfg.info_width, cfg.resolution, cfg.num_categories),
+    }
+
+
+def build_stage2_networks(cfg: ModelConfig) -> dict[str, nn.Module]:
+    return {
+        "S": UNet(cfg.seg_width, cfg.seg_depth),
+        "D_m": Discriminator(1, cfg.dm_width, cfg.resolution),
+    }
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
