@@ -47,6 +47,7 @@ class Stage1Config:
     beta: float = 1.0           # weight of the mask binary-entropy term
     ema_decay: float = 0.999    # G_ema decay, ramped up from 0 over the first steps
     bn_recalibration_batches: int = 20  # re-estimate G_ema's BatchNorm statistics before export
+    orient_mask: bool = True    # at export, swap F/B if the mask covers the border (the background)
 
 
 @dataclass
@@ -219,7 +220,8 @@ def _coerce(value, f, full: str):
         pass
     else:
         return value
-    raise ConfigError(f"{full} must be a {kind}, got {value!r}")
+    words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+    raise ConfigError(f"{full} must be {words.get(kind, kind)}, got {value!r}")
 
 
 def validate(cfg: Config) -> None:

@@ -24,26 +24,3 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         p_ema.lerp_(p.detach(), 1 - decay)
     for b_ema, b in zip(ema.buffers(), model.buffers()):
         b_ema.copy_(b)
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, make_inputs, batches: int) -> None:
-    """Re-estimate BatchNorm running statistics for the averaged weights.
-
-    The running statistics copied from the live generator belong to other weights than the EMA's;
-    eval-mode samples then drift in colour and mask sharpness. A cumulative average over fresh
-    batches (momentum=None) fixes that; `make_inputs()` returns the forward arguments of one batch.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or batches < 1:
-        return
-    saved = [(m.momentum) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for _ in range(batches):
-        model(*make_inputs())
-    for m, momentum in zip(bns, saved):
-        m.momentum = momentum
-    model.eval()

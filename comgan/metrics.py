@@ -48,6 +48,13 @@ def centred_box_baseline(gt: torch.Tensor, area_fraction: float) -> torch.Tensor
     return box
 
 
+def border_mean(mask: torch.Tensor, width: int = 1) -> torch.Tensor:
+    """Mean mask value on the outer frame of `width` pixels, per image."""
+    frame = torch.ones_like(mask[0, 0], dtype=torch.bool)
+    frame[width:-width, width:-width] = False
+    return mask[:, 0][:, frame].mean(1)
+
+
 def mask_statistics(mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Cheap health signs of generated masks: collapse shows as mean near 0/1 or no binary pixels."""
     return {

@@ -147,6 +147,20 @@ class Generator(nn.Module):
         image = mask * fg + (1 - mask) * bg
         return GeneratorOutput(image, mask, fg, bg, self.global_head(acts[-1]))
 
+    @torch.no_grad()
+    def swap_foreground_background_(self) -> None:
+        """Exchange the roles of F and B: mask -> 1 - mask, x_f <-> x_b, same composite.
+
+        The architecture is symmetric in F and B, so a run may learn the mask of the background.
+        Negating the bias-free last conv of M turns sigmoid(a) into sigmoid(-a) = 1 - sigmoid(a);
+        since f and b are independent and identically distributed, swapping the subnets leaves the
+        distribution of generated images unchanged. Only the names of the parts change.
+        """
+        conv = self.mask_net.to_out[0]
+        assert conv.bias is None, "the mask head must be bias-free for an exact swap"
+        conv.weight.neg_()
+        self.fg_net, self.bg_net = self.bg_net, self.fg_net
+
 
 def sample_codes(batch: int, cfg: ModelConfig, device=None, generator: torch.Generator | None = None):
     """z ~ N(0, 1) * z_scale and independent one-hot f, b (the paper's unsupervised setting)."""

@@ -1,0 +1,57 @@
+"""What a run directory contains, in one place (DESIGN.md section 6), on any fsspec URL.
+
+<storage>/<run>/config.yaml, stage1/ (Ray Train checkpoints + generator.pt), stage2/
+(checkpoints + segmenter.pt), tensorboard/, eval.json, eval_grid.png.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from data_shards.io import join_url
+
+
+def absolute_url(url: str) -> str:
+    """Ray wants absolute local paths; URLs with a scheme pass through unchanged."""
+    if "://" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    storage: str
+    name: str
+
+    @property
+    def root(self) -> str:
+        return join_url(absolute_url(self.storage), self.name)
+
+    def path(self, *parts: str) -> str:
+        return join_url(self.root, *parts)
+
+    @property
+    def config(self) -> str:
+        return self.path("config.yaml")
+
+    def stage_dir(self, stage: str) -> str:
+        return self.path(stage)
+
+    @property
+    def generator(self) -> str:
+        return self.path("stage1", "generator.pt")
+
+    @property
+    def segmenter(self) -> str:
+        return self.path("stage2", "segmenter.pt")
+
+    def tensorboard(self, stage: str) -> str:
+        return self.path("tensorboard", stage)
+
+    @property
+    def eval_json(self) -> str:
+        return self.path("eval.json")
+
+    @property
+    def eval_grid(self) -> str:
+        return self.path("eval_grid.png")

@@ -1,0 +1,7 @@
+"""WebDataset shards: the data layer. Never imports a model, ray, or anything from comgan/cluster.
+
+io.py         the one way to open a URL (local path, file://, s3://) through fsspec
+synthetic.py  the built-in seeded dataset: one object on a background, with its exact mask
+writer.py     samples -> shard-NNNNNN.tar + manifest.json
+reader.py     read_manifest, train_loader (endless, split across ranks/workers), eval_batches
+"""

@@ -1,0 +1,34 @@
+import pytest
+
+from comgan.config import ConfigError, config_from_dict, load_config
+
+
+def test_overrides_and_round_trip():
+    cfg = load_config("tiny", ["stage1.beta=0.5", "model.num_categories=7", "run.name=abc"])
+    assert cfg.stage1.beta == 0.5 and cfg.model.num_categories == 7 and cfg.run_name == "abc"
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stage1.bet=1", "unknown config key 'stage1.bet'"),
+    ("nosection.x=1", "unknown config key 'nosection'"),
+    ("stage1.beta=-0.1", "stage1.beta must be >= 0"),
+    ("model.num_categories=0", "num_categories (N) must be >= 1"),
+    ("model.resolution=48", "power of two >= 16"),
+    ("model.resolution=8", "power of two >= 16"),
+    ("model.resolution=abc", "model.resolution must be an integer"),
+    ("stage1.batch_size=7", "divide evenly"),
+    ("beta", "not of the form key=value"),
+])
+def test_bad_values_are_one_line_errors(override, message):
+    overrides = [override] + (["run.workers=2"] if "batch_size" in override else [])
+    with pytest.raises(ConfigError) as e:
+        load_config("default", overrides)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown config 'nope'"):
+        load_config("nope")

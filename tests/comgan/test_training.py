@@ -1,0 +1,123 @@
+import copy
+
+import pytest
+import torch
+
+from comgan.config import load_config
+from comgan.ema import ema_decay_at, make_ema, update_ema
+from comgan.export import recalibrate_batchnorm
+from comgan.losses import binary_entropy
+from comgan.metrics import centred_box_baseline, segmentation_scores
+from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before, module):
+    after = module.state_dict()
+    return {k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])}
+
+
+def params(module):
+    return {k for k, _ in module.named_parameters()}
+
+
+@pytest.fixture
+def cfg():
+    return load_config("tiny")
+
+
+def real_batch(cfg, n=8):
+    r = cfg.model.resolution
+    return torch.rand(n, 3, r, r) * 2 - 1
+
+
+def test_stage1_step_changes_what_it_should(cfg):
+    torch.manual_seed(0)
+    state = Stage1State.create(cfg)
+    before = {n: snapshot(getattr(state, n)) for n in ("G", "D_z", "D_f", "D_b", "G_ema")}
+    Stage1Step(state, cfg)(real_batch(cfg))
+    # Every trainable parameter of G, D_f, D_b, D_z moved; the frozen aux head (absent here) would not.
+    for name in ("G", "D_z", "D_f", "D_b"):
+        trainable = {k for k, p in getattr(state, name).named_parameters() if p.requires_grad}
+        assert trainable <= changed(before[name], getattr(state, name)), name
+    assert changed(before["G_ema"], state.G_ema), "G_ema follows G"
+    assert state.step == 1
+
+
+def test_stage1_d_phase_does_not_touch_g(cfg):
+    """Phase Dz alone (optimiser of G never stepped) must leave G unchanged."""
+    torch.manual_seed(0)
+    state = Stage1State.create(cfg)
+    g_before = snapshot(state.G)
+    state.opt_G.step = lambda *a, **k: None  # freeze the G phase's update
+    Stage1Step(state, cfg)(real_batch(cfg))
+    assert not (changed(g_before, state.G) & params(state.G))
+
+
+def test_stage2_step_changes_only_s_and_dm(cfg):
+    torch.manual_seed(0)
+    s1 = Stage1State.create(cfg)
+    gen = s1.G_ema
+    gen_before = snapshot(gen)
+    state = Stage2State.create(cfg)
+    before_s, before_d = snapshot(state.S), snapshot(state.D_m)
+    Stage2Step(state, gen, cfg)(real_batch(cfg))
+    assert params(state.S) <= changed(before_s, state.S)
+    assert params(state.D_m) <= changed(before_d, state.D_m)
+    assert not changed(gen_before, gen), "the frozen generator must not change in stage 2"
+
+
+def test_beta_weights_binary_entropy(cfg):
+    torch.manual_seed(0)
+    cfg.stage1.beta = 0.0
+    s0 = Stage1State.create(cfg)
+    torch.manual_seed(1)
+    l0 = Stage1Step(s0, cfg)(real_batch(cfg))["loss/G_total"]
+    cfg.stage1.beta = 10.0
+    torch.manual_seed(0)
+    s1 = Stage1State.create(cfg)
+    torch.manual_seed(1)
+    st = Stage1Step(s1, cfg)(real_batch(cfg))
+    torch.testing.assert_close(st["loss/G_total"] - l0, 10.0 * st["loss/binary_entropy"], rtol=1e-4, atol=1e-4)
+
+
+def test_binary_entropy_values():
+    assert binary_entropy(torch.full((4,), 0.5)).item() == pytest.approx(1.0, abs=1e-5)
+    assert binary_entropy(torch.tensor([0.0, 1.0])).item() < 1e-4
+
+
+def test_ema():
+    net = torch.nn.Linear(3, 3)
+    ema = make_ema(net)
+    assert not any(p.requires_grad for p in ema.parameters())
+    w0 = ema.weight.clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    update_ema(ema, net, 0.9)
+    torch.testing.assert_close(ema.weight, w0 + 0.1)
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay_at(10 ** 6, 0.999) == 0.999
+
+
+def test_batchnorm_recalibration_matches_batch_statistics():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    data = torch.randn(256, 4) * 3 + 5
+    recalibrate_batchnorm(net, lambda: (data,), batches=1)
+    bn = net[1]
+    torch.testing.assert_close(bn.running_mean, net[0](data).mean(0).detach(), rtol=1e-4, atol=1e-4)
+    assert not net.training and bn.momentum == 0.1
+
+
+def test_segmentation_scores():
+    gt = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    gt[:, :, :2] = True
+    perfect = segmentation_scores(gt, gt)
+    assert perfect["iou_strict"].tolist() == [1.0, 1.0]
+    inverted = segmentation_scores(~gt, gt)
+    assert inverted["iou_strict"].tolist() == [0.0, 0.0]
+    assert inverted["iou_paper"].tolist() == [1.0, 1.0]  # the complement is perfect
+    box = centred_box_baseline(gt, 0.25)
+    assert box.sum().item() == 2 * 4

@@ -1,0 +1,252 @@
+"""data_shards: synthetic scenes, shard writing, the streaming readers and their errors."""
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import itertools
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from data_shards.io import join_url, list_urls, read_bytes, url_exists, write_bytes
+from data_shards.reader import (DatasetError, eval_batches, read_manifest, shards_for_rank, steps_per_epoch,
+                                train_loader)
+from data_shards.synthetic import render_sample, synthetic_samples
+from data_shards.writer import write_shards, write_synthetic
+
+
+def _hue(rgb) -> float:
+    return colorsys.rgb_to_hsv(*(np.asarray(rgb, dtype=float) / 255))[0]
+
+
+def _hue_dist(a: float, b: float) -> float:
+    d = abs(a - b) % 1.0
+    return min(d, 1 - d)
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic
+
+def test_synthetic_is_a_function_of_seed_and_index():
+    a = list(synthetic_samples(6, 32, 4, seed=3))
+    b = list(synthetic_samples(6, 32, 4, seed=3))
+    tail = list(synthetic_samples(2, 32, 4, seed=3, start_index=4))
+    other = list(synthetic_samples(6, 32, 4, seed=4))
+    assert [s["key"] for s in a] == ["%08d" % i for i in range(6)]
+    for x, y in zip(a, b):
+        assert np.array_equal(x["image"], y["image"]) and np.array_equal(x["mask"], y["mask"])
+        assert x["meta"] == y["meta"]
+    for x, y in zip(a[4:], tail):
+        assert x["key"] == y["key"] and np.array_equal(x["image"], y["image"])
+    assert not any(np.array_equal(x["image"], y["image"]) for x, y in zip(a, other))
+
+
+def test_synthetic_masks_areas_and_styles():
+    k, res = 4, 32
+    fg_seen, bg_seen = set(), set()
+    for s in synthetic_samples(200, res, k, seed=0):
+        image, mask, meta = s["image"], s["mask"], s["meta"]
+        assert image.shape == (res, res, 3) and image.dtype == np.uint8
+        assert mask.shape == (res, res) and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        fg = mask == 255
+        assert meta["area"] == pytest.approx(fg.mean())
+        assert 0.10 <= meta["area"] <= 0.50
+        fg_seen.add(meta["fg_style"])
+        bg_seen.add(meta["bg_style"])
+        # The mean colour inside the mask has the foreground style's hue and is saturated; outside it
+        # has the background style's hue, offset by half a step, and is muted.
+        fg_mean, bg_mean = image[fg].mean(0), image[~fg].mean(0)
+        assert _hue_dist(_hue(fg_mean), meta["fg_style"] / k) < 0.5 / k
+        assert _hue_dist(_hue(bg_mean), (meta["bg_style"] + 0.5) / k) < 0.5 / k
+        sat = lambda rgb: colorsys.rgb_to_hsv(*(rgb / 255))[1]  # noqa: E731
+        assert sat(fg_mean) > 0.6 > 0.4 > sat(bg_mean)
+    assert fg_seen == bg_seen == set(range(k))
+
+
+def test_render_sample_other_resolutions():
+    for res in (16, 64):
+        image, mask, meta = render_sample(np.random.default_rng(7), res, 3)
+        assert image.shape == (res, res, 3) and mask.shape == (res, res)
+        assert 0.10 <= meta["area"] <= 0.50 and 0 <= meta["fg_style"] < 3 and 0 <= meta["bg_style"] < 3
+
+
+# ---------------------------------------------------------------------------------------------
+# io, writer, eval reader
+
+def test_io_urls(tmp_path):
+    base = "file://" + str(tmp_path)
+    assert join_url("s3://bkt/runs/", "a", "/b.pt") == "s3://bkt/runs/a/b.pt"
+    assert join_url(str(tmp_path), "x") == f"{tmp_path}/x"
+    write_bytes(join_url(base, "d", "one.tar"), b"1")
+    write_bytes(join_url(str(tmp_path), "d", "two.tar"), b"22")
+    write_bytes(join_url(base, "d", "note.txt"), b"")
+    assert url_exists(join_url(base, "d", "one.tar")) and not url_exists(join_url(base, "d", "nope"))
+    assert list_urls(join_url(base, "d"), ".tar") == [f"{base}/d/one.tar", f"{base}/d/two.tar"]
+    assert list_urls(join_url(str(tmp_path), "d"), ".tar") == [f"{tmp_path}/d/one.tar", f"{tmp_path}/d/two.tar"]
+    assert read_bytes(f"{base}/d/two.tar") == b"22"
+
+
+def test_write_then_read_round_trip(tmp_path):
+    url = str(tmp_path / "set")
+    samples = list(synthetic_samples(70, 16, 3, seed=5))
+    manifest = write_shards(samples, url, samples_per_shard=32, info={"why": "test"}, progress=False)
+    assert manifest == read_manifest(url)
+    assert manifest["num_samples"] == 70 and manifest["has_masks"] and manifest["info"] == {"why": "test"}
+    assert manifest["resolution"] == manifest["min_resolution"] == manifest["max_resolution"] == [16, 16]
+    assert [s["num_samples"] for s in manifest["shards"]] == [32, 32, 6]
+    assert [s["name"] for s in manifest["shards"]] == [os.path.basename(u) for u in list_urls(url, ".tar")]
+    for shard in manifest["shards"]:
+        data = (tmp_path / "set" / shard["name"]).read_bytes()
+        assert len(data) == shard["bytes"] and hashlib.sha256(data).hexdigest() == shard["sha256"]
+    assert steps_per_epoch(manifest, 32) == 2 and steps_per_epoch(manifest, 100) == 1
+
+    batches = list(eval_batches(url, 16))
+    assert [len(x) for x, _ in batches] == [16, 16, 16, 16, 6]
+    images, masks = torch.cat([x for x, _ in batches]), torch.cat([m for _, m in batches])
+    want_images = torch.tensor(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    want_masks = torch.tensor(np.stack([s["mask"] for s in samples]))[:, None].float() / 255
+    assert torch.allclose(images, want_images, atol=1e-6)  # PNG is lossless
+    assert torch.equal(masks, want_masks)
+
+    assert sum(len(x) for x, _ in eval_batches(url, 16, limit=20)) == 20
+    x, m = next(eval_batches(url, 4, resolution=8))
+    assert x.shape == (4, 3, 8, 8) and m.shape == (4, 1, 8, 8) and set(m.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_write_synthetic_is_reproducible(tmp_path):
+    a = write_synthetic(str(tmp_path / "a"), 20, 16, 3, seed=1, samples_per_shard=8, progress=False)
+    b = write_synthetic(str(tmp_path / "b"), 20, 16, 3, seed=1, samples_per_shard=8, progress=False)
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    assert a["info"]["seed"] == 1 and a["info"]["num_styles"] == 3
+
+
+def test_images_without_masks(tmp_path):
+    url = str(tmp_path / "nomask")
+    samples = [{"key": s["key"], "image": s["image"]} for s in synthetic_samples(10, 16, 2, seed=0)]
+    assert not write_shards(samples, url, progress=False)["has_masks"]
+    with pytest.raises(DatasetError, match="no ground-truth masks"):
+        next(eval_batches(url, 4))
+    assert next(iter(train_loader(url, 4, num_workers=0))).shape == (4, 3, 16, 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# training reader
+
+def test_shards_for_rank_deals_every_sample_once():
+    urls = [f"s{i}" for i in range(7)]
+    for world, workers in [(1, 1), (2, 1), (2, 2), (3, 4)]:
+        parts = [shards_for_rank(urls, r, world, w, workers) for w in range(workers) for r in range(world)]
+        assert parts == [shards_for_rank(urls, r, world, w, workers) for w in range(workers) for r in range(world)]
+        # every (shard, sample index) is kept by exactly one slot: check with 5 samples per shard
+        kept = [(u, i) for part in parts for u, rem, mod in part for i in range(5)
+                if (urls.index(u) * 5 + i) % mod == rem]
+        assert sorted(kept) == sorted((u, i) for u in urls for i in range(5))
+
+
+def _keys(url, rank, world, workers, batches, **kw):
+    it = iter(train_loader(url, 8, rank=rank, world_size=world, num_workers=workers, seed=11, with_keys=True, **kw))
+    shapes, keys = set(), set()
+    for images, batch_keys in itertools.islice(it, batches):
+        shapes.add(tuple(images.shape))
+        assert images.dtype == torch.float32 and images.min() >= -1 and images.max() <= 1
+        keys.update(batch_keys)
+    del it  # stops the loader's workers
+    return shapes, keys
+
+
+@pytest.mark.parametrize("workers,per_shard", [(0, 16), (2, 16), (2, 64)])  # whole shards, mixed, split by sample
+def test_train_loader_splits_ranks(tmp_path, workers, per_shard):
+    url = str(tmp_path / "train")
+    write_synthetic(url, 96, 16, 3, seed=2, samples_per_shard=per_shard, progress=False)
+    # 40 batches of 8 are ~6 passes over each rank's 48 samples: every key shows up
+    (shapes0, keys0), (shapes1, keys1) = (_keys(url, r, 2, workers, 40) for r in range(2))
+    assert shapes0 == shapes1 == {(8, 3, 16, 16)}
+    assert not keys0 & keys1
+    assert keys0 | keys1 == {"%08d" % i for i in range(96)}
+    assert len(keys0) == len(keys1) == 48
+
+
+def test_train_loader_seed_resize_and_flip(tmp_path):
+    url = str(tmp_path / "train")
+    write_synthetic(url, 40, 16, 3, seed=2, samples_per_shard=20, progress=False)
+    first = lambda **kw: next(iter(train_loader(url, 4, num_workers=0, **kw)))  # noqa: E731
+    assert torch.equal(first(seed=1), first(seed=1))
+    assert not torch.equal(first(seed=1), first(seed=2))
+    assert first(resolution=8).shape == (4, 3, 8, 8)
+    # no flips: every training image is one of the stored images, unchanged
+    stored = torch.cat([x for x, _ in eval_batches(url, 40)])
+    for image in first(hflip=False):
+        assert (stored - image).abs().flatten(1).max(1).values.min() < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+def test_dataset_errors(tmp_path):
+    with pytest.raises(DatasetError, match="folder does not exist"):
+        read_manifest(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="manifest.json not found"):
+        read_manifest(str(tmp_path / "empty"))
+    with pytest.raises(DatasetError, match="manifest.json not found"):
+        train_loader(str(tmp_path / "empty"), 4)
+
+    def manifest(name, **fields):
+        folder = tmp_path / name
+        folder.mkdir()
+        m = {"format": "ds-comgan-shards/1", "num_samples": 3, "has_masks": True,
+             "shards": [{"name": "shard-000000.tar", "num_samples": 3}]}
+        (folder / "manifest.json").write_text(json.dumps({**m, **fields}))
+        return str(folder)
+
+    with pytest.raises(DatasetError, match="lists no shards"):
+        read_manifest(manifest("noshards", shards=[]))
+    with pytest.raises(DatasetError, match="zero samples"):
+        read_manifest(manifest("nosamples", num_samples=0))
+    with pytest.raises(DatasetError, match="listed in manifest.json but missing"):
+        next(eval_batches(manifest("lost"), 2))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        read_manifest(str(tmp_path / "bad"))
+    err = pytest.raises(DatasetError, read_manifest, str(tmp_path / "missing")).value
+    assert isinstance(err, ValueError) and "\n" not in str(err) and str(tmp_path / "missing") in str(err)
+
+
+# ---------------------------------------------------------------------------------------------
+# s3:// through a local moto server; the endpoint comes from the environment, as on a cluster
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    # Hard imports: moto and s3fs are test dependencies; a missing one must fail, not skip.
+    import moto.server as moto_server
+    import s3fs
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = dict(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
+               AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_REQUEST_CHECKSUM_CALCULATION="when_required")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached client would keep another endpoint
+    s3fs.S3FileSystem().mkdir("shards-test")
+    yield "s3://shards-test"
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+def test_s3_round_trip(s3_bucket):
+    url = join_url(s3_bucket, "sets", "train")
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_manifest(url)
+    manifest = write_synthetic(url, 24, 16, 2, seed=9, samples_per_shard=10, progress=False)
+    assert read_manifest(url) == manifest
+    assert list_urls(url, ".tar") == [f"{url}/shard-00000{i}.tar" for i in range(3)]
+    images = torch.cat([x for x, _ in eval_batches(url, 10)])
+    want = torch.tensor(np.stack([s["image"] for s in synthetic_samples(24, 16, 2, seed=9)]))
+    assert torch.allclose(images, want.permute(0, 3, 1, 2).float() / 127.5 - 1, atol=1e-6)
+    assert next(iter(train_loader(url, 8, num_workers=0))).shape == (8, 3, 16, 16)

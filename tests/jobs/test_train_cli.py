@@ -1,0 +1,48 @@
+"""jobs/train.py as a user runs it: help, and one-line errors for bad input (no traceback)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_train(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / "train.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_help():
+    p = run_train("--help")
+    assert p.returncode == 0
+    for word in ("--config", "--workers", "--storage", "--name", "key=value", "ray job submit"):
+        assert word in p.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["stage1.bogus=1"], "unknown config key 'stage1.bogus'"),
+    (["stage1.beta=-1"], "stage1.beta must be >= 0"),
+    (["model.num_categories=0"], "must be >= 1"),
+    (["model.resolution=24"], "power of two >= 16"),
+    (["--config", "nope"], "unknown config 'nope'"),
+])
+def test_bad_config_is_one_line(args, message):
+    p = run_train(*args)
+    assert p.returncode == 2
+    assert message in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_missing_or_empty_shards_is_one_line(tmp_path, make):
+    folder = tmp_path / "shards"
+    if make == "empty":
+        folder.mkdir()
+    p = run_train("--config", "tiny", f"data.train={folder}", "data.synthetic=false",
+                  f"--storage={tmp_path / 'runs'}")
+    assert p.returncode == 2, p.stderr
+    assert str(folder) in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
