@@ -6,6 +6,7 @@ checkpoint, so re-running the same command continues a run instead of starting o
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -34,8 +35,8 @@ def ensure_data(cfg: Config) -> None:
     """Write the built-in synthetic set where it is missing; then check both datasets exist."""
     d, m = cfg.data, cfg.model
     if d.synthetic:
-        for url, count, seed in ((d.train, d.synthetic_train_size, 1000 + cfg.run.seed),
-                                 (d.eval, d.synthetic_eval_size, 2000 + cfg.run.seed)):
+        for url, count, seed in ((d.train, d.synthetic_train_size, 1000),
+                                 (d.eval, d.synthetic_eval_size, 2000)):
             if not url_exists(url.rstrip("/") + "/manifest.json"):
                 log(f"writing {count} synthetic {m.resolution}px images to {url}")
                 write_synthetic(url, count, m.resolution, d.synthetic_styles, seed, samples_per_shard=d.samples_per_shard)
@@ -139,5 +140,7 @@ def run_pipeline(cfg: Config) -> dict:
         print(evaluate.format_table(results), flush=True)
         log(f"wrote {layout.eval_json} and {layout.eval_grid}")
         summary["eval"] = results
+    summary["wall_seconds"] = time.time() - started
+    write_bytes(layout.summary, (json.dumps(summary, indent=2, default=str) + "\n").encode())
     log(f"finished in {time.time() - started:.0f}s; TensorBoard: tensorboard --logdir {layout.path('tensorboard')}")
     return summary

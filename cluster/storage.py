@@ -1,7 +1,7 @@
 """What a run directory contains, in one place (DESIGN.md section 6), on any fsspec URL.
 
 <storage>/<run>/config.yaml, stage1/ (Ray Train checkpoints + generator.pt), stage2/
-(checkpoints + segmenter.pt), tensorboard/, eval.json, eval_grid.png.
+(checkpoints + segmenter.pt), tensorboard/, eval.json, eval_grid.png, summary.json.
 """
 from __future__ import annotations
 
@@ -51,6 +51,11 @@ class RunLayout:
     @property
     def eval_json(self) -> str:
         return self.path("eval.json")
+
+    @property
+    def summary(self) -> str:
+        """Stage metrics (throughput, mask health, sync check), evaluation and wall time."""
+        return self.path("summary.json")
 
     @property
     def eval_grid(self) -> str:

@@ -28,7 +28,7 @@ from data_shards.reader import DatasetError  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="jobs/train.py", description=__doc__.split("\n\n")[0],
+        prog="jobs/train.py", description=__doc__,
         epilog="Every config key can be overridden as section.key=value; see comgan/config.py for "
                "the keys and their meaning, comgan/configs/ for the presets.",
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -58,3 +58,16 @@ def test_mask_gets_gradient_through_composite():
     grads = [p.grad for p in g.mask_net.parameters()]
     assert all(gr is not None for gr in grads)
     assert sum(gr.abs().sum().item() for gr in grads) > 0
+
+
+def test_swapping_foreground_and_background_is_exact():
+    cfg = load_config("tiny").model
+    g = build_stage1_networks(cfg)["G"].eval()
+    z, f, b, _, _ = sample_codes(4, cfg)
+    before = g(z, f, b)
+    g.swap_foreground_background_()
+    after = g(z, b, f)  # the old background code now drives the new foreground branch
+    torch.testing.assert_close(after.mask, 1 - before.mask)
+    torch.testing.assert_close(after.fg, before.bg)
+    torch.testing.assert_close(after.bg, before.fg)
+    torch.testing.assert_close(after.image, before.image)

@@ -121,3 +121,31 @@ def test_segmentation_scores():
     assert inverted["iou_paper"].tolist() == [1.0, 1.0]  # the complement is perfect
     box = centred_box_baseline(gt, 0.25)
     assert box.sum().item() == 2 * 4
+
+
+class DiscGenerator(torch.nn.Module):
+    """Generates a centred disc mask, or its complement: enough to test the orientation rule
+    (the exactness of the swap itself is tested on the real Generator in test_networks.py)."""
+
+    def __init__(self, inverted: bool):
+        super().__init__()
+        self.inverted = inverted
+
+    def forward(self, n):
+        y, x = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+        disc = ((x ** 2 + y ** 2) < 0.4).float().expand(n, 1, 16, 16)
+        return type("Out", (), {"mask": 1 - disc if self.inverted else disc})
+
+    def swap_foreground_background_(self):
+        self.inverted = not self.inverted
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_export_orients_mask_to_the_object(inverted):
+    from comgan.export import orient_foreground
+    from comgan.metrics import border_mean
+
+    g = DiscGenerator(inverted)
+    assert orient_foreground(g, lambda: (4,)) == inverted
+    assert not g.inverted
+    assert border_mean(g(4).mask).max() == 0
