@@ -32,7 +32,7 @@ def load_set(count, res, styles, seed):
     return img, mask
 
 
-def run(cfg, seed, train, test):
+def run(cfg, seed, train, test, out_dir=None):
     torch.manual_seed(seed)
     t0 = time.time()
     s1 = Stage1State.create(cfg)
@@ -64,6 +64,18 @@ def run(cfg, seed, train, test):
            "paper": segmentation_scores(pred, gt)["iou_paper"].mean().item(),
            "all_fg": segmentation_scores(all_foreground_baseline(gt), gt)["iou_strict"].mean().item(),
            "box": segmentation_scores(centred_box_baseline(gt, gt.float().mean().item()), gt)["iou_strict"].mean().item()}
+    if out_dir:
+        from PIL import Image
+        from comgan.visualize import grid_to_uint8, image_grid
+        os.makedirs(out_dir, exist_ok=True)
+        with torch.no_grad():
+            o = s1.G_ema(*sample_codes(12, cfg.model)[:3])
+            g1 = image_grid([o.image, o.fg, o.bg, o.mask, o.global_image, s2.S(o.image)])
+            g2 = image_grid([test[0][:12], test[1][:12].float(), pred[:12].float()])
+        for name, g in (("generated", g1), ("real", g2)):
+            Image.fromarray(grid_to_uint8(g)).resize((g.shape[2] * 3, g.shape[1] * 3), Image.NEAREST).save(
+                f"{out_dir}/seed{seed}_{name}.png")
+        torch.save({"G_ema": s1.G_ema.state_dict(), "S": s2.S.state_dict()}, f"{out_dir}/seed{seed}.pt")
     print(f"seed {seed}: IoU strict {res['segmenter']:.3f} (all-fg {res['all_fg']:.3f}, box {res['box']:.3f}) "
           f"paper {res['paper']:.3f} stage1 {t1 - t0:.0f}s stage2 {t2 - t1:.0f}s mask {health} {done}", flush=True)
     return res
@@ -75,12 +87,13 @@ def main():
     p.add_argument("--config", default="default")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", help="folder for sample grids and weights")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     cfg = load_config(a.config, a.overrides)
     train = load_set(cfg.data.synthetic_train_size, cfg.model.resolution, cfg.data.synthetic_styles, 1000)[0]
     test = load_set(500, cfg.model.resolution, cfg.data.synthetic_styles, 2000)
-    ious = [run(cfg, s, train, test)["segmenter"] for s in a.seeds]
+    ious = [run(cfg, s, train, test, a.out)["segmenter"] for s in a.seeds]
     print(f"IoU strict over seeds {a.seeds}: {np.round(ious, 3).tolist()} mean {np.mean(ious):.3f}")
 
 

@@ -163,7 +163,7 @@ class Stage2Step:
         s.opt_S.zero_grad(set_to_none=True)
         cons = losses.consistency_loss(pred_fake, fake_mask)
         adv = losses.bce_real(d(pred_fake)) + losses.bce_real(d(pred_real))
-        loss_s = c.stage2.lam * cons + adv
+        loss_s = c.stage2.lam * cons + c.stage2.adv_weight * adv
         self.backward(loss_s)
         s.opt_S.step()
         set_trainable(s.D_m, True)
