@@ -66,9 +66,9 @@ def check_run_config(cfg: Config, layout: RunLayout) -> None:
 def init_ray() -> None:
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address or None, logging_level="WARNING", log_to_driver=True,
-             include_dashboard=False if not address else None)
+    # A new local cluster keeps its dashboard: Ray Train's placement-group cleaner polls the
+    # state API it serves (without it: a warning every few seconds). It listens on 127.0.0.1.
+    ray.init(address=os.environ.get("RAY_ADDRESS") or None, logging_level="WARNING", log_to_driver=True)
 
 
 def worker_resources(cfg: Config) -> tuple[int, dict]:

@@ -33,6 +33,6 @@ def local_ray():
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, logging_level="WARNING")  # dashboard on: Ray Train queries its state API
     yield ray
     ray.shutdown()
