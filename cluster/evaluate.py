@@ -17,7 +17,7 @@ from comgan.artifacts import from_bytes, load_segmenter
 from comgan.metrics import all_foreground_baseline, centred_box_baseline, segmentation_scores
 from comgan.visualize import grid_to_uint8, image_grid
 from data_shards.io import read_bytes, write_bytes
-from data_shards.reader import eval_batches
+from data_shards.reader import DatasetError, ProblemLog, eval_batches
 
 METHODS = ("segmenter", "all_foreground", "centred_box")
 
@@ -27,14 +27,18 @@ def evaluate(segmenter_url: str, eval_url: str, resolution: int, batch_size: int
              threshold: float = 0.5) -> tuple[dict, torch.Tensor]:
     """Returns (results, PNG grid of real image / ground truth / prediction for 8 images)."""
     segmenter, _ = load_segmenter(from_bytes(read_bytes(segmenter_url), segmenter_url), what=segmenter_url)
+    problems = ProblemLog()
     batches = [(images, masks > 0.5, segmenter(images) > threshold)
-               for images, masks in eval_batches(eval_url, batch_size, resolution=resolution)]
+               for images, masks in eval_batches(eval_url, batch_size, resolution=resolution, problems=problems)]
+    if not batches:
+        raise DatasetError(f"{eval_url}: no usable evaluation sample (bad samples: {problems.total})")
     gts = torch.cat([g for _, g, _ in batches])
     preds = {"segmenter": torch.cat([p for _, _, p in batches])}
     mean_area = gts.float().mean().item()
     preds["all_foreground"] = all_foreground_baseline(gts)
     preds["centred_box"] = centred_box_baseline(gts, mean_area)
-    results = {"num_images": int(gts.shape[0]), "mean_foreground_area": mean_area, "threshold": threshold}
+    results = {"num_images": int(gts.shape[0]), "mean_foreground_area": mean_area, "threshold": threshold,
+               "data_problems": dict(problems.total)}
     for method, pred in preds.items():
         results[method] = {k: v.mean().item() for k, v in segmentation_scores(pred, gts).items()}
     images, gt, pred = batches[0]

@@ -17,12 +17,12 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from comgan.config import Config, ConfigError, config_from_dict
-from data_shards.io import read_bytes, url_exists, write_bytes
+from data_shards.io import arrow_filesystem, read_bytes, url_exists, write_bytes
 from data_shards.reader import read_manifest
 from data_shards.writer import write_synthetic
 
 from . import evaluate
-from .storage import RunLayout, absolute_url
+from .storage import RunLayout, absolute_url, configure_storage
 from .tensorboard import RunWriter
 from .worker import stage1_worker, stage2_worker
 
@@ -84,6 +84,9 @@ def worker_resources(cfg: Config) -> tuple[int, dict]:
 
 def run_stage(stage: str, worker_fn, cfg: Config, layout: RunLayout, extra: dict) -> dict:
     cpus, resources = worker_resources(cfg)
+    # Ray Train persists checkpoints through pyarrow; hand it the same fsspec filesystem (and
+    # options) that everything else uses, so one set of settings reaches every byte of the run.
+    filesystem, root = arrow_filesystem(layout.root)
     loop_config = {"config": cfg.to_dict(), "cpus_per_worker": cpus,
                    "tensorboard": layout.tensorboard(stage), **extra}
     trainer = TorchTrainer(
@@ -91,7 +94,7 @@ def run_stage(stage: str, worker_fn, cfg: Config, layout: RunLayout, extra: dict
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=stage, storage_path=layout.root,
+        run_config=RunConfig(name=stage, storage_path=root, storage_filesystem=filesystem,
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=2)),
     )
@@ -102,6 +105,7 @@ def run_stage(stage: str, worker_fn, cfg: Config, layout: RunLayout, extra: dict
 
 def run_pipeline(cfg: Config) -> dict:
     started = time.time()
+    configure_storage(cfg)
     # Workers may run in another folder or on another node: local paths must be absolute.
     cfg.data.train = absolute_url(cfg.data.train)
     cfg.data.eval = absolute_url(cfg.data.eval) if cfg.data.eval else ""
@@ -131,11 +135,14 @@ def run_pipeline(cfg: Config) -> dict:
 
     if cfg.data.eval:
         results, grid = evaluate.evaluate(layout.segmenter, cfg.data.eval, cfg.model.resolution)
+        if any(results["data_problems"].values()):
+            log(f"evaluation skipped or repaired bad samples: {results['data_problems']}")
         results["wall_seconds"] = time.time() - started
         evaluate.save_report(results, grid, layout.eval_json, layout.eval_grid)
         writer = RunWriter(layout.tensorboard("eval"))
         writer.image("eval/heldout_rows_image_truth_prediction", grid, 0)
         writer.scalars({f"eval/{k}": v for k, v in results["segmenter"].items()}, 0)
+        writer.scalars({f"data/{k}": v for k, v in results["data_problems"].items()}, 0)
         writer.close()
         print(evaluate.format_table(results), flush=True)
         log(f"wrote {layout.eval_json} and {layout.eval_grid}")

@@ -8,7 +8,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from data_shards.io import join_url
+from comgan.config import Config
+from data_shards.io import configure_s3, join_url
+
+
+def configure_storage(cfg: Config) -> None:
+    """Apply the config's explicit S3 options in this process: the driver and every worker."""
+    st = cfg.storage
+    configure_s3(endpoint_url=st.endpoint_url, region=st.region, profile=st.profile, anonymous=st.anonymous)
 
 
 def absolute_url(url: str) -> str:

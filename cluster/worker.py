@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import tempfile
 import time
 
@@ -25,12 +26,19 @@ from comgan.networks import sample_codes
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
 from comgan.visualize import image_grid
 from data_shards.io import read_bytes, write_bytes
-from data_shards.reader import train_loader
+from data_shards.reader import PROBLEM_KINDS, train_loader
 
 from .stats import StatsTicker
+from .storage import configure_storage
 from .tensorboard import RunWriter
 
 CHECKPOINT_FILE = "state.pt"
+
+
+def say(message: str) -> None:
+    """Print from a worker once: Ray Train patches print() to log *and* tee to the redirected
+    stdout, so the driver would show every line twice; the original stream is not patched."""
+    print(message, file=sys.__stdout__, flush=True)
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -48,11 +56,6 @@ def make_accelerator(cfg: Config) -> Accelerator:
 def seed_worker(cfg: Config, rank: int, step: int) -> None:
     """Different codes on every rank and after every resume, yet reproducible for a fixed run."""
     torch.manual_seed(hash((cfg.run.seed, rank, step)) % (2 ** 31))
-
-
-def set_threads(loop_config: dict) -> None:
-    """Use exactly the CPUs Ray reserved for this worker (more threads than cores thrash)."""
-    torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))
 
 
 def restore(kind: str) -> dict | None:
@@ -100,18 +103,21 @@ def train_loop(stage: str, cfg: Config, accelerator: Accelerator, step_fn, start
     tick_time, tick_step = t_start, step
     last = {}
     data = iter(loader)
+    skipped = torch.zeros(len(PROBLEM_KINDS), dtype=torch.float64)  # bad samples this rank met
     while step < total_steps:
-        real = next(data).to(accelerator.device, non_blocking=True)
-        ticker.add(step_fn(real))
+        batch = next(data)
+        skipped += torch.tensor(batch.problems, dtype=torch.float64)
+        ticker.add(step_fn(batch.images.to(accelerator.device, non_blocking=True)))
         step += 1
         if step % run.log_every == 0 or step == total_steps:
             now = time.time()
             last = ticker.reduce()
+            last.update(data_problems(accelerator, skipped))
             rate = (step - tick_step) * global_batch / max(now - tick_time, 1e-9)
             last["perf/images_per_s"] = rate
             if accelerator.is_main_process:
                 eta = (total_steps - step) * global_batch / max(rate, 1e-9)
-                print(progress_line(stage, step, total_steps, rate, eta, last), flush=True)
+                say(progress_line(stage, step, total_steps, rate, eta, last))
                 if writer:
                     writer.scalars(last, step)
             tick_time, tick_step = now, step
@@ -125,10 +131,18 @@ def train_loop(stage: str, cfg: Config, accelerator: Accelerator, step_fn, start
     return last
 
 
+def data_problems(accelerator: Accelerator, skipped: torch.Tensor) -> dict:
+    """Bad samples met so far (this run segment), summed over ranks: `data/<kind>` scalars."""
+    total = accelerator.reduce(skipped.to(accelerator.device), reduction="sum").tolist()
+    return {f"data/{kind}": n for kind, n in zip(PROBLEM_KINDS, total)}
+
+
 def progress_line(stage: str, step: int, total: int, rate: float, eta: float, stats: dict) -> str:
     keys = {"stage1": ("loss/D_z", "loss/G_adv", "loss/binary_entropy", "mask/mean"),
             "stage2": ("loss/D_m", "loss/S_consistency", "loss/S_adv", "seg/pred_real_mean")}[stage]
     shown = "  ".join(f"{k.split('/')[-1]} {stats[k]:.3f}" for k in keys if k in stats)
+    bad = int(sum(v for k, v in stats.items() if k.startswith("data/")))
+    shown += f"  bad samples skipped {bad}" if bad else ""
     m, s = divmod(int(eta), 60)
     return f"[{stage}] step {step}/{total} ({100 * step / max(total, 1):.0f}%)  {rate:.0f} img/s  {shown}  ETA {m}m{s:02d}s"
 
@@ -137,9 +151,16 @@ def progress_line(stage: str, step: int, total: int, rate: float, eta: float, st
 # Stage 1: disentanglement
 
 
-def stage1_worker(loop_config: dict) -> None:
+def setup_worker(loop_config: dict) -> Config:
+    """What every worker does first: its config, its threads, its storage options."""
     cfg = config_from_dict(loop_config["config"])
-    set_threads(loop_config)
+    torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))  # more threads than cores thrash
+    configure_storage(cfg)
+    return cfg
+
+
+def stage1_worker(loop_config: dict) -> None:
+    cfg = setup_worker(loop_config)
     accelerator = make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
@@ -152,7 +173,7 @@ def stage1_worker(loop_config: dict) -> None:
         state.opt_G.load_state_dict(saved["opt_G"])
         state.step = saved["step"]
         if rank == 0:
-            print(f"[stage1] resumed from step {state.step}", flush=True)
+            say(f"[stage1] resumed from step {state.step}")
     state.G_ema.to(accelerator.device)
     state.G, state.D_z, state.D_f, state.D_b, state.opt_D, state.opt_G = accelerator.prepare(
         state.G, state.D_z, state.D_f, state.D_b, state.opt_D, state.opt_G)
@@ -190,8 +211,8 @@ def stage1_worker(loop_config: dict) -> None:
         images(state.step)
         writer.scalars({k: v for k, v in final.items() if k.startswith("mask/")}, state.step)
         writer.close()
-        print(f"[stage1] done: {world} process(es), replicas in sync: {in_sync}, "
-              f"exported {loop_config['generator']}", flush=True)
+        say(f"[stage1] done: {world} process(es), replicas in sync: {in_sync}, "
+            f"exported {loop_config['generator']}")
     report(final, accelerator, checkpoint_state())
 
 
@@ -216,8 +237,7 @@ def generator_health(cfg: Config, g_ema, device, n: int = 512) -> dict:
 
 
 def stage2_worker(loop_config: dict) -> None:
-    cfg = config_from_dict(loop_config["config"])
-    set_threads(loop_config)
+    cfg = setup_worker(loop_config)
     accelerator = make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
     generator, _ = load_generator(from_bytes(read_bytes(loop_config["generator"]), loop_config["generator"]),
@@ -233,7 +253,7 @@ def stage2_worker(loop_config: dict) -> None:
         state.opt_Dm.load_state_dict(saved["opt_Dm"])
         state.step = saved["step"]
         if rank == 0:
-            print(f"[stage2] resumed from step {state.step}", flush=True)
+            say(f"[stage2] resumed from step {state.step}")
     state.S, state.D_m, state.opt_S, state.opt_Dm = accelerator.prepare(state.S, state.D_m, state.opt_S, state.opt_Dm)
     seed_worker(cfg, rank, state.step)
     step_fn = Stage2Step(state, generator, cfg, backward=accelerator.backward,
@@ -243,7 +263,7 @@ def stage2_worker(loop_config: dict) -> None:
                           resolution=cfg.model.resolution, hflip=cfg.data.hflip)
     writer = RunWriter(loop_config["tensorboard"]) if accelerator.is_main_process else None
     preview = next(iter(train_loader(cfg.data.train, 8, seed=5, num_workers=0, resolution=cfg.model.resolution,
-                                     hflip=False))).to(accelerator.device)
+                                     hflip=False))).images.to(accelerator.device)
 
     def images(step):
         s = accelerator.unwrap_model(state.S)
@@ -271,6 +291,6 @@ def stage2_worker(loop_config: dict) -> None:
     if accelerator.is_main_process:
         write_bytes(loop_config["segmenter"], to_bytes(segmenter_artifact(s_plain, cfg.model, {"step": state.step})))
         writer.close()
-        print(f"[stage2] done: {world} process(es), replicas in sync: {in_sync}, "
-              f"exported {loop_config['segmenter']}", flush=True)
+        say(f"[stage2] done: {world} process(es), replicas in sync: {in_sync}, "
+            f"exported {loop_config['segmenter']}")
     report(final, accelerator, checkpoint_state())

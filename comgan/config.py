@@ -39,7 +39,7 @@ class ModelConfig:
 
 @dataclass
 class Stage1Config:
-    steps: int = 1500           # one step = one D_z update + one G/D_f/D_b update
+    steps: int = 900            # one step = one D_z update + one G/D_f/D_b update (~9 min on 2 CPU cores)
     batch_size: int = 32        # global batch, split evenly across workers
     lr: float = 2e-4            # Adam learning rate of both optimisers
     adam_beta1: float = 0.5
@@ -52,7 +52,7 @@ class Stage1Config:
 
 @dataclass
 class Stage2Config:
-    steps: int = 700            # one step = one D_m update + one S update
+    steps: int = 400            # one step = one D_m update + one S update (~3 min on 2 CPU cores)
     batch_size: int = 32        # global batch of generated and of real images, each
     # S and D_m. Paper: 2e-4 over tens of thousands of steps; Adam moves each weight by about lr
     # per step, and at 2e-4 S's output layer needs ~1000 steps just to leave 0.5 (measured on the
@@ -78,6 +78,17 @@ class DataConfig:
 
 
 @dataclass
+class StorageConfig:
+    # Explicit, non-secret S3 options for data and runs; empty = the standard AWS environment and
+    # config files decide (AWS_ENDPOINT_URL, AWS_REGION, AWS_PROFILE, ~/.aws, instance roles).
+    # Credentials have no keys here on purpose: they never belong in a config that is saved.
+    endpoint_url: str = ""      # S3-compatible server, e.g. http://minio.internal:9000
+    region: str = ""            # e.g. eu-west-1
+    profile: str = ""           # a named profile from ~/.aws/config
+    anonymous: bool = False     # unsigned requests, for public buckets
+
+
+@dataclass
 class RunConfig:
     name: str = ""              # run folder under storage; empty: the config's name
     storage: str = "runs"       # where runs live: local folder or fsspec URL
@@ -96,6 +107,7 @@ class Config:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     data: DataConfig = field(default_factory=DataConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     run: RunConfig = field(default_factory=RunConfig)
     preset: str = "default"     # which preset or file this config came from
 
@@ -278,6 +290,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"run.{name} must be >= 1, got {getattr(r, name)}")
     if r.name and (r.name.startswith(".") or any(c in r.name for c in "/\\ ")):
         raise ConfigError(f"run.name must be a plain folder name without '/', '\\' or spaces, got {r.name!r}")
+    endpoint = cfg.storage.endpoint_url
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"storage.endpoint_url must start with http:// or https://, got {endpoint!r}")
+    if "@" in endpoint.split("://", 1)[-1]:
+        raise ConfigError("storage.endpoint_url must not carry credentials; use the AWS environment or a profile")
     d = cfg.data
     if d.loader_workers < 0:
         raise ConfigError(f"data.loader_workers must be >= 0, got {d.loader_workers}")

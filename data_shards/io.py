@@ -6,20 +6,90 @@ non-AWS server such as MinIO or moto) or from fsspec's own config (FSSPEC_S3_END
 
 Functions take and return URLs in the form the caller used: a plain path stays a plain path and
 s3://bucket/key keeps its scheme, so URLs can be written to configs and manifests unchanged.
+
+Explicit, non-secret options (an endpoint, a region, a profile name) can be set once per process
+with `configure_s3`; the run config's `storage` section does that on the driver and in every
+worker. Storage failures that a user has to fix (no such bucket, access denied, no credentials,
+an endpoint that does not answer) surface as one-line `StorageError`s that name the URL.
 """
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 from typing import Iterator
 
 import fsspec
 
+_S3_OPTIONS: dict = {}
+
+
+class StorageError(OSError):
+    """Storage that cannot be used as configured; the message is one line for the user."""
+
+
+def configure_s3(endpoint_url: str = "", region: str = "", profile: str = "", anonymous: bool = False) -> None:
+    """Set this process's explicit S3 options; empty values leave the AWS defaults in charge.
+    Never pass credentials here: they come from the environment, a profile or an instance role."""
+    _S3_OPTIONS.clear()
+    if endpoint_url:
+        _S3_OPTIONS["endpoint_url"] = endpoint_url
+    if region:
+        _S3_OPTIONS["client_kwargs"] = {"region_name": region}
+    if profile:
+        _S3_OPTIONS["profile"] = profile
+    if anonymous:
+        _S3_OPTIONS["anon"] = True
+
 
 def filesystem(url: str, **storage_options) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for a URL. fsspec caches instances per process and drops them
     after a fork, so calling this inside a DataLoader worker gives that worker its own client."""
+    if url.startswith(("s3://", "s3a://")):
+        storage_options = {**_S3_OPTIONS, **storage_options}
     return fsspec.core.url_to_fs(url, **storage_options)
+
+
+def storage_error(url: str, error: BaseException) -> StorageError | None:
+    """The user-facing form of a storage failure, or None for anything else (a missing object
+    stays a FileNotFoundError for the caller to explain). Matched by class name so that this
+    module needs neither botocore nor aiohttp."""
+    names = {c.__name__ for c in type(error).__mro__}
+    bucket = url.split("://", 1)[-1].split("/", 1)[0]
+    text = str(error)
+    if isinstance(error, StorageError):
+        return error
+    if isinstance(error, FileNotFoundError) and "bucket does not exist" in text.lower():
+        return StorageError(f"{url}: bucket {bucket!r} does not exist")
+    if isinstance(error, PermissionError):
+        detail = text.splitlines()[0] if text else "no detail"
+        if "://" not in url or url.startswith("file://"):
+            return StorageError(f"{url}: permission denied ({detail})")
+        return StorageError(f"{url}: access denied ({detail}); check the credentials (AWS environment, "
+                            "AWS_PROFILE or instance role) and the bucket policy")
+    if "NoCredentialsError" in names:
+        return StorageError(f"{url}: no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
+                            "AWS_SECRET_ACCESS_KEY, or run where an instance role provides them")
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionRefusedError",
+                "ServerTimeoutError"} or isinstance(error, (ConnectionError, TimeoutError)):
+        endpoint = _S3_OPTIONS.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") \
+            or os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+        return StorageError(f"{url}: cannot reach the storage endpoint ({endpoint}): {text.splitlines()[0]}")
+    return None
+
+
+def _user_errors(fn):
+    """Re-raise storage failures a user has to fix as StorageError; leave the rest alone."""
+    @functools.wraps(fn)
+    def wrapper(url, *args, **kwargs):
+        try:
+            return fn(url, *args, **kwargs)
+        except Exception as e:
+            mapped = storage_error(url, e)
+            if mapped is None or mapped is e:
+                raise
+            raise mapped from None
+    return wrapper
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -36,11 +106,17 @@ def _make_parent(fs: fsspec.AbstractFileSystem, path: str) -> None:
 @contextmanager
 def open_url(url: str, mode: str = "rb") -> Iterator:
     """Open a URL like open(); writing creates missing local parent folders."""
+    f = _open(url, mode)
+    with f:
+        yield f
+
+
+@_user_errors
+def _open(url: str, mode: str):
     fs, path = filesystem(url)
     if any(c in mode for c in "wax"):
         _make_parent(fs, path)
-    with fs.open(path, mode) as f:
-        yield f
+    return fs.open(path, mode)
 
 
 def join_url(base: str, *parts: str) -> str:
@@ -51,11 +127,13 @@ def join_url(base: str, *parts: str) -> str:
     return prefix + "/".join(parts) if parts else base
 
 
+@_user_errors
 def url_exists(url: str) -> bool:
     fs, path = filesystem(url)
     return fs.exists(path)
 
 
+@_user_errors
 def list_urls(url: str, suffix: str = "") -> list[str]:
     """Sorted URLs of the files directly inside folder `url` whose names end with `suffix`.
     A missing folder lists as empty."""
@@ -68,12 +146,14 @@ def list_urls(url: str, suffix: str = "") -> list[str]:
     return sorted(join_url(url, n) for n in names if n.endswith(suffix))
 
 
+@_user_errors
 def write_bytes(url: str, data: bytes) -> None:
     fs, path = filesystem(url)
     _make_parent(fs, path)
     fs.pipe_file(path, bytes(data))
 
 
+@_user_errors
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
     return fs.cat_file(path)
@@ -81,13 +161,30 @@ def read_bytes(url: str) -> bytes:
 
 def put_file(local_path: str, url: str) -> None:
     """Copy a local file to a URL (multipart upload on S3, a plain copy locally)."""
+    _put_file(url, local_path)
+
+
+@_user_errors
+def _put_file(url: str, local_path: str) -> None:
     fs, path = filesystem(url)
     _make_parent(fs, path)
     fs.put_file(local_path, path)
 
 
+@_user_errors
 def remove_url(url: str) -> None:
     """Delete one file if it exists."""
     fs, path = filesystem(url)
     if fs.exists(path):
         fs.rm_file(path)
+
+
+def arrow_filesystem(url: str):
+    """(pyarrow filesystem, path) for libraries that take one (Ray Train's run storage): the same
+    fsspec filesystem and options as everything else, wrapped. Local paths give (None, path)."""
+    fs, path = filesystem(url)
+    if _is_local(fs):
+        return None, path
+    import pyarrow.fs
+
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path

@@ -12,6 +12,10 @@ On a running Ray cluster (see ray_cluster.yaml), data and runs on S3:
 
 Re-running with the same --name continues that run: finished stages are kept, an interrupted
 stage resumes from its latest checkpoint.
+
+S3 settings come from the standard AWS environment (AWS_PROFILE, AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL) or an instance role; non-secret options can
+also be set in the config: storage.endpoint_url=..., storage.region=..., storage.profile=...
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from comgan.artifacts import ArtifactError  # noqa: E402
 from comgan.config import ConfigError, load_config  # noqa: E402
+from data_shards.io import StorageError  # noqa: E402
 from data_shards.reader import DatasetError  # noqa: E402
 
 
@@ -56,7 +61,7 @@ def main(argv=None) -> int:
             return 0
         from cluster.pipeline import run_pipeline  # imports ray: keep --help and config errors fast
         run_pipeline(cfg)
-    except (ConfigError, DatasetError, ArtifactError) as e:
+    except (ConfigError, DatasetError, ArtifactError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

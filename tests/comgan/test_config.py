@@ -32,3 +32,13 @@ def test_bad_values_are_one_line_errors(override, message):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown config 'nope'"):
         load_config("nope")
+
+
+def test_storage_options_hold_no_credentials():
+    cfg = load_config("tiny", ["storage.endpoint_url=http://127.0.0.1:9000", "storage.region=eu-west-1"])
+    assert cfg.storage.endpoint_url == "http://127.0.0.1:9000" and cfg.storage.region == "eu-west-1"
+    assert not any("secret" in k or "key" in k for k in cfg.to_dict()["storage"])
+    with pytest.raises(ConfigError, match="must start with http"):
+        load_config("tiny", ["storage.endpoint_url=127.0.0.1:9000"])
+    with pytest.raises(ConfigError, match="must not carry credentials"):
+        load_config("tiny", ["storage.endpoint_url=http://AKIA:secret@127.0.0.1:9000"])
