@@ -6,6 +6,7 @@ that is copied up on every flush, so a crashed run loses at most one logging int
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -32,10 +33,15 @@ class RunWriter:
 
     def flush(self) -> None:
         self.writer.flush()
+        self._upload()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._upload()
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)
+
+    def _upload(self) -> None:
         if self.remote:
             fs, path = filesystem(self.url)
             fs.put(self.local.rstrip("/") + "/", path, recursive=True)
-
-    def close(self) -> None:
-        self.flush()
-        self.writer.close()

@@ -38,6 +38,9 @@ def test_pipeline_streams_from_and_stores_to_s3(local_ray, s3_bucket, capfd):
     from cluster.pipeline import run_pipeline
 
     train, held_out = tiny_on_s3(s3_bucket)
+    fs = s3fs.S3FileSystem()
+    damaged = join_url(train, "shard-000001.tar").removeprefix("s3://")
+    fs.pipe_file(damaged, fs.cat_file(damaged)[:40000])  # cut off: the run must count it, not crash
     cfg = load_config("tiny", [f"data.train={train}", f"data.eval={held_out}", "data.synthetic=false",
                                "data.loader_workers=1", f"run.storage={s3_bucket}/runs", "run.name=s3run",
                                "run.workers=2"])
@@ -46,7 +49,6 @@ def test_pipeline_streams_from_and_stores_to_s3(local_ray, s3_bucket, capfd):
         assert summary[stage]["step"] == getattr(cfg, stage).steps
         assert summary[stage]["num_processes"] == 2 and summary[stage]["replicas_in_sync"] is True
 
-    fs = s3fs.S3FileSystem()
     run = f"{s3_bucket.removeprefix('s3://')}/runs/s3run"
     checkpoints = sorted(e["name"] for e in fs.ls(f"{run}/stage1", detail=True) if e["type"] == "directory"
                          and e["name"].rsplit("/", 1)[-1].startswith("checkpoint_"))
@@ -61,6 +63,7 @@ def test_pipeline_streams_from_and_stores_to_s3(local_ray, s3_bucket, capfd):
         acc = EventAccumulator(local, size_guidance={"scalars": 0})
         acc.Reload()
         assert {"loss/D_z", "mask/mean", "data/undecodable_image"} <= set(acc.Tags()["scalars"])
+        assert acc.Scalars("data/truncated_shard")[-1].value >= 1
 
     # The secret key reached every worker through the environment, and was written nowhere.
     everything = [p for p in fs.find(run)]
