@@ -45,6 +45,8 @@ class Stage1Config:
     adam_beta1: float = 0.5
     adam_beta2: float = 0.999
     beta: float = 1.0           # weight of the mask binary-entropy term
+    mask_area_weight: float = 0.0  # weight of a hinge keeping each mask's area in [min, 1 - min] (not in the paper)
+    mask_area_min: float = 0.05    # the hinge's bound: forbids only (nearly) empty or full masks
     ema_decay: float = 0.999    # G_ema decay, ramped up from 0 over the first steps
     bn_recalibration_batches: int = 20  # re-estimate G_ema's BatchNorm statistics before export
     orient_mask: bool = True    # at export, swap F/B if the mask covers the border (the background)
@@ -263,6 +265,9 @@ def validate(cfg: Config) -> None:
     s1, s2 = cfg.stage1, cfg.stage2
     if s1.beta < 0:
         raise ConfigError(f"stage1.beta must be >= 0, got {s1.beta}")
+    if s1.mask_area_weight < 0 or not 0 <= s1.mask_area_min < 0.5:
+        raise ConfigError(f"stage1.mask_area_weight must be >= 0 and stage1.mask_area_min in [0, 0.5), got "
+                          f"{s1.mask_area_weight} and {s1.mask_area_min}")
     if s2.adv_weight < 0:
         raise ConfigError(f"stage2.adv_weight must be >= 0, got {s2.adv_weight}")
     if s2.lam < 0:

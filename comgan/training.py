@@ -111,6 +111,9 @@ class Stage1Step:
         info_b = losses.info_loss(s.D_b(out.bg), b_idx)
         entropy = losses.binary_entropy(out.mask)
         loss_g = adv + info_f + info_b + c.stage1.beta * entropy
+        area = losses.mask_area_hinge(out.mask, c.stage1.mask_area_min)
+        if c.stage1.mask_area_weight:
+            loss_g = loss_g + c.stage1.mask_area_weight * area
         self.backward(loss_g)
         s.opt_G.step()
         set_trainable(s.D_z, True)
@@ -120,6 +123,7 @@ class Stage1Step:
         stats = {
             "loss/D_z": loss_d.detach(), "loss/G_adv": adv.detach(), "loss/D_f_info": info_f.detach(),
             "loss/D_b_info": info_b.detach(), "loss/binary_entropy": entropy.detach(),
+            "loss/mask_area_hinge": area.detach(),
             "loss/G_total": loss_g.detach(),
             "D_z/real_score": torch.sigmoid(d_real.detach()).mean(),
             "D_z/fake_score": torch.sigmoid(d_fake.detach()).mean(),

@@ -6,7 +6,7 @@ import torch
 from comgan.config import load_config
 from comgan.ema import ema_decay_at, make_ema, update_ema
 from comgan.export import recalibrate_batchnorm
-from comgan.losses import binary_entropy
+from comgan.losses import binary_entropy, mask_area_hinge
 from comgan.metrics import centred_box_baseline, segmentation_scores
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
 
@@ -82,6 +82,23 @@ def test_beta_weights_binary_entropy(cfg):
     torch.manual_seed(1)
     st = Stage1Step(s1, cfg)(real_batch(cfg))
     torch.testing.assert_close(st["loss/G_total"] - l0, 10.0 * st["loss/binary_entropy"], rtol=1e-4, atol=1e-4)
+
+
+def test_mask_area_hinge_weights_only_degenerate_masks(cfg):
+    masks = torch.stack([torch.zeros(1, 8, 8), torch.full((1, 8, 8), 0.3), torch.ones(1, 8, 8)])
+    assert mask_area_hinge(masks, 0.05).item() == pytest.approx((0.05 + 0 + 0.05) / 3)
+    assert mask_area_hinge(masks[1:2], 0.05).item() == 0  # any plausible area is free
+    torch.manual_seed(0)
+    s0 = Stage1State.create(cfg)
+    torch.manual_seed(1)
+    l0 = Stage1Step(s0, cfg)(real_batch(cfg))["loss/G_total"]
+    cfg.stage1.mask_area_weight, cfg.stage1.mask_area_min = 100.0, 0.499  # makes the hinge bite
+    torch.manual_seed(0)
+    s1 = Stage1State.create(cfg)
+    torch.manual_seed(1)
+    st = Stage1Step(s1, cfg)(real_batch(cfg))
+    assert st["loss/mask_area_hinge"] > 0
+    torch.testing.assert_close(st["loss/G_total"] - l0, 100.0 * st["loss/mask_area_hinge"], rtol=1e-4, atol=1e-4)
 
 
 def test_binary_entropy_values():
