@@ -3,5 +3,7 @@
 io.py         the one way to open a URL (local path, file://, s3://) through fsspec
 synthetic.py  the built-in seeded dataset: one object on a background, with its exact mask
 writer.py     samples -> shard-NNNNNN.tar + manifest.json
+converters.py image folders, CUB-200-2011, Oxford 102 Flowers -> samples for the writer
+progress.py   the progress line of long writes (jobs/make_shards.py)
 reader.py     read_manifest, train_loader (endless, split across ranks/workers), eval_batches
 """

@@ -1,0 +1,128 @@
+"""jobs/make_shards.py as a user runs it: help, each converter end to end, progress and summary
+lines, refusing an existing set, and one-line errors (exit 2, no traceback) for bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.data_shards.fake_datasets import make_cub, make_flowers, make_folder, read_set
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / "make_shards.py"), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def one_line_error(p, *words):
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert p.stderr.startswith("error: ")
+    for word in words:
+        assert word in p.stderr
+
+
+def test_help_explains_every_converter_and_option():
+    top = run("--help")
+    assert top.returncode == 0
+    for example in ("make_shards.py folder ", "make_shards.py images ", "make_shards.py cub ", "--crop-bbox",
+                    "make_shards.py flowers ", "make_shards.py synthetic ", "s3://"):
+        assert example in top.stdout
+    options = {"folder": ["--masks"], "images": [], "cub": ["--split", "--crop-bbox", "--bbox-scale"], "flowers": [],
+               "synthetic": ["--count", "--resolution", "--styles", "--seed"]}
+    for name, own in options.items():
+        p = run(name, "--help")
+        assert p.returncode == 0 and f"make_shards.py {name} " in p.stdout
+        common = ["--samples-per-shard", "--shard-bytes", "--overwrite", "DEST"]
+        if name != "synthetic":
+            common += ["SOURCE", "--resize", "--limit", "--shuffle-seed", "--no-shuffle", "--workers"]
+        for option in common + own:
+            assert option in p.stdout, (name, option)
+
+
+def test_cub_end_to_end(tmp_path):
+    make_cub(tmp_path / "CUB")
+    dest = tmp_path / "out"
+    p = run("cub", tmp_path / "CUB", dest, "--split", "train", "--crop-bbox", "--samples-per-shard", "2")
+    assert p.returncode == 0, p.stderr
+    manifest, samples = read_set(str(dest))
+    assert manifest["num_samples"] == len(samples) == 5 and manifest["has_masks"]
+    assert [s["num_samples"] for s in manifest["shards"]] == [2, 2, 1]
+    assert manifest["converter"]["name"] == "cub"
+    options = manifest["converter"]["options"]
+    assert options["split"] == "train" and options["crop_bbox"] is True and options["bbox_scale"] == 1.5
+    assert options["source"] == str(tmp_path / "CUB") and options["samples_per_shard"] == 2
+    assert all("crop" in json.loads(f["json"]) for f in samples.values())
+    # not a terminal: progress lines (count/total, rate, ETA), one per shard, a summary on stdout
+    assert "cub: 5/5 samples (100%)" in p.stderr and "samples/s" in p.stderr and "ETA" in p.stderr
+    assert p.stderr.count("wrote shard-") == 3 and "\r" not in p.stderr
+    assert p.stdout.startswith("wrote 5 samples (5 with masks) in 3 shards") and "skipped none" in p.stdout
+
+
+def test_folder_reports_skipped_files(tmp_path):
+    make_folder(tmp_path / "src", tmp_path / "masks")
+    p = run("folder", tmp_path / "src", tmp_path / "out", "--masks", tmp_path / "masks", "--shard-bytes", "15KB")
+    assert p.returncode == 0, p.stderr
+    assert "warning: skipped broken.jpg: unreadable image" in p.stderr
+    assert "wrote 6 samples (4 with masks)" in p.stdout and "skipped 1 (unreadable image: 1)" in p.stdout
+    manifest, _ = read_set(str(tmp_path / "out"))
+    assert manifest["skipped"] == {"unreadable image": 1} and manifest["converter"]["options"]["shard_bytes"] == 15000
+    assert len(manifest["shards"]) > 1 and all(s["bytes"] <= 15000 for s in manifest["shards"])
+
+
+def test_flowers_images_and_synthetic(tmp_path):
+    make_flowers(tmp_path / "flowers")
+    p = run("flowers", tmp_path / "flowers", tmp_path / "fl", "--resize", "24", "--quiet")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    manifest, _ = read_set(str(tmp_path / "fl"))
+    assert manifest["num_masks"] == 3 and manifest["min_resolution"][0] == 24
+
+    p = run("images", tmp_path / "flowers" / "jpg", tmp_path / "im", "--limit", "2")
+    assert p.returncode == 0, p.stderr
+    manifest, samples = read_set(str(tmp_path / "im"))
+    assert manifest["num_samples"] == 2 and manifest["num_masks"] == 0 and manifest["converter"]["name"] == "images"
+
+    p = run("synthetic", tmp_path / "syn", "--count", "12", "--resolution", "16", "--styles", "3", "--seed", "4",
+            "--samples-per-shard", "5")
+    assert p.returncode == 0, p.stderr
+    manifest, samples = read_set(str(tmp_path / "syn"))
+    assert manifest["num_samples"] == 12 and manifest["has_masks"] and manifest["max_resolution"] == [16, 16]
+    assert manifest["info"]["seed"] == 4 and [s["num_samples"] for s in manifest["shards"]] == [5, 5, 2]
+
+
+def test_refuses_existing_set_then_overwrites_and_cleans_up(tmp_path):
+    dest = tmp_path / "set"
+    assert run("synthetic", dest, "--count", "10", "--resolution", "8", "--samples-per-shard", "2").returncode == 0
+    assert len(list(dest.glob("shard-*.tar"))) == 5
+    before = (dest / "manifest.json").read_text()
+    one_line_error(run("synthetic", dest, "--count", "4", "--resolution", "8"), str(dest), "--overwrite")
+    assert (dest / "manifest.json").read_text() == before
+    p = run("synthetic", dest, "--count", "10", "--resolution", "8", "--samples-per-shard", "4", "--overwrite")
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(dest)) == ["manifest.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+
+
+@pytest.mark.parametrize("case", ["missing_source", "no_images_txt", "empty_folder", "no_masks_folder", "bad_size",
+                                  "no_jpg", "bad_number", "unknown_converter"])
+def test_user_errors_are_one_line(tmp_path, case):
+    (tmp_path / "empty").mkdir()
+    make_folder(tmp_path / "src", tmp_path / "masks")
+    dest = tmp_path / "out"
+    args, words = {
+        "missing_source": (["folder", tmp_path / "nope", dest], ["does not exist"]),
+        "no_images_txt": (["cub", tmp_path / "empty", dest], ["images.txt not found"]),
+        "empty_folder": (["images", tmp_path / "empty", dest], ["no images in"]),
+        "no_masks_folder": (["folder", tmp_path / "src", dest, "--masks", tmp_path / "nomasks"], ["masks folder"]),
+        "bad_size": (["images", tmp_path / "src", dest, "--shard-bytes", "lots"], ["--shard-bytes", "not a size"]),
+        "no_jpg": (["flowers", tmp_path / "src", dest], ["jpg/ not found"]),
+        "bad_number": (["images", tmp_path / "src", dest, "--limit", "0"], ["--limit", "must be > 0"]),
+        "unknown_converter": (["coco", tmp_path / "src", dest], ["invalid choice: 'coco'"]),
+    }[case]
+    one_line_error(run(*args), *words)
+    assert not (dest / "manifest.json").exists()
