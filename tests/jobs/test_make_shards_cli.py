@@ -126,3 +126,15 @@ def test_user_errors_are_one_line(tmp_path, case):
     }[case]
     one_line_error(run(*args), *words)
     assert not (dest / "manifest.json").exists()
+
+
+def test_destinations_by_url(tmp_path, s3_bucket):
+    """file:// and s3:// (the moto server, found through the AWS environment) take the same CLI."""
+    from data_shards.reader import read_manifest
+
+    for dest in (f"file://{tmp_path}/synth", f"{s3_bucket}/synth"):
+        p = run("synthetic", dest, "--count", 30, "--resolution", 16, "--samples-per-shard", 10, "--quiet")
+        assert p.returncode == 0, p.stderr
+        manifest = read_manifest(dest)
+        assert manifest["num_samples"] == 30 and len(manifest["shards"]) == 3
+    assert (tmp_path / "synth" / "manifest.json").exists()
