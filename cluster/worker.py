@@ -53,6 +53,14 @@ def make_accelerator(cfg: Config) -> Accelerator:
     return accelerator
 
 
+def setup_worker(loop_config: dict) -> Config:
+    """What every worker does first: its config, its threads, its storage options."""
+    cfg = config_from_dict(loop_config["config"])
+    torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))  # more threads than cores thrash
+    configure_storage(cfg)
+    return cfg
+
+
 def seed_worker(cfg: Config, rank: int, step: int) -> None:
     """Different codes on every rank and after every resume, yet reproducible for a fixed run."""
     torch.manual_seed(hash((cfg.run.seed, rank, step)) % (2 ** 31))
@@ -149,14 +157,6 @@ def progress_line(stage: str, step: int, total: int, rate: float, eta: float, st
 
 # ---------------------------------------------------------------------------------------------
 # Stage 1: disentanglement
-
-
-def setup_worker(loop_config: dict) -> Config:
-    """What every worker does first: its config, its threads, its storage options."""
-    cfg = config_from_dict(loop_config["config"])
-    torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))  # more threads than cores thrash
-    configure_storage(cfg)
-    return cfg
 
 
 def stage1_worker(loop_config: dict) -> None:
