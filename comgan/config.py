@@ -39,13 +39,13 @@ class ModelConfig:
 
 @dataclass
 class Stage1Config:
-    steps: int = 900            # one step = one D_z update + one G/D_f/D_b update (~9 min on 2 CPU cores)
+    steps: int = 800            # one step = one D_z update + one G/D_f/D_b update (~8 min on 2 CPU cores)
     batch_size: int = 32        # global batch, split evenly across workers
     lr: float = 2e-4            # Adam learning rate of both optimisers
     adam_beta1: float = 0.5
     adam_beta2: float = 0.999
     beta: float = 1.0           # weight of the mask binary-entropy term
-    mask_area_weight: float = 0.0  # weight of a hinge keeping each mask's area in [min, 1 - min] (not in the paper)
+    mask_area_weight: float = 20.0  # weight of a hinge keeping each mask's area in [min, 1 - min] (not in the paper: 0)
     mask_area_min: float = 0.05    # the hinge's bound: forbids only (nearly) empty or full masks
     ema_decay: float = 0.999    # G_ema decay, ramped up from 0 over the first steps
     bn_recalibration_batches: int = 20  # re-estimate G_ema's BatchNorm statistics before export
@@ -71,7 +71,7 @@ class DataConfig:
     train: str = "data_shards/synthetic/train"  # training shards (folder or URL); images only are used
     eval: str = "data_shards/synthetic/eval"    # held-out shards with ground-truth masks
     synthetic: bool = True      # write the built-in synthetic set to `train`/`eval` if missing
-    synthetic_train_size: int = 20000
+    synthetic_train_size: int = 10000  # 800 steps of 32 see each image about 2.5 times
     synthetic_eval_size: int = 500
     synthetic_styles: int = 4   # K foreground and K background styles
     samples_per_shard: int = 1000

@@ -88,6 +88,7 @@ def test_mask_area_hinge_weights_only_degenerate_masks(cfg):
     masks = torch.stack([torch.zeros(1, 8, 8), torch.full((1, 8, 8), 0.3), torch.ones(1, 8, 8)])
     assert mask_area_hinge(masks, 0.05).item() == pytest.approx((0.05 + 0 + 0.05) / 3)
     assert mask_area_hinge(masks[1:2], 0.05).item() == 0  # any plausible area is free
+    cfg.stage1.mask_area_weight = 0.0
     torch.manual_seed(0)
     s0 = Stage1State.create(cfg)
     torch.manual_seed(1)
