@@ -5,5 +5,6 @@ synthetic.py  the built-in seeded dataset: one object on a background, with its 
 writer.py     samples -> shard-NNNNNN.tar + manifest.json
 converters.py image folders, CUB-200-2011, Oxford 102 Flowers -> samples for the writer
 progress.py   the progress line of long writes (jobs/make_shards.py)
+images.py     decoding both sides share: any image to 8-bit RGB, any mask to 0/255
 reader.py     read_manifest, train_loader (endless, split across ranks/workers), eval_batches
 """

@@ -40,6 +40,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from data_shards.images import mask_grey, open_image, to_rgb8
 from data_shards.io import filesystem, join_url, read_bytes
 from data_shards.progress import Progress
 
@@ -47,7 +48,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".p
 # stored as they are: the reader decodes them (MPO: a camera JPEG with extra frames PIL ignores)
 PASS_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
 PASS_MODES = {"RGB", "RGBA", "L", "LA", "P", "1"}             # ... and converts these to RGB correctly
-SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}         # PIL's modes for 16-bit grey PNG/TIFF
 JPEG_QUALITY = 95
 # Flowers' segmim paints the background (0, 0, 254) and is a JPEG: flat areas stay within ~20
 # levels, but next to a petal chroma subsampling drags the blue down to ~130 (a yellow petal
@@ -146,35 +146,13 @@ def resized_size(width: int, height: int, short: int) -> tuple[int, int]:
     return (short, max(1, round(height * s))) if width <= height else (max(1, round(width * s)), short)
 
 
-def to_rgb8(img: Image.Image) -> Image.Image:
-    """8-bit RGB of any PIL image: 16-bit grey is scaled (convert() would clip it to white),
-    alpha is dropped, palettes are applied."""
-    if img.mode in SIXTEEN_BIT:
-        grey = np.clip(np.asarray(img, dtype=np.float64) / 257 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    if img.mode == "F":
-        return Image.fromarray(np.clip(np.asarray(img) + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
-    return img.convert("RGB")
-
-
 def binary_mask(img: Image.Image, rule: str = "grey") -> np.ndarray:
     """bool [H, W] foreground of a mask image (see the module docstring for the rules)."""
     if rule == "blue":
         rgb = np.asarray(img.convert("RGB"))
         r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
         return ~((b > BLUE_MIN) & (r < RED_GREEN_MAX) & (g < RED_GREEN_MAX))
-    if img.mode in SIXTEEN_BIT or img.mode == "F":
-        raw = np.asarray(img)
-        grey = raw if raw.max() <= 1 else np.asarray(to_rgb8(img).convert("L"))
-    else:
-        grey = np.asarray(img.convert("L"))
-    return grey > 0 if grey.max() == 1 else grey > 127
-
-
-def _decode(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()  # decode everything now: a truncated file fails here, not later in a training worker
-    return img
+    return np.asarray(mask_grey(img)) > 127
 
 
 def _encode(img: Image.Image, jpeg: bool) -> tuple[bytes, str]:
@@ -200,7 +178,7 @@ def load_sample(item: Item, resize: int | None = None, crop_bbox: bool = False,
     if data is None:
         return Skip(item.rel, "missing image")
     try:
-        img = _decode(data)
+        img = open_image(data)
     except DECODE_ERRORS as e:
         return Skip(item.rel, "unreadable image", str(e))
     width, height = img.size
@@ -210,7 +188,7 @@ def load_sample(item: Item, resize: int | None = None, crop_bbox: bool = False,
         if mdata is None:
             return Skip(item.rel, "missing mask", item.mask)
         try:
-            mimg = _decode(mdata)
+            mimg = open_image(mdata)
         except DECODE_ERRORS as e:
             return Skip(item.rel, "unreadable mask", str(e))
         if mimg.size != img.size:

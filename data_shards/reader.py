@@ -16,7 +16,6 @@ the same (unbounded) number of full batches and DDP never waits on a rank that r
 """
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import logging
@@ -31,6 +30,7 @@ import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from data_shards.images import mask_grey, open_image, to_rgb8
 from data_shards.io import filesystem, join_url, open_url, read_bytes
 from data_shards.writer import FORMAT, MANIFEST
 
@@ -160,35 +160,9 @@ def _fit(img: Image.Image, size: tuple[int, int] | None, resample) -> Image.Imag
     return img.resize((size[1], size[0]), resample)
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16- and 32-bit integer images (PIL modes I;16*, I) scaled to 8 bits; others unchanged."""
-    if img.mode.startswith("I"):
-        a = np.asarray(img).astype(np.int64)
-        shift = 8 if a.max(initial=0) > 255 else 0   # 16-bit data, or 8-bit values in a wide mode
-        return Image.fromarray(np.clip(a >> shift, 0, 255).astype(np.uint8))
-    if img.mode == "F":
-        a = np.asarray(img)
-        return Image.fromarray(np.clip(a * (255 if a.max(initial=0) <= 1 else 1), 0, 255).astype(np.uint8))
-    return img
-
-
-def _open_image(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()  # decode now: a truncated file fails here, inside the caller's per-sample guard
-    return _to_8bit(img)
-
-
 def _decode_image(data: bytes, size) -> np.ndarray:
     """RGB uint8 [H, W, 3] from any PIL-readable bytes: grey, palette, RGBA (alpha dropped), 16-bit."""
-    return np.asarray(_fit(_open_image(data).convert("RGB"), size, Image.BICUBIC))
-
-
-def _mask_image(data: bytes) -> Image.Image:
-    """Mode-L mask with values 0/255 scale (a 0/1-valued mask counts as 0/255)."""
-    grey = _open_image(data).convert("L")
-    if np.asarray(grey).max(initial=0) <= 1:
-        grey = Image.fromarray((np.asarray(grey) * 255).astype(np.uint8))
-    return grey
+    return np.asarray(_fit(to_rgb8(open_image(data)), size, Image.BICUBIC))
 
 
 def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
@@ -306,12 +280,12 @@ def _eval_pair(sample: dict, size, problems: ProblemLog) -> tuple[np.ndarray, np
         problems.add("missing_mask", _where(sample))
         return None
     try:
-        image = _open_image(data).convert("RGB")
+        image = to_rgb8(open_image(data))
     except Exception as e:
         problems.add("undecodable_image", _where(sample), e)
         return None
     try:
-        mask = _mask_image(sample[MASK_EXTENSION])
+        mask = mask_grey(open_image(sample[MASK_EXTENSION]))
     except Exception as e:
         problems.add("undecodable_mask", _where(sample), e)
         return None
