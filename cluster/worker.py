@@ -26,6 +26,7 @@ from comgan.networks import sample_codes
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
 from comgan.visualize import image_grid
 from data_shards.io import read_bytes, write_bytes
+from data_shards.progress import format_duration
 from data_shards.reader import PROBLEM_KINDS, train_loader
 
 from .stats import StatsTicker
@@ -151,8 +152,8 @@ def progress_line(stage: str, step: int, total: int, rate: float, eta: float, st
     shown = "  ".join(f"{k.split('/')[-1]} {stats[k]:.3f}" for k in keys if k in stats)
     bad = int(sum(v for k, v in stats.items() if k.startswith("data/")))
     shown += f"  bad samples skipped {bad}" if bad else ""
-    m, s = divmod(int(eta), 60)
-    return f"[{stage}] step {step}/{total} ({100 * step / max(total, 1):.0f}%)  {rate:.0f} img/s  {shown}  ETA {m}m{s:02d}s"
+    return (f"[{stage}] step {step}/{total} ({100 * step / max(total, 1):.0f}%)  {rate:.0f} img/s  {shown}  "
+            f"ETA {format_duration(eta)}")
 
 
 # ---------------------------------------------------------------------------------------------
