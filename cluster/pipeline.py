@@ -2,7 +2,10 @@
 
 Each stage runs as a Ray Train TorchTrainer under <storage>/<run>/<stage>; a stage whose exported
 artifact already exists is not run again, and a stage interrupted part-way resumes from its latest
-checkpoint, so re-running the same command continues a run instead of starting over.
+checkpoint, so re-running the same command continues a run instead of starting over. Within one
+run, a failed worker group is restarted from the latest checkpoint up to run.max_failures times.
+With stage2.generator set (jobs/segment.py) stage 1 is skipped and stage 2 learns from that
+artifact, after the driver has checked that it fits the config.
 """
 from __future__ import annotations
 
@@ -16,15 +19,20 @@ import yaml
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from comgan.artifacts import ArtifactError, from_bytes, load_generator
 from comgan.config import Config, ConfigError, config_from_dict
 from data_shards.io import arrow_filesystem, read_bytes, url_exists, write_bytes
 from data_shards.reader import read_manifest
 from data_shards.writer import write_synthetic
 
-from . import evaluate
+from . import evaluate, faults
 from .storage import RunLayout, absolute_url, configure_storage
 from .tensorboard import RunWriter
 from .worker import stage1_worker, stage2_worker
+
+
+class StageFailed(RuntimeError):
+    """A stage ran out of restarts; its latest checkpoint is kept for the next attempt."""
 
 
 def log(msg: str) -> None:
@@ -37,7 +45,7 @@ def ensure_data(cfg: Config) -> None:
     if d.synthetic:
         for url, count, seed in ((d.train, d.synthetic_train_size, 1000),
                                  (d.eval, d.synthetic_eval_size, 2000)):
-            if not url_exists(url.rstrip("/") + "/manifest.json"):
+            if url and not url_exists(url.rstrip("/") + "/manifest.json"):  # data.eval='' means no evaluation
                 log(f"writing {count} synthetic {m.resolution}px images to {url}")
                 write_synthetic(url, count, m.resolution, d.synthetic_styles, seed, samples_per_shard=d.samples_per_shard)
     train = read_manifest(d.train)
@@ -61,6 +69,21 @@ def check_run_config(cfg: Config, layout: RunLayout) -> None:
                 raise ConfigError(
                     f"run {layout.root} was started with {section}.{key}={a[key]!r}, now {b[key]!r}: "
                     f"use a new --name, or the same settings to resume it")
+
+
+def check_generator(url: str, cfg: Config) -> None:
+    """Refuse a handoff artifact that is missing, not a generator, or built for another model,
+    before any worker starts (the message names the key and both values)."""
+    if not url_exists(url):
+        raise ArtifactError(f"generator {url} does not exist")
+    load_generator(from_bytes(read_bytes(url), what=url), cfg.model, what=url)
+
+
+def check_fault_spec() -> None:
+    try:
+        faults.from_environment()
+    except faults.FaultSpecError as e:
+        raise ConfigError(str(e)) from None
 
 
 def init_ray() -> None:
@@ -87,67 +110,102 @@ def run_stage(stage: str, worker_fn, cfg: Config, layout: RunLayout, extra: dict
     # Ray Train persists checkpoints through pyarrow; hand it the same fsspec filesystem (and
     # options) that everything else uses, so one set of settings reaches every byte of the run.
     filesystem, root = arrow_filesystem(layout.root)
-    loop_config = {"config": cfg.to_dict(), "cpus_per_worker": cpus,
-                   "tensorboard": layout.tensorboard(stage), **extra}
+    loop_config = {"config": cfg.to_dict(), "cpus_per_worker": cpus, "fault": os.environ.get(faults.ENV, ""),
+                   "stage_dir": layout.stage_dir(stage), "tensorboard": layout.tensorboard(stage), **extra}
     trainer = TorchTrainer(
         worker_fn,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker=resources),
+        # The stage's name under the run is fixed, so a re-run finds and resumes its checkpoints.
         run_config=RunConfig(name=stage, storage_path=root, storage_filesystem=filesystem,
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=cfg.run.max_failures)),
     )
-    log(f"{stage}: {cfg.run.workers} worker(s) x {cpus} CPU{' + 1 GPU' if cfg.run.use_gpu else ''}")
-    result = trainer.fit()
+    precision = "" if cfg.run.mixed_precision == "no" else f", {cfg.run.mixed_precision} mixed precision"
+    log(f"{stage}: {cfg.run.workers} worker(s) x {cpus} CPU{' + 1 GPU' if cfg.run.use_gpu else ''}{precision}")
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise StageFailed(
+            f"{stage} failed after {cfg.run.max_failures} restart(s): {first_line[:300]} (worker logs above). "
+            f"Its checkpoints are kept in {layout.stage_dir(stage)}: run the same command again to resume"
+        ) from None
     return dict(result.metrics or {})
 
 
-def run_pipeline(cfg: Config) -> dict:
+def run_pipeline(cfg: Config, stage1_only: bool = False) -> dict:
+    """Run (or resume) the whole job; `stage1_only` stops after exporting the generator."""
     started = time.time()
+    layout = prepare_run(cfg)
+    summary = {"run": layout.root}
+    generator = train_generator(cfg, layout, summary)
+    if not stage1_only:
+        train_segmenter(cfg, layout, generator, summary)
+        if cfg.data.eval:
+            summary["eval"] = evaluate_run(cfg, layout, started)
+    summary["wall_seconds"] = time.time() - started
+    write_bytes(layout.summary, (json.dumps(summary, indent=2, default=str) + "\n").encode())
+    log(f"finished in {time.time() - started:.0f}s; TensorBoard: tensorboard --logdir {layout.path('tensorboard')}")
+    return summary
+
+
+def prepare_run(cfg: Config) -> RunLayout:
+    """Everything that can fail on a user mistake, checked before any worker starts."""
     configure_storage(cfg)
     # Workers may run in another folder or on another node: local paths must be absolute.
     cfg.data.train = absolute_url(cfg.data.train)
     cfg.data.eval = absolute_url(cfg.data.eval) if cfg.data.eval else ""
     layout = RunLayout(absolute_url(cfg.run.storage), cfg.run_name)
     log(f"run {cfg.run_name}: {layout.root}")
+    check_fault_spec()
+    if cfg.stage2.generator:
+        cfg.stage2.generator = absolute_url(cfg.stage2.generator)
+        check_generator(cfg.stage2.generator, cfg)
     ensure_data(cfg)
     check_run_config(cfg, layout)
     init_ray()
-    summary = {"run": layout.root}
+    return layout
 
+
+def train_generator(cfg: Config, layout: RunLayout, summary: dict) -> str:
+    """Stage 1, unless its artifact exists or is given; returns the generator's URL."""
+    if cfg.stage2.generator:
+        log(f"stage1: skipped, stage 2 learns from {cfg.stage2.generator}")
+        summary["generator"] = cfg.stage2.generator
+        return cfg.stage2.generator
     if url_exists(layout.generator):
         log(f"stage1: {layout.generator} exists, not retraining")
-    else:
-        m = run_stage("stage1", stage1_worker, cfg, layout, {"generator": layout.generator})
-        summary["stage1"] = m
-        log(f"stage1: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s, "
-            f"{m.get('perf/images_per_s', 0):.0f} img/s, mask mean {m.get('mask/mean', float('nan')):.2f}, "
-            f"empty masks {100 * m.get('mask/empty_fraction', float('nan')):.1f} %")
+        return layout.generator
+    m = run_stage("stage1", stage1_worker, cfg, layout, {"generator": layout.generator})
+    summary["stage1"] = m
+    log(f"stage1: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s, "
+        f"{m.get('perf/images_per_s', 0):.0f} img/s, mask mean {m.get('mask/mean', float('nan')):.2f}, "
+        f"empty masks {100 * m.get('mask/empty_fraction', float('nan')):.1f} %")
+    return layout.generator
 
+
+def train_segmenter(cfg: Config, layout: RunLayout, generator: str, summary: dict) -> None:
     if url_exists(layout.segmenter):
         log(f"stage2: {layout.segmenter} exists, not retraining")
-    else:
-        m = run_stage("stage2", stage2_worker, cfg, layout,
-                      {"generator": layout.generator, "segmenter": layout.segmenter})
-        summary["stage2"] = m
-        log(f"stage2: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s")
+        return
+    m = run_stage("stage2", stage2_worker, cfg, layout, {"generator": generator, "segmenter": layout.segmenter})
+    summary["stage2"] = m
+    log(f"stage2: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s")
 
-    if cfg.data.eval:
-        results, grid = evaluate.evaluate(layout.segmenter, cfg.data.eval, cfg.model.resolution)
-        if any(results["data_problems"].values()):
-            log(f"evaluation skipped or repaired bad samples: {results['data_problems']}")
-        results["wall_seconds"] = time.time() - started
-        evaluate.save_report(results, grid, layout.eval_json, layout.eval_grid)
-        writer = RunWriter(layout.tensorboard("eval"))
-        writer.image("eval/heldout_rows_image_truth_prediction", grid, 0)
-        writer.scalars({f"eval/{k}": v for k, v in results["segmenter"].items()}, 0)
-        writer.scalars({f"data/{k}": v for k, v in results["data_problems"].items()}, 0)
-        writer.close()
-        print(evaluate.format_table(results), flush=True)
-        log(f"wrote {layout.eval_json} and {layout.eval_grid}")
-        summary["eval"] = results
-    summary["wall_seconds"] = time.time() - started
-    write_bytes(layout.summary, (json.dumps(summary, indent=2, default=str) + "\n").encode())
-    log(f"finished in {time.time() - started:.0f}s; TensorBoard: tensorboard --logdir {layout.path('tensorboard')}")
-    return summary
+
+def evaluate_run(cfg: Config, layout: RunLayout, started: float) -> dict:
+    results, grid = evaluate.evaluate(layout.segmenter, cfg.data.eval, cfg.model.resolution)
+    if any(results["data_problems"].values()):
+        log(f"evaluation skipped or repaired bad samples: {results['data_problems']}")
+    results["wall_seconds"] = time.time() - started
+    evaluate.save_report(results, grid, layout.eval_json, layout.eval_grid)
+    writer = RunWriter(layout.tensorboard("eval"))
+    writer.image("eval/heldout_rows_image_truth_prediction", grid, 0)
+    writer.scalars({f"eval/{k}": v for k, v in results["segmenter"].items()}, 0)
+    writer.scalars({f"data/{k}": v for k, v in results["data_problems"].items()}, 0)
+    writer.close()
+    print(evaluate.format_table(results), flush=True)
+    log(f"wrote {layout.eval_json} and {layout.eval_grid}")
+    return results

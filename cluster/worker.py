@@ -8,9 +8,7 @@ TensorBoard and checkpoints; every rank calls `ray.train.report` equally often (
 from __future__ import annotations
 
 import copy
-import os
 import sys
-import tempfile
 import time
 
 import ray.train
@@ -29,12 +27,10 @@ from data_shards.io import read_bytes, write_bytes
 from data_shards.progress import format_duration
 from data_shards.reader import PROBLEM_KINDS, train_loader
 
+from . import checkpoints, faults
 from .stats import StatsTicker
 from .storage import configure_storage
 from .tensorboard import RunWriter
-
-CHECKPOINT_FILE = "state.pt"
-
 
 def say(message: str) -> None:
     """Print from a worker once: Ray Train patches print() to log *and* tee to the redirected
@@ -47,7 +43,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
     # BatchNorm buffers in between modifies them in place and breaks autograd.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
     # cpu=True on CPU workers: without it accelerate >= 1.13 silently runs non-distributed.
-    accelerator = Accelerator(cpu=not cfg.run.use_gpu, kwargs_handlers=[ddp])
+    accelerator = Accelerator(cpu=not cfg.run.use_gpu, mixed_precision=cfg.run.mixed_precision,
+                              kwargs_handlers=[ddp])
     world = ray.train.get_context().get_world_size()
     if accelerator.num_processes != world:
         raise RuntimeError(f"accelerate sees {accelerator.num_processes} processes but Ray Train started {world}")
@@ -62,33 +59,23 @@ def setup_worker(loop_config: dict) -> Config:
     return cfg
 
 
-def seed_worker(cfg: Config, rank: int, step: int) -> None:
-    """Different codes on every rank and after every resume, yet reproducible for a fixed run."""
-    torch.manual_seed(hash((cfg.run.seed, rank, step)) % (2 ** 31))
-
-
-def restore(kind: str) -> dict | None:
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as d:
-        with open(os.path.join(d, CHECKPOINT_FILE), "rb") as fh:
-            state = from_bytes(fh.read(), what=f"checkpoint {checkpoint.path}")
-    if state["kind"] != kind:
-        raise RuntimeError(f"checkpoint {checkpoint.path} is a {state['kind']}, expected {kind}")
-    return state
-
-
-def report(metrics: dict, accelerator: Accelerator, state: dict | None) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (written to a temporary folder first,
-    then persisted by Ray, so a half-written checkpoint is never registered)."""
-    if state is None or not accelerator.is_main_process:
-        ray.train.report(metrics)
+def seed_worker(cfg: Config, accelerator: Accelerator, step: int, saved: dict | None) -> None:
+    """Different codes on every rank, reproducible for a fixed seed and worker count: a resumed
+    rank continues its saved random stream; a fresh one (or a resume onto a different number of
+    workers) is seeded from (seed, rank, step)."""
+    if saved and checkpoints.restore_rng(saved, accelerator):
         return
-    with tempfile.TemporaryDirectory(prefix="comgan-ckpt-") as d:
-        with open(os.path.join(d, CHECKPOINT_FILE), "wb") as fh:
-            fh.write(to_bytes(state))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    torch.manual_seed(hash((cfg.run.seed, accelerator.process_index, step)) % (2 ** 31))
+
+
+def fault_injector(loop_config: dict, cfg: Config, stage: str, rank: int):
+    """The crash points of the fault tests (COMGAN_FAULT); a no-op in normal runs."""
+    every = cfg.run.checkpoint_every
+
+    def settle(step: int) -> None:  # the last checkpoint strictly before the killed step is committed
+        checkpoints.wait_until_registered(loop_config["stage_dir"], (step - 1) // every * every)
+
+    return faults.injector(loop_config.get("fault", ""), stage, rank, settle)
 
 
 def replicas_in_sync(accelerator: Accelerator, module: torch.nn.Module) -> bool:
@@ -102,9 +89,10 @@ def replicas_in_sync(accelerator: Accelerator, module: torch.nn.Module) -> bool:
 
 
 def train_loop(stage: str, cfg: Config, accelerator: Accelerator, step_fn, start_step: int, total_steps: int,
-               loader, writer: RunWriter | None, checkpoint_state, images) -> dict:
+               loader, writer: RunWriter | None, checkpoint_state, images, crash_point) -> dict:
     """The loop both stages share: steps, ticks (reduced stats, progress, TensorBoard), images,
-    checkpoints. `checkpoint_state()` builds the dict to save; `images(step)` logs grids."""
+    checkpoints. `checkpoint_state()` builds the dict to save; `images(step)` logs grids;
+    `crash_point(where, step)` is where the fault tests may kill this worker."""
     run = cfg.run
     ticker = StatsTicker(accelerator)
     global_batch = getattr(cfg, stage).batch_size
@@ -118,6 +106,7 @@ def train_loop(stage: str, cfg: Config, accelerator: Accelerator, step_fn, start
         skipped += torch.tensor(batch.problems, dtype=torch.float64)
         ticker.add(step_fn(batch.images.to(accelerator.device, non_blocking=True)))
         step += 1
+        crash_point("step", step)
         if step % run.log_every == 0 or step == total_steps:
             now = time.time()
             last = ticker.reduce()
@@ -135,7 +124,8 @@ def train_loop(stage: str, cfg: Config, accelerator: Accelerator, step_fn, start
         if step % run.checkpoint_every == 0 and step < total_steps:
             if writer:
                 writer.flush()
-            report({"step": step, **last}, accelerator, checkpoint_state())
+            checkpoints.report({"step": step, **last}, accelerator, checkpoint_state(),
+                               lambda: crash_point("checkpoint", step))
     last["perf/seconds"] = time.time() - t_start
     return last
 
@@ -164,9 +154,10 @@ def stage1_worker(loop_config: dict) -> None:
     cfg = setup_worker(loop_config)
     accelerator = make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
+    crash_point = fault_injector(loop_config, cfg, "stage1", rank)
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     state = Stage1State.create(cfg)
-    saved = restore("comgan.stage1_checkpoint")
+    saved = checkpoints.latest("comgan.stage1_checkpoint")
     if saved:
         for name in ("G", "D_z", "D_f", "D_b", "G_ema"):
             getattr(state, name).load_state_dict(saved[name])
@@ -178,7 +169,7 @@ def stage1_worker(loop_config: dict) -> None:
     state.G_ema.to(accelerator.device)
     state.G, state.D_z, state.D_f, state.D_b, state.opt_D, state.opt_G = accelerator.prepare(
         state.G, state.D_z, state.D_f, state.D_b, state.opt_D, state.opt_G)
-    seed_worker(cfg, rank, state.step)
+    seed_worker(cfg, accelerator, state.step, saved)
     g_plain, d_plain = accelerator.unwrap_model(state.G), accelerator.unwrap_model(state.D_z)
     step_fn = Stage1Step(state, cfg, backward=accelerator.backward, d_plain=d_plain, g_ema_source=g_plain)
 
@@ -202,9 +193,10 @@ def stage1_worker(loop_config: dict) -> None:
                 "opt_G": state.opt_G.state_dict()}
 
     last = train_loop("stage1", cfg, accelerator, step_fn, state.step, cfg.stage1.steps, loader, writer,
-                      checkpoint_state, images)
+                      checkpoint_state, images, crash_point)
     in_sync = replicas_in_sync(accelerator, g_plain)
-    final = {"step": state.step, "num_processes": world, "replicas_in_sync": in_sync, **last}
+    final = {"step": state.step, "num_processes": world, "replicas_in_sync": in_sync,
+             "resumed_from": saved["step"] if saved else 0, **last}
     if accelerator.is_main_process:
         exported, done = export_generator(cfg, state, loop_config["generator"])
         final.update(generator_health(cfg, exported, accelerator.device))
@@ -214,7 +206,7 @@ def stage1_worker(loop_config: dict) -> None:
         writer.close()
         say(f"[stage1] done: {world} process(es), replicas in sync: {in_sync}, "
             f"exported {loop_config['generator']}")
-    report(final, accelerator, checkpoint_state())
+    checkpoints.report(final, accelerator, checkpoint_state(), lambda: crash_point("checkpoint", state.step))
 
 
 def export_generator(cfg: Config, state: Stage1State, url: str) -> tuple:
@@ -241,12 +233,13 @@ def stage2_worker(loop_config: dict) -> None:
     cfg = setup_worker(loop_config)
     accelerator = make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
+    crash_point = fault_injector(loop_config, cfg, "stage2", rank)
     generator, _ = load_generator(from_bytes(read_bytes(loop_config["generator"]), loop_config["generator"]),
                                   cfg.model, what=loop_config["generator"])
     generator.to(accelerator.device)
     torch.manual_seed(cfg.run.seed)
     state = Stage2State.create(cfg)
-    saved = restore("comgan.stage2_checkpoint")
+    saved = checkpoints.latest("comgan.stage2_checkpoint")
     if saved:
         state.S.load_state_dict(saved["S"])
         state.D_m.load_state_dict(saved["D_m"])
@@ -256,7 +249,7 @@ def stage2_worker(loop_config: dict) -> None:
         if rank == 0:
             say(f"[stage2] resumed from step {state.step}")
     state.S, state.D_m, state.opt_S, state.opt_Dm = accelerator.prepare(state.S, state.D_m, state.opt_S, state.opt_Dm)
-    seed_worker(cfg, rank, state.step)
+    seed_worker(cfg, accelerator, state.step, saved)
     step_fn = Stage2Step(state, generator, cfg, backward=accelerator.backward,
                          dm_plain=accelerator.unwrap_model(state.D_m))
     loader = train_loader(cfg.data.train, cfg.stage2.batch_size // world, rank=rank, world_size=world,
@@ -285,13 +278,14 @@ def stage2_worker(loop_config: dict) -> None:
                 "opt_S": state.opt_S.state_dict(), "opt_Dm": state.opt_Dm.state_dict()}
 
     last = train_loop("stage2", cfg, accelerator, step_fn, state.step, cfg.stage2.steps, loader, writer,
-                      checkpoint_state, images)
+                      checkpoint_state, images, crash_point)
     s_plain = accelerator.unwrap_model(state.S)
     in_sync = replicas_in_sync(accelerator, s_plain)
-    final = {"step": state.step, "num_processes": world, "replicas_in_sync": in_sync, **last}
+    final = {"step": state.step, "num_processes": world, "replicas_in_sync": in_sync,
+             "resumed_from": saved["step"] if saved else 0, **last}
     if accelerator.is_main_process:
         write_bytes(loop_config["segmenter"], to_bytes(segmenter_artifact(s_plain, cfg.model, {"step": state.step})))
         writer.close()
         say(f"[stage2] done: {world} process(es), replicas in sync: {in_sync}, "
             f"exported {loop_config['segmenter']}")
-    report(final, accelerator, checkpoint_state())
+    checkpoints.report(final, accelerator, checkpoint_state(), lambda: crash_point("checkpoint", state.step))

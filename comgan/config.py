@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "configs"
+MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,9 @@ class Stage2Config:
     adam_beta1: float = 0.5
     adam_beta2: float = 0.999
     lam: float = 2.0            # lambda: weight of the L1 consistency S(x_bar) ~ x_bar_m
+    # The stage-1 artifact (generator.pt, any URL) stage 2 learns from; empty: this run's own
+    # stage1/generator.pt, trained first. jobs/segment.py --generator sets it.
+    generator: str = ""
     adv_weight: float = 1.0     # weight of S's adversarial terms against D_m (paper: 1)
 
 
@@ -97,10 +101,13 @@ class RunConfig:
     workers: int = 1            # Ray Train workers (data-parallel processes)
     cpus_per_worker: int = 0    # 0: all CPUs of the node split across workers
     use_gpu: bool = False       # one GPU per worker
+    mixed_precision: str = "no" # no, bf16 (CPU or GPU) or fp16 (GPU only, with loss scaling)
     seed: int = 0
     log_every: int = 50         # steps between progress lines and scalar logs
     image_every: int = 500      # steps between image grids in TensorBoard
-    checkpoint_every: int = 500 # steps between checkpoints
+    checkpoint_every: int = 500 # steps between checkpoints (and one at the end of each stage)
+    keep_checkpoints: int = 2   # newest checkpoints kept per stage; older ones are deleted
+    max_failures: int = 2       # worker-group restarts (from the latest checkpoint) before a stage fails
 
 
 @dataclass
@@ -146,7 +153,7 @@ def load_config(source: str | None = None, overrides: list[str] | tuple = ()) ->
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. stage1.beta=0.5)")
-        _set_key(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "")
+        _set_key(cfg, key.strip(), value.strip())
     validate(cfg)
     return cfg
 
@@ -194,7 +201,9 @@ def _apply_mapping(obj, data: dict, prefix: str) -> None:
             setattr(obj, key, _coerce(value, target, full))
 
 
-def _set_key(cfg: Config, dotted: str, value) -> None:
+def _set_key(cfg: Config, dotted: str, text: str) -> None:
+    """Set one dotted key from command-line text: YAML for numbers and booleans, verbatim for
+    strings (YAML would turn `run.mixed_precision=no` into False)."""
     obj = cfg
     parts = dotted.split(".")
     for i, part in enumerate(parts):
@@ -202,6 +211,8 @@ def _set_key(cfg: Config, dotted: str, value) -> None:
         if i == len(parts) - 1:
             if is_dataclass(getattr(obj, part)):
                 raise ConfigError(f"{dotted} is a section; set one of its keys, e.g. {dotted}.<key>=...")
+            verbatim = _kind(target) == "str" and not text.startswith(("'", '"'))
+            value = text if verbatim else (yaml.safe_load(text) if text else "")
             setattr(obj, part, _coerce(value, target, dotted))
         else:
             obj = getattr(obj, part)
@@ -217,8 +228,12 @@ def _field(obj, name: str, full: str):
     raise ConfigError(f"unknown config key {full!r} (known here: {known})")
 
 
+def _kind(f) -> str:
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
 def _coerce(value, f, full: str):
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    kind = _kind(f)
     try:
         if kind == "bool":
             if isinstance(value, bool):
@@ -233,6 +248,8 @@ def _coerce(value, f, full: str):
                 raise ValueError
             return float(value)
         if kind == "str":
+            if isinstance(value, bool):  # YAML 1.1 reads unquoted no/yes/off/on as booleans
+                raise ConfigError(f"{full} must be a string; YAML read {value!r} as a boolean: quote it")
             return "" if value is None else str(value)
     except (TypeError, ValueError):
         pass
@@ -290,9 +307,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"run.workers must be >= 1, got {r.workers}")
     if r.cpus_per_worker < 0:
         raise ConfigError(f"run.cpus_per_worker must be >= 0, got {r.cpus_per_worker}")
-    for name in ("log_every", "image_every", "checkpoint_every"):
+    for name in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(r, name) < 1:
             raise ConfigError(f"run.{name} must be >= 1, got {getattr(r, name)}")
+    if r.max_failures < -1:
+        raise ConfigError(f"run.max_failures must be >= 0 (or -1: retry forever), got {r.max_failures}")
+    if r.mixed_precision not in MIXED_PRECISION:
+        raise ConfigError(f"run.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {r.mixed_precision!r}")
+    if r.mixed_precision == "fp16" and not r.use_gpu:
+        # accelerate accepts fp16 on CPU but then silently trains in fp32
+        raise ConfigError("run.mixed_precision=fp16 needs GPUs (run.use_gpu=true); on CPU use bf16 or no")
     if r.name and (r.name.startswith(".") or any(c in r.name for c in "/\\ ")):
         raise ConfigError(f"run.name must be a plain folder name without '/', '\\' or spaces, got {r.name!r}")
     endpoint = cfg.storage.endpoint_url

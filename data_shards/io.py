@@ -148,9 +148,16 @@ def list_urls(url: str, suffix: str = "") -> list[str]:
 
 @_user_errors
 def write_bytes(url: str, data: bytes) -> None:
+    """Write a whole object so that no reader ever sees part of it: an object store publishes a
+    PUT only once complete; a local file is written beside its target and renamed over it."""
     fs, path = filesystem(url)
     _make_parent(fs, path)
-    fs.pipe_file(path, bytes(data))
+    if not _is_local(fs):
+        fs.pipe_file(path, bytes(data))
+        return
+    partial = f"{path}.partial-{os.getpid()}"
+    fs.pipe_file(partial, bytes(data))
+    os.replace(partial, path)
 
 
 @_user_errors

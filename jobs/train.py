@@ -25,49 +25,26 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from comgan.artifacts import ArtifactError  # noqa: E402
-from comgan.config import ConfigError, load_config  # noqa: E402
-from data_shards.io import StorageError  # noqa: E402
-from data_shards.reader import DatasetError  # noqa: E402
+from cluster.cli import add_run_arguments, run_job  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="jobs/train.py", description=__doc__,
         epilog="Every config key can be overridden as section.key=value; see comgan/config.py for "
-               "the keys and their meaning, comgan/configs/ for the presets.",
+               "the keys and their meaning, comgan/configs/ for the presets. Exit codes: 0 done, "
+               "1 a stage failed after its restarts (re-run to resume), 2 a mistake in the "
+               "command, config, data or storage.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. stage1.beta=0.5 stage2.lam=2 model.num_categories=10")
-    p.add_argument("--config", default="default",
-                   help="preset name (default, tiny, paper) or path to a YAML file (default: %(default)s)")
-    p.add_argument("--workers", type=int, help="number of Ray Train workers (data-parallel processes)")
-    p.add_argument("--storage", help="where runs are kept: a folder or URL such as s3://bucket/runs (default: runs)")
-    p.add_argument("--name", help="run name; the same name resumes that run (default: the config's name)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_run_arguments(p)
+    p.add_argument("--stage1-only", action="store_true",
+                   help="stop after stage 1 has exported generator.pt (train segmenters later with jobs/segment.py)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    overrides = list(args.overrides)
-    for flag, key in ((args.workers, "run.workers"), (args.storage, "run.storage"), (args.name, "run.name")):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
-    try:
-        cfg = load_config(args.config, overrides)
-        if args.print_config:
-            print(cfg.to_yaml(), end="")
-            return 0
-        from cluster.pipeline import run_pipeline  # imports ray: keep --help and config errors fast
-        run_pipeline(cfg)
-    except (ConfigError, DatasetError, ArtifactError, StorageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume from the latest checkpoint", file=sys.stderr)
-        return 130
-    return 0
+    return run_job(args, stage1_only=args.stage1_only)
 
 
 if __name__ == "__main__":

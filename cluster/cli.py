@@ -1,0 +1,56 @@
+"""What the training entry points (jobs/train.py, jobs/segment.py) share: the run arguments,
+config resolution and how failures reach the user (one `error:` line, never a traceback)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from comgan.artifacts import ArtifactError
+from comgan.config import Config, ConfigError, load_config
+from data_shards.io import StorageError
+from data_shards.reader import DatasetError
+
+USER_ERRORS = (ConfigError, DatasetError, ArtifactError, StorageError)
+EXIT_USER_ERROR, EXIT_STAGE_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def add_run_arguments(p: argparse.ArgumentParser, default_name: str = "the config's name") -> None:
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. stage1.beta=0.5 stage2.lam=2 model.num_categories=10")
+    p.add_argument("--config", default="default",
+                   help="preset name (default, tiny, paper) or path to a YAML file (default: %(default)s)")
+    p.add_argument("--workers", type=int, help="number of Ray Train workers (data-parallel processes)")
+    p.add_argument("--storage", help="where runs are kept: a folder or URL such as s3://bucket/runs (default: runs)")
+    p.add_argument("--name", help=f"run name; the same name resumes that run (default: {default_name})")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def config_from_args(args: argparse.Namespace, extra: dict | None = None) -> Config:
+    overrides = list(args.overrides)
+    flags = {"run.workers": args.workers, "run.storage": args.storage, "run.name": args.name, **(extra or {})}
+    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return load_config(args.config, overrides)
+
+
+def run_job(args: argparse.Namespace, extra: dict | None = None, default_name=None, stage1_only: bool = False) -> int:
+    """Resolve the config, run the pipeline, turn every expected failure into one line + exit code."""
+    try:
+        cfg = config_from_args(args, extra)
+        if default_name and not cfg.run.name:
+            cfg.run.name = default_name(cfg)
+        if args.print_config:
+            print(cfg.to_yaml(), end="")
+            return 0
+        from .pipeline import StageFailed, run_pipeline  # imports ray: keep --help and config errors fast
+        try:
+            run_pipeline(cfg, stage1_only=stage1_only)
+        except StageFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_STAGE_FAILED
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume from the latest checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
