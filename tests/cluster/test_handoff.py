@@ -1,0 +1,95 @@
+"""Stage handoff: jobs/segment.py trains stage 2 alone from any exported generator (local or S3),
+and refuses an artifact that does not fit before any worker starts."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from comgan.artifacts import from_bytes, generator_artifact, load_segmenter, segmenter_artifact, to_bytes
+from comgan.config import load_config
+from comgan.networks import Generator, UNet
+from comgan.training import Stage1State, Stage1Step
+from data_shards.io import write_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "jobs"))
+
+
+def tiny_generator_file(path: Path, *overrides: str) -> Path:
+    """An (untrained) generator.pt of the tiny model, with optional model overrides."""
+    model = load_config("tiny", list(overrides)).model
+    torch.manual_seed(0)
+    path.write_bytes(to_bytes(generator_artifact(Generator(model), model, {"step": 0})))
+    return path
+
+
+def segment(*args: str) -> int:
+    import segment as segment_job  # jobs/segment.py
+
+    return segment_job.main(list(args))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.num_categories=5"], "model.num_categories is 5 in the artifact but 3 in the config"),
+    (["model.resolution=32"], "model.resolution is 32 in the artifact but 16 in the config"),
+    (["model.ngf=16"], "model.ngf is 16 in the artifact but 8 in the config"),
+])
+def test_a_generator_of_another_model_is_refused_naming_the_mismatch(tmp_path, capsys, overrides, message):
+    artifact = tiny_generator_file(tmp_path / "generator.pt", *overrides)
+    assert segment("--generator", str(artifact), "--config", "tiny", "--storage", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "tiny-segment").exists(), "refused before anything is written"
+
+
+def test_files_that_are_not_generators_are_refused(tmp_path, capsys):
+    model = load_config("tiny").model
+    not_generator = tmp_path / "segmenter.pt"
+    not_generator.write_bytes(to_bytes(segmenter_artifact(UNet(model.seg_width, model.seg_depth), model)))
+    garbage = tmp_path / "notes.pt"
+    garbage.write_text("not a checkpoint")
+    for path, message in ((not_generator, "is a 'comgan.segmenter' file, not a generator"),
+                          (garbage, "is not a readable torch file"),
+                          (tmp_path / "missing.pt", "does not exist")):
+        assert segment("--generator", str(path), "--config", "tiny", "--storage", str(tmp_path)) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.ray
+def test_segmenter_from_a_generator_on_s3_with_bf16(local_ray, s3_bucket, tiny_shards, tmp_path, capsys):
+    """Stage 2 alone, 2 workers in bf16 mixed precision, from an artifact stored on S3."""
+    url = f"{s3_bucket}/elsewhere/generator.pt"
+    write_bytes(url, tiny_generator_file(tmp_path / "generator.pt").read_bytes())
+    code = segment("--generator", url, "--config", "tiny", "--workers", "2", "--storage", str(tmp_path),
+                   f"data.train={tiny_shards / 'train'}", f"data.eval={tiny_shards / 'eval'}",
+                   "data.synthetic=false", "run.mixed_precision=bf16")
+    assert code == 0, capsys.readouterr().err
+    run = tmp_path / "tiny-segment"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["generator"] == url and "stage1" not in summary
+    assert summary["stage2"]["num_processes"] == 2 and summary["stage2"]["replicas_in_sync"] is True
+    assert not (run / "stage1").exists(), "stage 1 is not run"
+    load_segmenter(from_bytes((run / "stage2" / "segmenter.pt").read_bytes()), load_config("tiny").model)
+    assert json.loads((run / "eval.json").read_text())["num_images"] == 32
+
+
+def test_stage1_step_under_bf16_autocast():
+    """The stage-1 phases run under accelerate's bf16 autocast on CPU: activations in bf16,
+    weights and optimiser state stay fp32, losses finite."""
+    cfg = load_config("tiny")
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    state = Stage1State.create(cfg)
+    state.G, state.D_z, state.D_f, state.D_b, state.opt_D, state.opt_G = accelerator.prepare(
+        state.G, state.D_z, state.D_f, state.D_b, state.opt_D, state.opt_G)
+    seen = []
+    state.G.mask_net.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    stats = Stage1Step(state, cfg, backward=accelerator.backward)(torch.rand(4, 3, 16, 16) * 2 - 1)
+    assert torch.bfloat16 in seen
+    assert all(torch.isfinite(v).all() for v in stats.values())
+    assert all(p.dtype == torch.float32 for p in state.G.parameters())
