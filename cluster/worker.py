@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+import warnings
 
 import ray.train
 import torch
@@ -42,6 +43,9 @@ def make_accelerator(cfg: Config) -> Accelerator:
     # broadcast_buffers=False: D is called several times before one backward; re-broadcasting
     # BatchNorm buffers in between modifies them in place and breaks autograd.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    # accelerate deprecates broadcast_buffers but its replacement still syncs buffers at init; the
+    # warning itself says to keep it until then, and would otherwise print once per worker.
+    warnings.filterwarnings("ignore", message=".*broadcast_buffers.*is deprecated", category=FutureWarning)
     # cpu=True on CPU workers: without it accelerate >= 1.13 silently runs non-distributed.
     accelerator = Accelerator(cpu=not cfg.run.use_gpu, mixed_precision=cfg.run.mixed_precision,
                               kwargs_handlers=[ddp])

@@ -17,3 +17,5 @@ def test_ray_cluster_yaml_is_valid():
     for node in nodes.values():  # S3 through the instance role, never keys
         assert "IamInstanceProfile" in node["node_config"]
     assert "AWS_SECRET_ACCESS_KEY" not in (ROOT / "ray_cluster.yaml").read_text()
+    inbound = raw["provider"]["security_group"]["IpPermissions"]
+    assert [(rule["FromPort"], rule["ToPort"]) for rule in inbound] == [(22, 22)], "SSH only from outside"
