@@ -318,7 +318,8 @@ def validate(cfg: Config) -> None:
         # accelerate accepts fp16 on CPU but then silently trains in fp32
         raise ConfigError("run.mixed_precision=fp16 needs GPUs (run.use_gpu=true); on CPU use bf16 or no")
     if r.name and (r.name.startswith(".") or any(c in r.name for c in "/\\ ")):
-        raise ConfigError(f"run.name must be a plain folder name without '/', '\\' or spaces, got {r.name!r}")
+        raise ConfigError(f"run.name must be a plain folder name without '/', '\\' or spaces, not starting "
+                          f"with '.', got {r.name!r}")
     endpoint = cfg.storage.endpoint_url
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"storage.endpoint_url must start with http:// or https://, got {endpoint!r}")

@@ -33,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--generator", required=True, metavar="URI",
                    help="the stage-1 artifact to learn from: a path or URL to a generator.pt")
     add_run_arguments(p, default_name="<config>-segment")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # key=value overrides may follow the options
 
 
 def main(argv=None) -> int:

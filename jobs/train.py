@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_run_arguments(p)
     p.add_argument("--stage1-only", action="store_true",
                    help="stop after stage 1 has exported generator.pt (train segmenters later with jobs/segment.py)")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # key=value overrides may follow the options
 
 
 def main(argv=None) -> int:
