@@ -120,7 +120,10 @@ def run_stage(stage: str, worker_fn, cfg: Config, layout: RunLayout, extra: dict
         # The stage's name under the run is fixed, so a re-run finds and resumes its checkpoints.
         run_config=RunConfig(name=stage, storage_path=root, storage_filesystem=filesystem,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=cfg.run.max_failures)),
+                             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                             # Ray Train's INFO lines (every report, every checkpoint) would bury
+                             # the progress lines; failures and restarts are warnings and still show.
+                             logging_config=ray.LoggingConfig(log_level="WARNING")),
     )
     precision = "" if cfg.run.mixed_precision == "no" else f", {cfg.run.mixed_precision} mixed precision"
     log(f"{stage}: {cfg.run.workers} worker(s) x {cpus} CPU{' + 1 GPU' if cfg.run.use_gpu else ''}{precision}")

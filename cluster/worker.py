@@ -203,10 +203,12 @@ def stage1_worker(loop_config: dict) -> None:
              "resumed_from": saved["step"] if saved else 0, **last}
     if accelerator.is_main_process:
         exported, done = export_generator(cfg, state, loop_config["generator"])
-        final.update(generator_health(cfg, exported, accelerator.device))
+        health = generator_health(cfg, exported, accelerator.device)
+        final.update(health)  # summary.json: the mask statistics of what is handed to stage 2
         final["swapped_fg_bg"] = done["swapped_fg_bg"]
         images(state.step)
-        writer.scalars({k: v for k, v in final.items() if k.startswith("mask/")}, state.step)
+        # Under export/: the training curves' mask/* come from G, these from the exported G_ema.
+        writer.scalars({f"export/{k}": v for k, v in health.items()}, state.step)
         writer.close()
         say(f"[stage1] done: {world} process(es), replicas in sync: {in_sync}, "
             f"exported {loop_config['generator']}")

@@ -1,4 +1,4 @@
-"""Train DS-ComGAN end to end: stage 1 (disentangling generator), stage 2 (segmenter), evaluation.
+r"""Train DS-ComGAN end to end: stage 1 (disentangling generator), stage 2 (segmenter), evaluation.
 
 On a laptop (local Ray, CPU, built-in synthetic data, about 10 minutes):
     python jobs/train.py
@@ -11,7 +11,10 @@ On a running Ray cluster (see ray_cluster.yaml), data and runs on S3:
         --storage s3://bucket/runs --name cub-paper
 
 Re-running with the same --name continues that run: finished stages are kept, an interrupted
-stage resumes from its latest checkpoint.
+stage resumes from its latest checkpoint. Batch sizes are global (split across --workers) and the
+learning rate applies to the global batch; run.mixed_precision=bf16 (CPU/GPU) or fp16 (GPU).
+--stage1-only stops after exporting <run>/stage1/generator.pt, which jobs/segment.py takes.
+For scheduled runs (cron, CI) against a cluster, see jobs/submit.py.
 
 S3 settings come from the standard AWS environment (AWS_PROFILE, AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL) or an instance role; non-secret options can
