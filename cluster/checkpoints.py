@@ -1,7 +1,8 @@
 """Training checkpoints through Ray Train: what they hold, how they are written and restored.
 
 A checkpoint is one `state.pt` in the project's single format (comgan.artifacts): every network,
-G_ema, the optimisers, the step, every rank's RNG states and the resolved config. Rank 0 writes it
+G_ema, the optimisers, the step, every rank's RNG states, the fp16 loss scale and the resolved
+config. Rank 0 writes it
 to a local temporary folder and hands that to `ray.train.report`, which uploads it to
 <storage>/<run>/<stage>/checkpoint_<time>/ and only then registers it in the run's checkpoint
 manager snapshot. A crash at any point before that leaves at most an unregistered folder, which
@@ -47,9 +48,12 @@ def rng_states(accelerator: Accelerator) -> list[dict]:
     return gather_object([mine]) if accelerator.num_processes > 1 else [mine]
 
 
-def restore_rng(saved: dict, accelerator: Accelerator) -> bool:
-    """Continue this rank's random stream where the checkpoint left it. Only possible with the
-    same number of ranks; the caller reseeds otherwise."""
+def restore_process_state(saved: dict, accelerator: Accelerator) -> bool:
+    """Restore what lives outside the networks and optimisers: the fp16 loss scale, and this
+    rank's random stream where the checkpoint left it. The stream only with the same number of
+    ranks; returns False then, and the caller reseeds."""
+    if accelerator.scaler is not None and saved.get("grad_scaler"):
+        accelerator.scaler.load_state_dict(saved["grad_scaler"])
     states = saved.get("rng") or []
     if len(states) != accelerator.num_processes:
         return False
@@ -65,6 +69,7 @@ def report(metrics: dict, accelerator: Accelerator, state: dict | None,
     """Every rank reports (it is a barrier); rank 0 attaches the checkpoint when there is one."""
     if state is not None:
         state["rng"] = rng_states(accelerator)
+        state["grad_scaler"] = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
     if state is None or not accelerator.is_main_process:
         ray.train.report(metrics)
         return

@@ -33,6 +33,7 @@ from .stats import StatsTicker
 from .storage import configure_storage
 from .tensorboard import RunWriter
 
+
 def say(message: str) -> None:
     """Print from a worker once: Ray Train patches print() to log *and* tee to the redirected
     stdout, so the driver would show every line twice; the original stream is not patched."""
@@ -67,7 +68,7 @@ def seed_worker(cfg: Config, accelerator: Accelerator, step: int, saved: dict | 
     """Different codes on every rank, reproducible for a fixed seed and worker count: a resumed
     rank continues its saved random stream; a fresh one (or a resume onto a different number of
     workers) is seeded from (seed, rank, step)."""
-    if saved and checkpoints.restore_rng(saved, accelerator):
+    if saved and checkpoints.restore_process_state(saved, accelerator):
         return
     torch.manual_seed(hash((cfg.run.seed, accelerator.process_index, step)) % (2 ** 31))
 
