@@ -105,6 +105,11 @@ def worker_resources(cfg: Config) -> tuple[int, dict]:
     return cpus, {"CPU": cpus, **({"GPU": 1} if cfg.run.use_gpu else {})}
 
 
+def restarts_allowed(cfg: Config) -> str:
+    n = cfg.run.max_failures
+    return "unlimited restarts" if n < 0 else f"{n} restart{'s' if n != 1 else ''}"
+
+
 def run_stage(stage: str, worker_fn, cfg: Config, layout: RunLayout, extra: dict) -> dict:
     cpus, resources = worker_resources(cfg)
     # Ray Train persists checkpoints through pyarrow; hand it the same fsspec filesystem (and
@@ -132,7 +137,7 @@ def run_stage(stage: str, worker_fn, cfg: Config, layout: RunLayout, extra: dict
     except ray.train.TrainingFailedError as e:
         first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise StageFailed(
-            f"{stage} failed after {cfg.run.max_failures} restart(s): {first_line[:300]} (worker logs above). "
+            f"{stage} failed after {restarts_allowed(cfg)}: {first_line[:300]} (worker logs above). "
             f"Its checkpoints are kept in {layout.stage_dir(stage)}: run the same command again to resume"
         ) from None
     return dict(result.metrics or {})
