@@ -8,6 +8,7 @@ TensorBoard and checkpoints; every rank calls `ray.train.report` equally often (
 from __future__ import annotations
 
 import copy
+import logging
 import sys
 import time
 import warnings
@@ -59,6 +60,9 @@ def make_accelerator(cfg: Config) -> Accelerator:
 def setup_worker(loop_config: dict) -> Config:
     """What every worker does first: its config, its threads, its storage options."""
     cfg = config_from_dict(loop_config["config"])
+    # Ray Train logs every report and checkpoint at INFO through a logger that its own level
+    # setting (RunConfig.logging_config) misses; keep warnings (ours and Ray's), drop the chatter.
+    logging.getLogger().setLevel(logging.WARNING)
     torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))  # more threads than cores thrash
     configure_storage(cfg)
     return cfg
