@@ -68,10 +68,11 @@ def setup_worker(loop_config: dict) -> Config:
     return cfg
 
 
-def seed_worker(cfg: Config, accelerator: Accelerator, step: int, saved: dict | None) -> None:
-    """Different codes on every rank, reproducible for a fixed seed and worker count: a resumed
-    rank continues its saved random stream; a fresh one (or a resume onto a different number of
-    workers) is seeded from (seed, rank, step)."""
+def resume_or_seed(cfg: Config, accelerator: Accelerator, step: int, saved: dict | None) -> None:
+    """This process's state outside the networks: a resumed rank gets back its fp16 loss scale and
+    continues its saved random stream; a fresh one (or a resume onto a different number of
+    workers) is seeded from (seed, rank, step). Codes differ per rank, yet a fixed seed and
+    worker count reproduce the run."""
     if saved and checkpoints.restore_process_state(saved, accelerator):
         return
     torch.manual_seed(hash((cfg.run.seed, accelerator.process_index, step)) % (2 ** 31))
@@ -178,7 +179,7 @@ def stage1_worker(loop_config: dict) -> None:
     state.G_ema.to(accelerator.device)
     state.G, state.D_z, state.D_f, state.D_b, state.opt_D, state.opt_G = accelerator.prepare(
         state.G, state.D_z, state.D_f, state.D_b, state.opt_D, state.opt_G)
-    seed_worker(cfg, accelerator, state.step, saved)
+    resume_or_seed(cfg, accelerator, state.step, saved)
     g_plain, d_plain = accelerator.unwrap_model(state.G), accelerator.unwrap_model(state.D_z)
     step_fn = Stage1Step(state, cfg, backward=accelerator.backward, d_plain=d_plain, g_ema_source=g_plain)
 
@@ -260,7 +261,7 @@ def stage2_worker(loop_config: dict) -> None:
         if rank == 0:
             say(f"[stage2] resumed from step {state.step}")
     state.S, state.D_m, state.opt_S, state.opt_Dm = accelerator.prepare(state.S, state.D_m, state.opt_S, state.opt_Dm)
-    seed_worker(cfg, accelerator, state.step, saved)
+    resume_or_seed(cfg, accelerator, state.step, saved)
     step_fn = Stage2Step(state, generator, cfg, backward=accelerator.backward,
                          dm_plain=accelerator.unwrap_model(state.D_m))
     loader = train_loader(cfg.data.train, cfg.stage2.batch_size // world, rank=rank, world_size=world,
