@@ -1,6 +1,7 @@
 """jobs/train.py as a user runs it: help, and one-line errors for bad input (no traceback)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_train(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / "train.py"), *args], cwd=cwd,
+def run_train(*args, cwd=ROOT, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / "train.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -28,6 +29,9 @@ def test_help():
     (["model.num_categories=0"], "must be >= 1"),
     (["model.resolution=24"], "power of two >= 16"),
     (["--config", "nope"], "unknown config 'nope'"),
+    (["run.mixed_precision=fp16"], "run.mixed_precision=fp16 needs GPUs"),
+    (["run.mixed_precision=fp32"], "run.mixed_precision must be one of no, bf16, fp16"),
+    (["run.keep_checkpoints=0"], "run.keep_checkpoints must be >= 1"),
 ])
 def test_bad_config_is_one_line(args, message):
     p = run_train(*args)
@@ -46,3 +50,13 @@ def test_missing_or_empty_shards_is_one_line(tmp_path, make):
     assert p.returncode == 2, p.stderr
     assert str(folder) in p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_bad_fault_spec_is_one_line(tmp_path):
+    """A typo in COMGAN_FAULT stops the driver before any worker starts, not a worker mid-run."""
+    env = {**os.environ, "COMGAN_FAULT": "stage=stage1 rank=one step=5 marker=/tmp/x"}
+    p = run_train("--config", "tiny", f"--storage={tmp_path / 'runs'}", env=env)
+    assert p.returncode == 2, p.stderr
+    assert "'one' is not an integer" in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
