@@ -3,7 +3,9 @@
 On a terminal the line is redrawn in place (\\r) a few times a second; in a log file (a batch job,
 `ray job submit`, CI) a full line is printed every ~10 % instead, so logs stay short but still
 show the job moving. Other messages go through `note`, which clears the in-place line first so
-the two never garble each other. No tqdm: it is not a dependency, and this is all we need.
+the two never garble each other. Not tqdm (installed): in a file it prints either nothing
+(disable=None) or \\r-joined redraws on one line; whole lines every 10 % would need a subclass
+overriding its internal status_printer, clear and close, more code than this module.
 """
 from __future__ import annotations
 

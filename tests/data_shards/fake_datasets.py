@@ -151,3 +151,27 @@ def read_set(url: str) -> tuple[dict, dict[str, dict[str, bytes]]]:
 def decode(data: bytes, mode: str | None = None) -> np.ndarray:
     img = Image.open(io.BytesIO(data))
     return np.asarray(img.convert(mode) if mode else img)
+
+
+# ---------------------------------------------------------------------------------------------
+# shard sets written by hand, so they can hold what the writer never produces
+
+def write_set(folder: Path, shards: list[list[dict]], has_masks: bool = True, listed: list[int] | None = None) -> str:
+    """A shard set from raw samples ({"__key__": ..., "<field>": bytes}); `listed` overrides the
+    per-shard sample counts manifest.json claims (for shards that lost samples)."""
+    import json
+
+    import webdataset as wds
+
+    folder.mkdir()
+    entries = []
+    for i, samples in enumerate(shards):
+        name = "shard-%06d.tar" % i
+        with wds.TarWriter(str(folder / name), encoder=False) as w:
+            for s in samples:
+                w.write(s)
+        entries.append({"name": name, "num_samples": len(samples) if listed is None else listed[i]})
+    manifest = {"format": "ds-comgan-shards/1", "num_samples": sum(e["num_samples"] for e in entries),
+                "has_masks": has_masks, "shards": entries}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return str(folder)

@@ -150,7 +150,7 @@ def test_shards_for_rank_deals_every_sample_once():
 def _keys(url, rank, world, workers, batches, **kw):
     it = iter(train_loader(url, 8, rank=rank, world_size=world, num_workers=workers, seed=11, **kw))
     shapes, keys = set(), set()
-    for images, batch_keys, _ in itertools.islice(it, batches):
+    for images, batch_keys, *_ in itertools.islice(it, batches):
         shapes.add(tuple(images.shape))
         assert images.dtype == torch.float32 and images.min() >= -1 and images.max() <= 1
         keys.update(batch_keys)
