@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from comgan.config import load_config  # noqa: E402
-from comgan.export import prepare_for_export  # noqa: E402
-from comgan.metrics import all_foreground_baseline, centred_box_baseline, mask_statistics, segmentation_scores  # noqa: E402
+from cluster.config import load_config  # noqa: E402
+from comgan.export import export_generator  # noqa: E402
+from comgan.metrics import all_foreground_baseline, centred_box_baseline, segmentation_scores  # noqa: E402
 from comgan.networks import sample_codes  # noqa: E402
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step  # noqa: E402
 from data_shards.synthetic import synthetic_samples  # noqa: E402
@@ -47,11 +47,9 @@ def run(cfg, seed, train, test, out_dir=None):
         if (i + 1) % 250 == 0:
             print(f"  seed {seed} s1 {i + 1}: " + " ".join(f"{k.split('/')[-1]}={v.item():.3f}" for k, v in st.items()), flush=True)
     t1 = time.time()
-    done = prepare_for_export(s1.G_ema, cfg)
-    with torch.no_grad():
-        health = {k: v.item() for k, v in mask_statistics(s1.G_ema(*sample_codes(512, cfg.model)[:3]).mask).items()}
+    g_export, done, health = export_generator(s1.G_ema, cfg, chunk=cfg.run.inference_batch)
     s2 = Stage2State.create(cfg)
-    step2 = Stage2Step(s2, s1.G_ema, cfg)
+    step2 = Stage2Step(s2, cfg, generator=g_export)
     for i in range(cfg.stage2.steps):
         idx = torch.randint(len(train), (cfg.stage2.batch_size,))
         step2(train[idx])
@@ -69,13 +67,13 @@ def run(cfg, seed, train, test, out_dir=None):
         from comgan.visualize import grid_to_uint8, image_grid
         os.makedirs(out_dir, exist_ok=True)
         with torch.no_grad():
-            o = s1.G_ema(*sample_codes(12, cfg.model)[:3])
+            o = g_export(*sample_codes(12, cfg.model)[:3])
             g1 = image_grid([o.image, o.fg, o.bg, o.mask, o.global_image, s2.S(o.image)])
             g2 = image_grid([test[0][:12], test[1][:12].float(), pred[:12].float()])
         for name, g in (("generated", g1), ("real", g2)):
             Image.fromarray(grid_to_uint8(g)).resize((g.shape[2] * 3, g.shape[1] * 3), Image.NEAREST).save(
                 f"{out_dir}/seed{seed}_{name}.png")
-        torch.save({"G_ema": s1.G_ema.state_dict(), "S": s2.S.state_dict()}, f"{out_dir}/seed{seed}.pt")
+        torch.save({"G_ema": g_export.state_dict(), "S": s2.S.state_dict()}, f"{out_dir}/seed{seed}.pt")
     print(f"seed {seed}: IoU strict {res['segmenter']:.3f} (all-fg {res['all_fg']:.3f}, box {res['box']:.3f}) "
           f"paper {res['paper']:.3f} stage1 {t1 - t0:.0f}s stage2 {t2 - t1:.0f}s mask {health} {done}", flush=True)
     return res

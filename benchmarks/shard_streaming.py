@@ -155,7 +155,7 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "shard_streaming.json"))
     a = p.parse_args()
 
-    from comgan.config import load_config
+    from cluster.config import load_config
 
     cfg = load_config(a.config, a.overrides)
     server, endpoint = start_s3_server()

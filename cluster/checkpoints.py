@@ -1,8 +1,9 @@
 """Training checkpoints through Ray Train: what they hold, how they are written and restored.
 
-A checkpoint is one `state.pt` in the project's single format (comgan.artifacts): every network,
-G_ema, the optimisers, the step, every rank's RNG states, the fp16 loss scale and the resolved
-config. Rank 0 writes it
+A checkpoint is one `state.pt` in the project's single format (comgan.artifacts): the stage
+state's `state_dict()` (every network, G_ema, the optimisers, the step), the fp16 loss scale, the
+resolved config, and for every rank its random stream and its data position (the loader cursor),
+so that a run resumed with the same worker count continues exactly as it would have. Rank 0 writes it
 to a local temporary folder and hands that to `ray.train.report`, which uploads it to
 <storage>/<run>/<stage>/checkpoint_<time>/ and only then registers it in the run's checkpoint
 manager snapshot. A crash at any point before that leaves at most an unregistered folder, which
@@ -14,8 +15,6 @@ import json
 import os
 import tempfile
 import time
-from typing import Callable
-
 import ray.train
 import torch
 from accelerate import Accelerator
@@ -23,6 +22,8 @@ from accelerate.utils import gather_object
 
 from comgan.artifacts import from_bytes, to_bytes
 from data_shards.io import read_bytes, url_exists
+
+from . import faults
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -40,45 +41,57 @@ def latest(kind: str) -> dict | None:
     return state
 
 
-def rng_states(accelerator: Accelerator) -> list[dict]:
-    """Every rank's RNG states, in rank order. A collective: all ranks must call it."""
-    mine = {"torch": torch.get_rng_state()}
+def process_state(accelerator: Accelerator, loader: dict) -> dict:
+    """This rank's state outside the networks: its random streams and its data position."""
+    mine = {"torch": torch.get_rng_state(), "loader": loader}
     if accelerator.device.type == "cuda":
         mine["cuda"] = torch.cuda.get_rng_state(accelerator.device)
-    return gather_object([mine]) if accelerator.num_processes > 1 else [mine]
+    return mine
 
 
-def restore_process_state(saved: dict, accelerator: Accelerator) -> bool:
-    """Restore what lives outside the networks and optimisers: the fp16 loss scale, and this
-    rank's random stream where the checkpoint left it. The stream only with the same number of
-    ranks; returns False then, and the caller reseeds."""
-    if accelerator.scaler is not None and saved.get("grad_scaler"):
+def rank_state(saved: dict | None, accelerator: Accelerator, key: str):
+    """This rank's saved entry `key` ("torch", "loader", ...), or None when there is no checkpoint
+    or it was written by another number of ranks (then no rank's state is this rank's)."""
+    ranks = (saved or {}).get("ranks") or []
+    if len(ranks) != accelerator.num_processes:
+        return None
+    return ranks[accelerator.process_index].get(key)
+
+
+def resume_or_seed(seed: int, accelerator: Accelerator, step: int, saved: dict | None) -> None:
+    """A resumed rank gets back its fp16 loss scale and continues its saved random stream; a
+    fresh one (or a resume onto another number of workers) is seeded from (seed, rank, step).
+    Codes differ per rank, yet a fixed seed and worker count reproduce the run."""
+    if saved and accelerator.scaler is not None and saved.get("grad_scaler"):
         accelerator.scaler.load_state_dict(saved["grad_scaler"])
-    states = saved.get("rng") or []
-    if len(states) != accelerator.num_processes:
-        return False
-    mine = states[accelerator.process_index]
-    torch.set_rng_state(mine["torch"])
-    if "cuda" in mine and accelerator.device.type == "cuda":
-        torch.cuda.set_rng_state(mine["cuda"], accelerator.device)
-    return True
+    rng = rank_state(saved, accelerator, "torch")
+    if rng is None:
+        torch.manual_seed(hash((seed, accelerator.process_index, step)) % (2 ** 31))
+        return
+    torch.set_rng_state(rng)
+    cuda = rank_state(saved, accelerator, "cuda")
+    if cuda is not None and accelerator.device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, accelerator.device)
 
 
-def report(metrics: dict, accelerator: Accelerator, state: dict | None,
-           crash_point: Callable[[], None] = lambda: None) -> None:
-    """Every rank reports (it is a barrier); rank 0 attaches the checkpoint when there is one."""
-    if state is not None:
-        state["rng"] = rng_states(accelerator)
-        state["grad_scaler"] = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-    if state is None or not accelerator.is_main_process:
+def report(metrics: dict, accelerator: Accelerator, state: dict, loader: dict, step: int) -> None:
+    """Every rank reports (it is a barrier) with its process state; rank 0 attaches the checkpoint:
+    `state` plus every rank's process state (gathered, in rank order) and the fp16 loss scale."""
+    mine = process_state(accelerator, loader)
+    ranks = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
+    if not accelerator.is_main_process:
         ray.train.report(metrics)
         return
+    state = {**state, "ranks": ranks,
+             "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
     with tempfile.TemporaryDirectory(prefix="comgan-ckpt-") as d:
         data = to_bytes(state)
         with open(os.path.join(d, CHECKPOINT_FILE), "wb") as fh:
+            # Written in two halves so that the fault tests can kill the worker in between (a torn
+            # file, as a crash leaves); faults.point is a no-op unless COMGAN_FAULT is set.
             fh.write(data[: len(data) // 2])
             fh.flush()
-            crash_point()  # the fault tests kill the worker here, leaving a torn file behind
+            faults.point("checkpoint", step)
             fh.write(data[len(data) // 2:])
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 

@@ -6,9 +6,10 @@ import argparse
 import sys
 
 from comgan.artifacts import ArtifactError
-from comgan.config import Config, ConfigError, load_config
 from data_shards.io import StorageError
 from data_shards.reader import DatasetError
+
+from .config import Config, ConfigError, load_config
 
 USER_ERRORS = (ConfigError, DatasetError, ArtifactError, StorageError)
 EXIT_USER_ERROR, EXIT_STAGE_FAILED, EXIT_INTERRUPTED = 2, 1, 130

@@ -83,10 +83,26 @@ def _int(value: str, text: str) -> int:
         raise FaultSpecError(f"{ENV}={text!r}: {value!r} is not an integer") from None
 
 
-def injector(text: str, stage: str, rank: int, settle: Callable[[int], None]):
-    """`crash_point(at, step)` for one worker: kills it at the configured point, else nothing.
-    `settle(step)` is called with the step about to be killed before the kill."""
+_installed: Callable[[str, int], None] | None = None
+
+
+def install(text: str, stage: str, rank: int, stage_dir: str, checkpoint_every: int) -> None:
+    """Arm this worker's crash point (the fault tests only; workers call it when COMGAN_FAULT was
+    set on the driver). Before the kill, wait until the last checkpoint strictly before the
+    killed step is registered, so the test loses exactly the steps after a committed checkpoint."""
+    global _installed
     fault = parse(text)
     if fault is None:
-        return lambda at, step: None
-    return lambda at, step: fault.fire(stage, rank, step, at, lambda: settle(step))
+        return
+    from .checkpoints import wait_until_registered  # checkpoints imports this module
+
+    def settle(step: int) -> None:
+        wait_until_registered(stage_dir, (step - 1) // checkpoint_every * checkpoint_every)
+
+    _installed = lambda at, step: fault.fire(stage, rank, step, at, lambda: settle(step))  # noqa: E731
+
+
+def point(at: str, step: int) -> None:
+    """A place where an installed fault may kill this worker; nothing at all otherwise."""
+    if _installed is not None:
+        _installed(at, step)

@@ -10,9 +10,10 @@ artifact, after the driver has checked that it fits the config.
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
 import time
+from dataclasses import dataclass
 
 import ray
 import yaml
@@ -20,15 +21,15 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from comgan.artifacts import ArtifactError, from_bytes, load_generator
-from comgan.config import Config, ConfigError, config_from_dict
 from data_shards.io import arrow_filesystem, read_bytes, url_exists, write_bytes
-from data_shards.reader import read_manifest
+from data_shards.reader import check_usable, read_manifest
 from data_shards.writer import write_synthetic
 
 from . import evaluate, faults
+from .config import Config, ConfigError, config_from_dict
 from .storage import RunLayout, absolute_url, configure_storage
 from .tensorboard import RunWriter
-from .worker import stage1_worker, stage2_worker
+from .worker import StageJob, stage_worker
 
 
 class StageFailed(RuntimeError):
@@ -49,11 +50,13 @@ def ensure_data(cfg: Config) -> None:
                 log(f"writing {count} synthetic {m.resolution}px images to {url}")
                 write_synthetic(url, count, m.resolution, d.synthetic_styles, seed, samples_per_shard=d.samples_per_shard)
     train = read_manifest(d.train)
+    check_usable(d.train, resolution=m.resolution)  # a set no reader can use fails here, not in every worker
     log(f"training shards: {d.train} ({train['num_samples']} images in {len(train['shards'])} shards)")
     if d.eval:
         held_out = read_manifest(d.eval)
         if not held_out.get("has_masks"):
             raise ConfigError(f"data.eval={d.eval} has no ground-truth masks; give a set with masks or data.eval=''")
+        check_usable(d.eval, resolution=m.resolution, masks=True)
 
 
 def check_run_config(cfg: Config, layout: RunLayout) -> None:
@@ -86,23 +89,85 @@ def check_fault_spec() -> None:
         raise ConfigError(str(e)) from None
 
 
-def init_ray() -> None:
+def init_ray() -> bool:
+    """Connect to RAY_ADDRESS's cluster, or start a local one; True when the cluster is local
+    (then its nodes are all there will ever be: no autoscaler can add any)."""
+    address = os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
-        return
+        return address is None
+    if address is None:
+        quiet_local_cluster()
     # A new local cluster keeps its dashboard: Ray Train's placement-group cleaner polls the
     # state API it serves (without it: a warning every few seconds). It listens on 127.0.0.1.
-    ray.init(address=os.environ.get("RAY_ADDRESS") or None, logging_level="WARNING", log_to_driver=True)
+    ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+    return address is None
 
 
-def worker_resources(cfg: Config) -> tuple[int, dict]:
-    if cfg.run.cpus_per_worker:
-        cpus = cfg.run.cpus_per_worker
-    else:
-        total = int(ray.cluster_resources().get("CPU", 1))
-        cpus = max(1, math.floor(total / cfg.run.workers))
-        if cfg.run.use_gpu:
-            cpus = min(cpus, 8)
-    return cpus, {"CPU": cpus, **({"GPU": 1} if cfg.run.use_gpu else {})}
+class _DropNotice(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def quiet_local_cluster() -> None:
+    """Drop two lines a laptop run printed that mean nothing to its user, and nothing else:
+    - Ray's notice that token authentication is on (it is, and it should be; failures still show);
+    - per stage, a core_worker error about Ray Train's PreemptionWatcher actor, which watches for
+      cloud spot-instance preemption: a local cluster has none, so it is not started (the env var
+      reaches the Train controller, which the cluster started here inherits it from)."""
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _DropNotice("Token authentication is enabled"))
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+
+@dataclass(frozen=True)
+class Node:
+    cpus: int
+    gpus: int
+
+
+def alive_nodes() -> list[Node]:
+    return [Node(int(n["Resources"].get("CPU", 0)), int(n["Resources"].get("GPU", 0)))
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def workers_that_fit(nodes: list[Node], cpus: int, use_gpu: bool) -> int:
+    """How many workers of `cpus` CPUs (and one GPU each with use_gpu) these nodes can host."""
+    return sum(min(n.cpus // cpus, n.gpus if use_gpu else n.cpus) for n in nodes)
+
+
+def worker_resources(cfg: Config, nodes: list[Node]) -> int:
+    """The CPUs Ray reserves per worker: run.cpus_per_worker, or (0, auto) the most that still
+    places every worker on the nodes that are up, e.g. all of a laptop's CPUs split evenly."""
+    r = cfg.run
+    if r.cpus_per_worker:
+        return r.cpus_per_worker
+    if r.use_gpu and not any(n.gpus for n in nodes):
+        raise ConfigError("run.cpus_per_worker=0 (auto) needs GPU nodes that are already up; with GPU nodes "
+                          "that an autoscaler adds later, name it, e.g. run.cpus_per_worker=3 on 4-vCPU GPU nodes")
+    cpus = max([1] + [n.cpus for n in nodes])
+    while cpus > 1 and workers_that_fit(nodes, cpus, r.use_gpu) < r.workers:
+        cpus -= 1
+    return cpus
+
+
+def check_placement(cfg: Config, cpus: int, nodes: list[Node], fixed_cluster: bool) -> None:
+    """Refuse a request that can never be placed (Ray would wait for it forever); on a cluster
+    that an autoscaler may grow, say what the stage is waiting for."""
+    r = cfg.run
+    fit = workers_that_fit(nodes, cpus, r.use_gpu)
+    if fit >= r.workers:
+        return
+    want = f"{r.workers} worker(s) of {cpus} CPU{' + 1 GPU' if r.use_gpu else ''}"
+    have = ", ".join(f"{n.cpus} CPU{f' + {n.gpus} GPU' if n.gpus else ''}" for n in nodes) or "none"
+    if fixed_cluster:
+        raise ConfigError(f"{want} can never be placed on this machine ({have}); lower run.workers or "
+                          f"run.cpus_per_worker")
+    log(f"waiting for the cluster to add nodes: {want} requested, the nodes up now ({have}) hold {fit}; "
+        f"without an autoscaler this waits forever (Ctrl-C, then lower run.workers or run.cpus_per_worker)")
 
 
 def restarts_allowed(cfg: Config) -> str:
@@ -110,16 +175,18 @@ def restarts_allowed(cfg: Config) -> str:
     return "unlimited restarts" if n < 0 else f"{n} restart{'s' if n != 1 else ''}"
 
 
-def run_stage(stage: str, worker_fn, cfg: Config, layout: RunLayout, extra: dict) -> dict:
-    cpus, resources = worker_resources(cfg)
+def run_stage(stage: str, cfg: Config, layout: RunLayout, artifact: str, generator: str = "") -> dict:
+    job = StageJob(stage=stage, config=cfg.to_dict(), cpus_per_worker=cfg.run.cpus_per_worker,
+                   stage_dir=layout.stage_dir(stage), tensorboard=layout.tensorboard(stage), artifact=artifact,
+                   generator=generator, fault=os.environ.get(faults.ENV, ""))
+    cpus = job.cpus_per_worker
+    resources = {"CPU": cpus, **({"GPU": 1} if cfg.run.use_gpu else {})}
     # Ray Train persists checkpoints through pyarrow; hand it the same fsspec filesystem (and
     # options) that everything else uses, so one set of settings reaches every byte of the run.
     filesystem, root = arrow_filesystem(layout.root)
-    loop_config = {"config": cfg.to_dict(), "cpus_per_worker": cpus, "fault": os.environ.get(faults.ENV, ""),
-                   "stage_dir": layout.stage_dir(stage), "tensorboard": layout.tensorboard(stage), **extra}
     trainer = TorchTrainer(
-        worker_fn,
-        train_loop_config=loop_config,
+        stage_worker,
+        train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker=resources),
         # The stage's name under the run is fixed, so a re-run finds and resumes its checkpoints.
@@ -173,7 +240,10 @@ def prepare_run(cfg: Config) -> RunLayout:
         check_generator(cfg.stage2.generator, cfg)
     ensure_data(cfg)
     check_run_config(cfg, layout)
-    init_ray()
+    fixed_cluster = init_ray()
+    nodes = alive_nodes()
+    cfg.run.cpus_per_worker = worker_resources(cfg, nodes)  # resolved: what the workers get
+    check_placement(cfg, cfg.run.cpus_per_worker, nodes, fixed_cluster)
     return layout
 
 
@@ -186,7 +256,7 @@ def train_generator(cfg: Config, layout: RunLayout, summary: dict) -> str:
     if url_exists(layout.generator):
         log(f"stage1: {layout.generator} exists, not retraining")
         return layout.generator
-    m = run_stage("stage1", stage1_worker, cfg, layout, {"generator": layout.generator})
+    m = run_stage("stage1", cfg, layout, artifact=layout.generator)
     summary["stage1"] = m
     log(f"stage1: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s, "
         f"{m.get('perf/images_per_s', 0):.0f} img/s, mask mean {m.get('mask/mean', float('nan')):.2f}, "
@@ -198,13 +268,14 @@ def train_segmenter(cfg: Config, layout: RunLayout, generator: str, summary: dic
     if url_exists(layout.segmenter):
         log(f"stage2: {layout.segmenter} exists, not retraining")
         return
-    m = run_stage("stage2", stage2_worker, cfg, layout, {"generator": generator, "segmenter": layout.segmenter})
+    m = run_stage("stage2", cfg, layout, artifact=layout.segmenter, generator=generator)
     summary["stage2"] = m
     log(f"stage2: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s")
 
 
 def evaluate_run(cfg: Config, layout: RunLayout, started: float) -> dict:
-    results, grid = evaluate.evaluate(layout.segmenter, cfg.data.eval, cfg.model.resolution)
+    results, grid = evaluate.evaluate(layout.segmenter, cfg.data.eval, cfg.model.resolution,
+                                      batch_size=cfg.run.inference_batch)
     if any(results["data_problems"].values()):
         log(f"evaluation skipped or repaired bad samples: {results['data_problems']}")
     results["wall_seconds"] = time.time() - started

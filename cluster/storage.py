@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from comgan.config import Config
+from .config import Config
 from data_shards.io import configure_s3, join_url
 
 

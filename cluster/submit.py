@@ -27,7 +27,7 @@ import requests
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from comgan.config import ConfigError, load_config
+from .config import ConfigError, load_config
 
 RUN_NAME_KEY = "run_name"           # job metadata key: which run a job trains
 ACTIVE = (JobStatus.PENDING, JobStatus.RUNNING)
@@ -52,7 +52,7 @@ def expand_run_name(pattern: str, now: datetime) -> str:
     if not name:
         raise SubmitError(f"--name {pattern!r} expands to an empty run name")
     try:
-        # The rule lives in comgan/config.py; checking a config that carries the name keeps one copy.
+        # The rule lives in cluster/config.py; checking a config that carries the name keeps one copy.
         load_config("default", [f"run.name={name}"])
     except ConfigError as e:
         raise SubmitError(f"--name {pattern!r} expands to {name!r}: {e}") from None

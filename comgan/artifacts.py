@@ -8,6 +8,7 @@ architecture fits the config it is used with, naming both values on a mismatch.
 from __future__ import annotations
 
 import io
+import pickle
 from dataclasses import asdict
 
 import torch
@@ -31,8 +32,17 @@ def to_bytes(obj: dict) -> bytes:
 
 
 def from_bytes(data: bytes, what: str = "checkpoint") -> dict:
+    """Load a file this project wrote. `weights_only=True`: everything we save is tensors and plain
+    Python types, and an artifact may come from any URL, so a file that needs pickled code to load
+    (which could run anything on the cluster) is refused, never executed."""
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = next((line.strip() for line in str(e).splitlines() if "global" in line.lower()), None)
+        if detail is None:  # not a pickle that names code: a foreign or damaged file
+            raise ArtifactError(f"{what} is not a readable torch file (UnpicklingError)") from None
+        raise ArtifactError(f"{what} is refused: loading it would run pickled code ({detail[:160]}); "
+                            "DS-ComGAN files hold only tensors and plain types") from None
     except Exception as e:  # a truncated or foreign file: say so in one line
         raise ArtifactError(f"{what} is not a readable torch file ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(obj, dict) or "kind" not in obj:

@@ -1,21 +1,20 @@
-"""One config for everything: model, both training stages, data and the run.
+"""The model's and the two stages' settings, and the typed loading every config section shares.
 
-Defaults here are the laptop default (32 px, CPU, about 10 minutes). Named presets live in
-`comgan/configs/<name>.yaml` and only list what they change; `--config` also takes a path to
-any YAML file of the same shape. Command-line overrides are dotted `key=value` pairs, e.g.
-`stage1.beta=0.5 model.num_categories=10`.
+Defaults here are the laptop default (32 px, CPU, about 10 minutes). comgan owns only what decides
+the mathematics (model, stage1, stage2); the run config that adds data, storage and run settings,
+the presets and `load_config` live in cluster/config.py. The helpers below (`apply_mapping`,
+`set_key`) fill any nested dataclass from YAML mappings and dotted `key=value` overrides with type
+checks and one-line errors.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
-
 import yaml
 
-PRESET_DIR = Path(__file__).parent / "configs"
-MIXED_PRECISION = ("no", "bf16", "fp16")
+# Keys of older files that no longer exist; ignored when an artifact or checkpoint is read back.
+RETIRED_MODEL_KEYS = ("dz_aux_logits",)
 
 
 class ConfigError(ValueError):
@@ -31,7 +30,6 @@ class ModelConfig:
     ngf: int = 16               # generator width: 8*ngf channels at 4x4, halved by each upBlock (paper: 64)
     subnet_width: int = 16      # width of the F, B and M subnets (paper: 128 = 2*ngf)
     dz_width: int = 32          # D_z base width (paper: 32)
-    dz_aux_logits: int = 0      # unused code head of the authors' D_z; kept only to reproduce it (paper: 20)
     info_width: int = 32        # D_f / D_b base width (paper: 64)
     seg_width: int = 16         # U-Net base filters, doubled at each level (paper: 64)
     seg_depth: int = 3          # U-Net down-sampling levels (paper: 4)
@@ -71,124 +69,29 @@ class Stage2Config:
 
 
 @dataclass
-class DataConfig:
-    train: str = "data_shards/synthetic/train"  # training shards (folder or URL); images only are used
-    eval: str = "data_shards/synthetic/eval"    # held-out shards with ground-truth masks
-    synthetic: bool = True      # write the built-in synthetic set to `train`/`eval` if missing
-    synthetic_train_size: int = 10000  # 800 steps of 32 see each image about 2.5 times
-    synthetic_eval_size: int = 500
-    synthetic_styles: int = 4   # K foreground and K background styles
-    samples_per_shard: int = 1000
-    loader_workers: int = 1     # DataLoader processes per training worker
-    hflip: bool = True          # random horizontal flips of real images
-
-
-@dataclass
-class StorageConfig:
-    # Explicit, non-secret S3 options for data and runs; empty = the standard AWS environment and
-    # config files decide (AWS_ENDPOINT_URL, AWS_REGION, AWS_PROFILE, ~/.aws, instance roles).
-    # Credentials have no keys here on purpose: they never belong in a config that is saved.
-    endpoint_url: str = ""      # S3-compatible server, e.g. http://minio.internal:9000
-    region: str = ""            # e.g. eu-west-1
-    profile: str = ""           # a named profile from ~/.aws/config
-    anonymous: bool = False     # unsigned requests, for public buckets
-
-
-@dataclass
-class RunConfig:
-    name: str = ""              # run folder under storage; empty: the config's name
-    storage: str = "runs"       # where runs live: local folder or fsspec URL
-    workers: int = 1            # Ray Train workers (data-parallel processes)
-    cpus_per_worker: int = 0    # 0: all CPUs of the node split across workers
-    use_gpu: bool = False       # one GPU per worker
-    mixed_precision: str = "no" # no, bf16 (CPU or GPU) or fp16 (GPU only, with loss scaling)
-    seed: int = 0
-    log_every: int = 50         # steps between progress lines and scalar logs
-    image_every: int = 500      # steps between image grids in TensorBoard
-    checkpoint_every: int = 500 # steps between checkpoints (and one at the end of each stage)
-    keep_checkpoints: int = 2   # newest checkpoints kept per stage; older ones are deleted
-    max_failures: int = 2       # worker-group restarts (from the latest checkpoint) before a stage fails
-
-
-@dataclass
-class Config:
+class ComGANConfig:
+    """The model and both training stages: everything that decides what is computed. The run
+    config (cluster/config.py) extends it with where data and runs live and how workers run."""
     model: ModelConfig = field(default_factory=ModelConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
-    data: DataConfig = field(default_factory=DataConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    preset: str = "default"     # which preset or file this config came from
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @property
-    def run_name(self) -> str:
-        return self.run.name or self.preset
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading, overrides, validation
 
 
-def load_config(source: str | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Build a validated Config from a preset name or YAML path, then `key=value` overrides."""
-    cfg = Config()
-    if source and source != "default":
-        path = _resolve_source(source)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
-        data.pop("preset", None)
-        _apply_mapping(cfg, data, prefix="")
-        cfg.preset = path.stem if path.parent == PRESET_DIR else path.stem
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. stage1.beta=0.5)")
-        _set_key(cfg, key.strip(), value.strip())
-    validate(cfg)
-    return cfg
-
-
-def config_from_dict(data: dict) -> Config:
-    """Rebuild a Config written by `Config.to_dict` (checkpoints, exported artifacts)."""
-    cfg = Config()
-    data = dict(data)
-    preset = data.pop("preset", "default")
-    _apply_mapping(cfg, data, prefix="")
-    cfg.preset = preset
-    validate(cfg)
-    return cfg
-
-
 def model_config_from_dict(data: dict) -> ModelConfig:
     cfg = ModelConfig()
-    _apply_mapping(cfg, data, prefix="model.")
+    apply_mapping(cfg, {k: v for k, v in data.items() if k not in RETIRED_MODEL_KEYS}, prefix="model.")
     return cfg
 
 
-def _resolve_source(source: str) -> Path:
-    path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"config file {source} not found")
-        return path
-    preset = PRESET_DIR / f"{source}.yaml"
-    if not preset.is_file():
-        names = ", ".join(sorted(["default"] + [p.stem for p in PRESET_DIR.glob("*.yaml")]))
-        raise ConfigError(f"unknown config {source!r}: give a YAML file or one of: {names}")
-    return preset
-
-
-def _apply_mapping(obj, data: dict, prefix: str) -> None:
+def apply_mapping(obj, data: dict, prefix: str = "") -> None:
+    """Set the fields of a (nested) dataclass from a mapping, checking names and types."""
     for key, value in data.items():
         full = f"{prefix}{key}"
         target = _field(obj, key, full)
@@ -196,12 +99,12 @@ def _apply_mapping(obj, data: dict, prefix: str) -> None:
         if is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{full} is a section; give a mapping, not {value!r}")
-            _apply_mapping(current, value, prefix=full + ".")
+            apply_mapping(current, value, prefix=full + ".")
         else:
             setattr(obj, key, _coerce(value, target, full))
 
 
-def _set_key(cfg: Config, dotted: str, text: str) -> None:
+def set_key(cfg, dotted: str, text: str) -> None:
     """Set one dotted key from command-line text: YAML for numbers and booleans, verbatim for
     strings (YAML would turn `run.mixed_precision=no` into False)."""
     obj = cfg
@@ -259,7 +162,8 @@ def _coerce(value, f, full: str):
     raise ConfigError(f"{full} must be {words.get(kind, kind)}, got {value!r}")
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: ComGANConfig) -> None:
+    """Model and stage settings; the run config adds its own checks (cluster/config.py)."""
     m = cfg.model
     if m.resolution < 16 or m.resolution & (m.resolution - 1):
         raise ConfigError(f"model.resolution must be a power of two >= 16, got {m.resolution}")
@@ -277,8 +181,6 @@ def validate(cfg: Config) -> None:
     for name in ("z_dim", "subnet_width", "dz_width", "info_width", "seg_width", "dm_width"):
         if getattr(m, name) < 1:
             raise ConfigError(f"model.{name} must be >= 1, got {getattr(m, name)}")
-    if m.dz_aux_logits < 0:
-        raise ConfigError(f"model.dz_aux_logits must be >= 0, got {m.dz_aux_logits}")
     s1, s2 = cfg.stage1, cfg.stage2
     if s1.beta < 0:
         raise ConfigError(f"stage1.beta must be >= 0, got {s1.beta}")
@@ -298,37 +200,3 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{stage_name}.lr must be > 0, got {stage.lr}")
         if stage.batch_size < 1:
             raise ConfigError(f"{stage_name}.batch_size must be >= 1, got {stage.batch_size}")
-        if stage.batch_size % cfg.run.workers:
-            raise ConfigError(
-                f"{stage_name}.batch_size={stage.batch_size} is the global batch and must divide "
-                f"evenly across run.workers={cfg.run.workers}")
-    r = cfg.run
-    if r.workers < 1:
-        raise ConfigError(f"run.workers must be >= 1, got {r.workers}")
-    if r.cpus_per_worker < 0:
-        raise ConfigError(f"run.cpus_per_worker must be >= 0, got {r.cpus_per_worker}")
-    for name in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints"):
-        if getattr(r, name) < 1:
-            raise ConfigError(f"run.{name} must be >= 1, got {getattr(r, name)}")
-    if r.max_failures < -1:
-        raise ConfigError(f"run.max_failures must be >= 0 (or -1: retry forever), got {r.max_failures}")
-    if r.mixed_precision not in MIXED_PRECISION:
-        raise ConfigError(f"run.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {r.mixed_precision!r}")
-    if r.mixed_precision == "fp16" and not r.use_gpu:
-        # accelerate accepts fp16 on CPU but then silently trains in fp32
-        raise ConfigError("run.mixed_precision=fp16 needs GPUs (run.use_gpu=true); on CPU use bf16 or no")
-    if r.name and (r.name.startswith(".") or any(c in r.name for c in "/\\ ")):
-        raise ConfigError(f"run.name must be a plain folder name without '/', '\\' or spaces, not starting "
-                          f"with '.', got {r.name!r}")
-    endpoint = cfg.storage.endpoint_url
-    if endpoint and not endpoint.startswith(("http://", "https://")):
-        raise ConfigError(f"storage.endpoint_url must start with http:// or https://, got {endpoint!r}")
-    if "@" in endpoint.split("://", 1)[-1]:
-        raise ConfigError("storage.endpoint_url must not carry credentials; use the AWS environment or a profile")
-    d = cfg.data
-    if d.loader_workers < 0:
-        raise ConfigError(f"data.loader_workers must be >= 0, got {d.loader_workers}")
-    if d.synthetic and (d.synthetic_train_size < 1 or d.synthetic_eval_size < 1 or d.synthetic_styles < 1):
-        raise ConfigError("data.synthetic_train_size, synthetic_eval_size and synthetic_styles must be >= 1")
-    if d.samples_per_shard < 1:
-        raise ConfigError(f"data.samples_per_shard must be >= 1, got {d.samples_per_shard}")

@@ -1,4 +1,8 @@
-"""Exponential moving average of the generator, the network that is evaluated and handed on."""
+"""Exponential moving average of the generator, the network that is evaluated and handed on.
+
+Not torch.optim.swa_utils.AveragedModel: its decay ramp would count its own updates, not the
+(resumed) training step; its state_dict adds a `module.` prefix and `n_averaged`, which would
+change the checkpoint and generator.pt format; and it leaves parameters requiring grad."""
 from __future__ import annotations
 
 import copy

@@ -1,24 +1,26 @@
-"""Stage-1 and stage-2 update steps, written as explicit phases (StyleGAN-style).
+"""Stage-1 and stage-2 states and update steps, written as explicit phases (StyleGAN-style).
 
 Stage 1, one step: phase Dz (update D_z on real, x_bar and x_bar_z), then phase Gmain (update G,
 D_f and D_b together: fool D_z, recover f and b, sharpen the mask by beta * H2). Stage 2, one
 step: phase Dm (D_m: real = generated masks, fake = S(x_bar), S(x)), then phase S (consistency
 lambda * |S(x_bar) - x_bar_m| plus fooling D_m on both S outputs).
 
-The steps take modules that may be wrapped for data parallelism; `backward` lets the caller
-route loss.backward() through its mixed-precision / DDP machinery (accelerate), and the G phase
-calls `d_plain` (the unwrapped D) so no DDP reducer of D is armed while D is frozen.
+A state holds the plain networks and optimisers and snapshots itself with `state_dict()` /
+`load_state_dict()`. A step may be given `prepared` versions of them (wrapped for data
+parallelism and mixed precision by the caller) and a `backward` that routes loss.backward()
+through the same machinery; phases that only *use* a frozen discriminator call the plain module,
+so no DDP reducer of that discriminator is armed while it gets no gradient.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
 
 from . import losses
-from .config import Config
+from .config import ComGANConfig
 from .ema import ema_decay_at, make_ema, update_ema
 from .metrics import mask_statistics
 from .networks import build_stage1_networks, build_stage2_networks, sample_codes
@@ -32,9 +34,33 @@ def adam(params, stage_cfg) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=stage_cfg.lr, betas=(stage_cfg.adam_beta1, stage_cfg.adam_beta2))
 
 
+class Snapshot:
+    """state_dict() / load_state_dict() over the names a state lists: its trained networks
+    (TRAINED, the ones wrapped for data parallelism), other networks it carries (CARRIED, e.g.
+    G_ema), its optimisers and the step counter. Tensors and plain types only."""
+    TRAINED: ClassVar[tuple[str, ...]] = ()
+    CARRIED: ClassVar[tuple[str, ...]] = ()
+    OPTIMIZERS: ClassVar[tuple[str, ...]] = ()
+
+    def trained(self) -> dict[str, nn.Module]:
+        return {name: getattr(self, name) for name in self.TRAINED}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {name: getattr(self, name) for name in self.OPTIMIZERS}
+
+    def state_dict(self) -> dict:
+        names = self.TRAINED + self.CARRIED + self.OPTIMIZERS
+        return {"step": self.step, **{name: getattr(self, name).state_dict() for name in names}}
+
+    def load_state_dict(self, saved: dict) -> None:
+        for name in self.TRAINED + self.CARRIED + self.OPTIMIZERS:
+            getattr(self, name).load_state_dict(saved[name])
+        self.step = int(saved["step"])
+
+
 @dataclass
-class Stage1State:
-    """Everything stage 1 trains, plus G_ema. Modules may be replaced by wrapped versions."""
+class Stage1State(Snapshot):
+    """Everything stage 1 trains, plus G_ema (the network that is evaluated and handed on)."""
     G: nn.Module
     D_z: nn.Module
     D_f: nn.Module
@@ -43,138 +69,128 @@ class Stage1State:
     opt_D: torch.optim.Optimizer
     opt_G: torch.optim.Optimizer
     step: int = 0
+    TRAINED: ClassVar = ("G", "D_z", "D_f", "D_b")
+    CARRIED: ClassVar = ("G_ema",)
+    OPTIMIZERS: ClassVar = ("opt_D", "opt_G")
 
     @classmethod
-    def create(cls, cfg: Config) -> "Stage1State":
+    def create(cls, cfg: ComGANConfig) -> "Stage1State":
         nets = build_stage1_networks(cfg.model)
-        opt_D = adam([p for p in nets["D_z"].parameters() if p.requires_grad], cfg.stage1)
         g_params = [p for name in ("G", "D_f", "D_b") for p in nets[name].parameters()]
         return cls(nets["G"], nets["D_z"], nets["D_f"], nets["D_b"], make_ema(nets["G"]),
-                   opt_D, adam(g_params, cfg.stage1))
+                   adam(nets["D_z"].parameters(), cfg.stage1), adam(g_params, cfg.stage1))
 
 
 @dataclass
-class Stage2State:
+class Stage2State(Snapshot):
+    """The segmenter S and its mask discriminator D_m; the frozen generator is an input, not state."""
     S: nn.Module
     D_m: nn.Module
     opt_S: torch.optim.Optimizer
     opt_Dm: torch.optim.Optimizer
     step: int = 0
+    TRAINED: ClassVar = ("S", "D_m")
+    OPTIMIZERS: ClassVar = ("opt_S", "opt_Dm")
 
     @classmethod
-    def create(cls, cfg: Config) -> "Stage2State":
+    def create(cls, cfg: ComGANConfig) -> "Stage2State":
         nets = build_stage2_networks(cfg.model)
         return cls(nets["S"], nets["D_m"], adam(nets["S"].parameters(), cfg.stage2),
                    adam(nets["D_m"].parameters(), cfg.stage2))
 
 
-def _trainable(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad or getattr(p, "_comgan_trainable", False)]
-
-
-def set_trainable(module: nn.Module, flag: bool) -> None:
-    """Toggle requires_grad of a module's trainable parameters (frozen heads stay frozen)."""
-    for p in module.parameters():
-        if not hasattr(p, "_comgan_trainable"):
-            p._comgan_trainable = p.requires_grad
-        if p._comgan_trainable:
-            p.requires_grad_(flag)
-
-
 @dataclass
-class Stage1Step:
-    state: Stage1State
-    cfg: Config
+class _Step:
+    """What both steps share: the state, the config, and the prepared (wrapped) modules."""
+    state: Snapshot
+    cfg: ComGANConfig
     backward: Callable[[torch.Tensor], None] = plain_backward
-    d_plain: nn.Module | None = None      # unwrapped D_z for the G phase
-    g_ema_source: nn.Module | None = None  # unwrapped G whose weights G_ema averages
+    prepared: dict = field(default_factory=dict)  # name -> wrapped module or optimiser
 
+    def use(self, name: str):
+        """The prepared version of a network or optimiser where there is one, else the plain one."""
+        return self.prepared[name] if name in self.prepared else getattr(self.state, name)
+
+
+class Stage1Step(_Step):
     def __call__(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         s, c = self.state, self.cfg
+        G, D_z, D_f, D_b = self.use("G"), self.use("D_z"), self.use("D_f"), self.use("D_b")
+        opt_D, opt_G = self.use("opt_D"), self.use("opt_G")
         z, f, b, f_idx, b_idx = sample_codes(real.shape[0], c.model, device=real.device)
-        out = s.G(z, f, b)
+        out = G(z, f, b)
 
         # Phase Dz: real -> 1, composite and global-feature image -> 0.
-        set_trainable(s.D_z, True)
-        s.opt_D.zero_grad(set_to_none=True)
-        d_real, d_fake, d_global = s.D_z(real), s.D_z(out.image.detach()), s.D_z(out.global_image.detach())
+        s.D_z.requires_grad_(True)
+        opt_D.zero_grad(set_to_none=True)
+        d_real, d_fake, d_global = D_z(real), D_z(out.image.detach()), D_z(out.global_image.detach())
         loss_d = losses.bce_real(d_real) + losses.bce_fake(d_fake) + losses.bce_fake(d_global)
         self.backward(loss_d)
-        s.opt_D.step()
+        opt_D.step()
 
-        # Phase Gmain: G, D_f, D_b together (InfoGAN-style), D_z frozen.
-        set_trainable(s.D_z, False)
-        d = self.d_plain or s.D_z
-        s.opt_G.zero_grad(set_to_none=True)
-        adv = losses.bce_real(d(out.image)) + losses.bce_real(d(out.global_image))
-        info_f = losses.info_loss(s.D_f(out.fg), f_idx)
-        info_b = losses.info_loss(s.D_b(out.bg), b_idx)
+        # Phase Gmain: G, D_f, D_b together (InfoGAN-style); the plain D_z, frozen, judges.
+        s.D_z.requires_grad_(False)
+        opt_G.zero_grad(set_to_none=True)
+        adv = losses.bce_real(s.D_z(out.image)) + losses.bce_real(s.D_z(out.global_image))
+        info_f = losses.info_loss(D_f(out.fg), f_idx)
+        info_b = losses.info_loss(D_b(out.bg), b_idx)
         entropy = losses.binary_entropy(out.mask)
-        loss_g = adv + info_f + info_b + c.stage1.beta * entropy
         area = losses.mask_area_hinge(out.mask, c.stage1.mask_area_min)
+        loss_g = adv + info_f + info_b + c.stage1.beta * entropy
         if c.stage1.mask_area_weight:
             loss_g = loss_g + c.stage1.mask_area_weight * area
         self.backward(loss_g)
-        s.opt_G.step()
-        set_trainable(s.D_z, True)
+        opt_G.step()
+        s.D_z.requires_grad_(True)
 
         s.step += 1
-        update_ema(s.G_ema, self.g_ema_source or s.G, ema_decay_at(s.step, c.stage1.ema_decay))
+        update_ema(s.G_ema, s.G, ema_decay_at(s.step, c.stage1.ema_decay))
         stats = {
-            "loss/D_z": loss_d.detach(), "loss/G_adv": adv.detach(), "loss/D_f_info": info_f.detach(),
-            "loss/D_b_info": info_b.detach(), "loss/binary_entropy": entropy.detach(),
-            "loss/mask_area_hinge": area.detach(),
-            "loss/G_total": loss_g.detach(),
-            "D_z/real_score": torch.sigmoid(d_real.detach()).mean(),
-            "D_z/fake_score": torch.sigmoid(d_fake.detach()).mean(),
+            "loss/D_z": loss_d, "loss/G_adv": adv, "loss/D_f_info": info_f, "loss/D_b_info": info_b,
+            "loss/binary_entropy": entropy, "loss/mask_area_hinge": area, "loss/G_total": loss_g,
+            "D_z/real_score": torch.sigmoid(d_real).mean(), "D_z/fake_score": torch.sigmoid(d_fake).mean(),
+            **mask_statistics(out.mask),
         }
-        stats.update({k: v.detach() for k, v in mask_statistics(out.mask).items()})
-        return stats
+        return {k: v.detach() for k, v in stats.items()}
 
 
 @dataclass
-class Stage2Step:
-    state: Stage2State
-    generator: nn.Module   # frozen G_ema, eval mode
-    cfg: Config
-    backward: Callable[[torch.Tensor], None] = plain_backward
-    dm_plain: nn.Module | None = None
+class Stage2Step(_Step):
+    generator: nn.Module | None = None   # the frozen G_ema, in eval mode
 
     @torch.no_grad()
-    def generate(self, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        z, f, b, _, _ = sample_codes(batch, self.cfg.model, device=device)
+    def generate(self, batch: int, device, generator: torch.Generator | None = None):
+        """(x_bar, x_bar_m) of fresh codes; `generator` gives previews their own random stream."""
+        z, f, b, _, _ = sample_codes(batch, self.cfg.model, device=device, generator=generator)
         out = self.generator(z, f, b)
         return out.image, out.mask
 
     def __call__(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         s, c = self.state, self.cfg
+        S, D_m, opt_S, opt_Dm = self.use("S"), self.use("D_m"), self.use("opt_S"), self.use("opt_Dm")
         fake_img, fake_mask = self.generate(real.shape[0], real.device)
         # One S call on generated and real images: one DDP forward, shared BatchNorm statistics.
-        pred = s.S(torch.cat([fake_img, real]))
-        pred_fake, pred_real = pred.chunk(2)
+        pred_fake, pred_real = S(torch.cat([fake_img, real])).chunk(2)
 
         # Phase Dm: the generator's masks are "real"; S's predictions on both domains are "fake".
-        set_trainable(s.D_m, True)
-        s.opt_Dm.zero_grad(set_to_none=True)
-        loss_dm = (losses.bce_real(s.D_m(fake_mask)) + losses.bce_fake(s.D_m(pred_fake.detach()))
-                   + losses.bce_fake(s.D_m(pred_real.detach())))
+        s.D_m.requires_grad_(True)
+        opt_Dm.zero_grad(set_to_none=True)
+        loss_dm = (losses.bce_real(D_m(fake_mask)) + losses.bce_fake(D_m(pred_fake.detach()))
+                   + losses.bce_fake(D_m(pred_real.detach())))
         self.backward(loss_dm)
-        s.opt_Dm.step()
+        opt_Dm.step()
 
-        # Phase S: consistency with x_bar_m plus fooling D_m on both domains.
-        set_trainable(s.D_m, False)
-        d = self.dm_plain or s.D_m
-        s.opt_S.zero_grad(set_to_none=True)
+        # Phase S: consistency with x_bar_m plus fooling the plain, frozen D_m on both domains.
+        s.D_m.requires_grad_(False)
+        opt_S.zero_grad(set_to_none=True)
         cons = losses.consistency_loss(pred_fake, fake_mask)
-        adv = losses.bce_real(d(pred_fake)) + losses.bce_real(d(pred_real))
+        adv = losses.bce_real(s.D_m(pred_fake)) + losses.bce_real(s.D_m(pred_real))
         loss_s = c.stage2.lam * cons + c.stage2.adv_weight * adv
         self.backward(loss_s)
-        s.opt_S.step()
-        set_trainable(s.D_m, True)
+        opt_S.step()
+        s.D_m.requires_grad_(True)
 
         s.step += 1
-        return {
-            "loss/D_m": loss_dm.detach(), "loss/S_consistency": cons.detach(), "loss/S_adv": adv.detach(),
-            "loss/S_total": loss_s.detach(),
-            "seg/pred_real_mean": pred_real.detach().mean(), "seg/pred_fake_mean": pred_fake.detach().mean(),
-        }
+        stats = {"loss/D_m": loss_dm, "loss/S_consistency": cons, "loss/S_adv": adv, "loss/S_total": loss_s,
+                 "seg/pred_real_mean": pred_real.mean(), "seg/pred_fake_mean": pred_fake.mean()}
+        return {k: v.detach() for k, v in stats.items()}

@@ -34,8 +34,9 @@ from cluster.cli import add_run_arguments, run_job  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="jobs/train.py", description=__doc__,
-        epilog="Every config key can be overridden as section.key=value; see comgan/config.py for "
-               "the keys and their meaning, comgan/configs/ for the presets. Exit codes: 0 done, "
+        epilog="Every config key can be overridden as section.key=value; see comgan/config.py "
+               "(model, stage1, stage2), data_shards/config.py (data, storage) and cluster/config.py (run) "
+               "for the keys and their meaning, cluster/configs/ for the presets. Exit codes: 0 done, "
                "1 a stage failed after its restarts (re-run to resume), 2 a mistake in the "
                "command, config, data or storage.",
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
     """The tiny preset's synthetic train/eval shards, written once per session."""
-    from comgan.config import load_config
+    from cluster.config import load_config
     from data_shards.writer import write_synthetic
 
     cfg = load_config("tiny")

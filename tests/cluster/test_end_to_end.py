@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from comgan.artifacts import from_bytes, load_generator, load_segmenter
-from comgan.config import load_config
+from cluster.config import load_config
 
 
 def tensorboard_tags(folder: Path) -> dict:

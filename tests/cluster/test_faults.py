@@ -1,9 +1,12 @@
-"""Failures on a real local Ray cluster (2 CPU workers, tiny config), injected with COMGAN_FAULT.
+"""Failures on a real local Ray cluster (2 CPU workers, 2 loader processes each, tiny config),
+injected with COMGAN_FAULT, and the resume property users ask for most: a run killed and resumed
+ends with the same weights, bit for bit, as the same run never interrupted.
 
-Stage 1 runs 9 steps with a checkpoint every 3. Each scenario loses the worker after the step-3
-checkpoint and before a good step-6 one, so every run resumes from the same step-3 checkpoint:
-with RNG states restored, their generators must come out bit for bit identical, which is also
-the check that a fixed seed and worker count reproduce a run.
+Stage 1 runs 9 steps with a checkpoint every 3. Each scenario loses a worker after the step-3
+checkpoint and before a good step-6 one, so it resumes from step 3; it must then match the
+uninterrupted run exactly. That holds only if the checkpoint restores each rank's random stream
+and each loader's position (the step-3 checkpoint falls on loader role 3 % 2 = 1): reseeding
+either one, as a fresh start does, changes every later step.
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ import pytest
 import torch
 
 from cluster import faults
+from cluster.config import ConfigError, load_config
 from comgan.artifacts import from_bytes
-from comgan.config import load_config
 
 pytestmark = pytest.mark.ray
 
@@ -31,8 +34,8 @@ def runs(tmp_path_factory) -> Path:
 def tiny_config(tiny_shards, storage: Path, name: str, *extra: str):
     return load_config("tiny", [f"data.train={tiny_shards / 'train'}", "data.eval=''", "data.synthetic=false",
                                 f"run.storage={storage}", f"run.name={name}", "run.workers=2",
-                                f"stage1.steps={STEPS}", f"run.checkpoint_every={EVERY}",
-                                f"run.keep_checkpoints={KEEP}", *extra])
+                                "data.loader_workers=2", f"stage1.steps={STEPS}",
+                                f"run.checkpoint_every={EVERY}", f"run.keep_checkpoints={KEEP}", *extra])
 
 
 def inject(monkeypatch, marker: Path, **spec) -> None:
@@ -40,18 +43,48 @@ def inject(monkeypatch, marker: Path, **spec) -> None:
 
 
 def checkpoint_steps(stage_dir: Path) -> list[int]:
-    """Load every checkpoint folder of a stage: each must be whole and hold all ranks' RNG."""
+    """Load every checkpoint folder of a stage: each must be whole and hold all ranks' state."""
     steps = []
     for folder in sorted(p for p in stage_dir.glob("checkpoint_*") if p.is_dir()):
-        state = from_bytes((folder / "state.pt").read_bytes(), str(folder))
-        assert state["kind"] == "comgan.stage1_checkpoint"
-        assert len(state["rng"]) == 2, "one RNG state per rank"
-        assert {"G", "D_z", "D_f", "D_b", "G_ema", "opt_D", "opt_G", "config"} <= set(state)
-        steps.append(state["step"])
+        saved = from_bytes((folder / "state.pt").read_bytes(), str(folder))
+        assert saved["kind"] == "comgan.stage1_checkpoint"
+        assert len(saved["ranks"]) == 2, "one random stream and loader position per rank"
+        assert all({"torch", "loader"} <= set(rank) for rank in saved["ranks"])
+        assert {"G", "D_z", "D_f", "D_b", "G_ema", "opt_D", "opt_G", "step"} <= set(saved["state"])
+        steps.append(saved["state"]["step"])
     return sorted(steps)
 
 
-def test_killed_worker_is_restarted_from_the_latest_checkpoint(local_ray, tiny_shards, runs, monkeypatch):
+def final_weights(run: Path) -> dict:
+    """The exported generator and the last checkpoint's networks and optimisers."""
+    stage1 = run / "stage1"
+    last = max((p for p in stage1.glob("checkpoint_*") if p.is_dir()),
+               key=lambda p: from_bytes((p / "state.pt").read_bytes())["state"]["step"])
+    saved = from_bytes((last / "state.pt").read_bytes())["state"]
+    return {"generator": from_bytes((stage1 / "generator.pt").read_bytes())["state_dict"],
+            **{name: saved[name] for name in ("G", "D_z", "D_f", "D_b", "G_ema")},
+            "opt_G": saved["opt_G"]["state"]}
+
+
+def assert_bit_identical(a: dict, b: dict, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+        return
+    assert isinstance(a, dict) and a.keys() == b.keys(), where
+    for key in a:
+        assert_bit_identical(a[key], b[key], f"{where}/{key}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(local_ray, tiny_shards, runs) -> dict:
+    from cluster.pipeline import run_pipeline
+
+    summary = run_pipeline(tiny_config(tiny_shards, runs, "uninterrupted"), stage1_only=True)
+    assert summary["stage1"]["resumed_from"] == 0
+    return final_weights(runs / "uninterrupted")
+
+
+def test_killed_worker_is_restarted_and_ends_bit_identical(uninterrupted, tiny_shards, runs, monkeypatch):
     from cluster.pipeline import run_pipeline
 
     marker = runs / "killed-rank1-step5"
@@ -62,9 +95,10 @@ def test_killed_worker_is_restarted_from_the_latest_checkpoint(local_ray, tiny_s
     assert summary["stage1"]["resumed_from"] == 3
     assert summary["stage1"]["step"] == STEPS and summary["stage1"]["replicas_in_sync"] is True
     assert checkpoint_steps(runs / "worker-killed" / "stage1") == [6, 9], "intact, and pruned to the newest 2"
+    assert_bit_identical(final_weights(runs / "worker-killed"), uninterrupted)
 
 
-def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(local_ray, tiny_shards, runs,
+def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(uninterrupted, tiny_shards, runs,
                                                                          monkeypatch):
     from cluster.pipeline import run_pipeline
 
@@ -76,9 +110,10 @@ def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(local_r
     assert summary["stage1"]["resumed_from"] == 3
     assert summary["stage1"]["step"] == STEPS
     assert checkpoint_steps(runs / "killed-in-checkpoint" / "stage1") == [6, 9]
+    assert_bit_identical(final_weights(runs / "killed-in-checkpoint"), uninterrupted)
 
 
-def test_rerunning_a_failed_run_resumes_and_ignores_a_torn_checkpoint(local_ray, tiny_shards, runs,
+def test_rerunning_a_failed_run_resumes_and_ignores_a_torn_checkpoint(uninterrupted, tiny_shards, runs,
                                                                       monkeypatch):
     from cluster.pipeline import StageFailed, run_pipeline
 
@@ -103,13 +138,30 @@ def test_rerunning_a_failed_run_resumes_and_ignores_a_torn_checkpoint(local_ray,
     assert summary["stage1"]["step"] == STEPS
     registered = json.loads((stage1 / "checkpoint_manager_snapshot.json").read_text())
     assert torn.name not in json.dumps(registered), "a torn folder is never registered"
+    torn.rename(stage1 / "torn-copy")  # not a checkpoint_* folder any more: final_weights skips it
+    assert_bit_identical(final_weights(runs / "resubmitted"), uninterrupted)
 
 
-def test_resumed_runs_are_bit_identical(runs):
-    """All three runs resumed from an identical step-3 checkpoint with the same RNG states."""
-    weights = [from_bytes((runs / name / "stage1" / "generator.pt").read_bytes())["state_dict"]
-               for name in ("worker-killed", "killed-in-checkpoint", "resubmitted")]
-    for other in weights[1:]:
-        assert weights[0].keys() == other.keys()
-        for key in weights[0]:
-            assert torch.equal(weights[0][key], other[key]), key
+def test_a_run_resumes_onto_another_worker_count(local_ray, tiny_shards, runs, monkeypatch):
+    """2 workers fail after the step-3 checkpoint; the same run continues on 1 worker, with
+    fresh random streams (no rank's saved stream is its own) and synchronised weights."""
+    from cluster.pipeline import StageFailed, run_pipeline
+
+    inject(monkeypatch, runs / "killed-before-shrinking", stage="stage1", rank=1, step=5, at="step")
+    with pytest.raises(StageFailed):
+        run_pipeline(tiny_config(tiny_shards, runs, "shrunk", "run.max_failures=0"), stage1_only=True)
+    monkeypatch.delenv(faults.ENV)
+    summary = run_pipeline(tiny_config(tiny_shards, runs, "shrunk", "run.workers=1"), stage1_only=True)
+    assert summary["stage1"]["resumed_from"] == 3 and summary["stage1"]["num_processes"] == 1
+    assert summary["stage1"]["step"] == STEPS
+    assert (runs / "shrunk" / "stage1" / "generator.pt").exists()
+
+
+def test_a_run_folder_refuses_a_changed_config(local_ray, tiny_shards, runs):
+    from cluster.pipeline import run_pipeline
+
+    (runs / "refuses").mkdir()
+    (runs / "refuses" / "config.yaml").write_text(tiny_config(tiny_shards, runs, "refuses").to_yaml())
+    with pytest.raises(ConfigError, match=r"was started with stage1.beta=1.0, now 0.5: use a new --name"):
+        run_pipeline(tiny_config(tiny_shards, runs, "refuses", "stage1.beta=0.5"), stage1_only=True)
+    assert not (runs / "refuses" / "stage1").exists(), "refused before any worker started"

@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from comgan.artifacts import from_bytes, generator_artifact, load_segmenter, segmenter_artifact, to_bytes
-from comgan.config import load_config
+from cluster.config import load_config
 from comgan.networks import Generator, UNet
 from comgan.training import Stage1State, Stage1Step
 from data_shards.io import write_bytes
@@ -93,3 +93,36 @@ def test_stage1_step_under_bf16_autocast():
     assert torch.bfloat16 in seen
     assert all(torch.isfinite(v).all() for v in stats.values())
     assert all(p.dtype == torch.float32 for p in state.G.parameters())
+
+
+class _RunsCodeWhenUnpickled:
+    """What a crafted artifact carries: unpickling it would create `path`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_file_that_needs_pickled_code_is_refused_without_running_it(tmp_path, capsys):
+    ran = tmp_path / "code-ran"
+    crafted = tmp_path / "generator.pt"
+    crafted.write_bytes(to_bytes({"kind": "comgan.generator", "payload": _RunsCodeWhenUnpickled(ran)}))
+    assert segment("--generator", str(crafted), "--config", "tiny", "--storage", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "refused: loading it would run pickled code" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not ran.exists(), "the pickled code must never run"
+
+
+def test_everything_the_project_saves_loads_without_pickled_code(tmp_path):
+    """Checkpoints hold optimiser states, RNG states and the config besides the weights."""
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    state = Stage1State.create(cfg)
+    Stage1Step(state, cfg)(torch.rand(8, 3, 16, 16) * 2 - 1)
+    saved = {"kind": "comgan.stage1_checkpoint", "config": cfg.to_dict(), "rng": [{"torch": torch.get_rng_state()}],
+             **state.state_dict()}
+    loaded = from_bytes(to_bytes(saved))
+    assert loaded["step"] == 1 and torch.equal(loaded["rng"][0]["torch"], saved["rng"][0]["torch"])

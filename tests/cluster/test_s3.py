@@ -15,7 +15,7 @@ import s3fs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from comgan.artifacts import from_bytes, load_generator
-from comgan.config import load_config
+from cluster.config import load_config
 from conftest import S3_SECRET, _free_port
 from data_shards.io import join_url, read_bytes
 from data_shards.writer import write_synthetic
@@ -54,7 +54,7 @@ def test_pipeline_streams_from_and_stores_to_s3(local_ray, s3_bucket, capfd):
                          and e["name"].rsplit("/", 1)[-1].startswith("checkpoint_"))
     assert checkpoints, fs.ls(f"{run}/stage1")
     state = from_bytes(fs.cat_file(f"{checkpoints[-1]}/state.pt"), "checkpoint")
-    assert state["kind"] == "comgan.stage1_checkpoint" and state["step"] == cfg.stage1.steps
+    assert state["kind"] == "comgan.stage1_checkpoint" and state["state"]["step"] == cfg.stage1.steps
     generator, _ = load_generator(from_bytes(read_bytes(f"s3://{run}/stage1/generator.pt")), cfg.model)
     assert json.loads(fs.cat_file(f"{run}/eval.json"))["num_images"] == cfg.data.synthetic_eval_size
 

@@ -1,6 +1,6 @@
 import pytest
 
-from comgan.config import ConfigError, config_from_dict, load_config
+from cluster.config import ConfigError, config_from_dict, load_config
 
 
 def test_overrides_and_round_trip():
@@ -19,6 +19,8 @@ def test_overrides_and_round_trip():
     ("model.resolution=8", "power of two >= 16"),
     ("model.resolution=abc", "model.resolution must be an integer"),
     ("stage1.batch_size=7", "divide evenly"),
+    ("run.workers=0", "run.workers must be >= 1, got 0"),
+    ("run.inference_batch=0", "run.inference_batch must be >= 1"),
     ("beta", "not of the form key=value"),
 ])
 def test_bad_values_are_one_line_errors(override, message):
@@ -42,3 +44,19 @@ def test_storage_options_hold_no_credentials():
         load_config("tiny", ["storage.endpoint_url=127.0.0.1:9000"])
     with pytest.raises(ConfigError, match="must not carry credentials"):
         load_config("tiny", ["storage.endpoint_url=http://AKIA:secret@127.0.0.1:9000"])
+
+
+def test_comgan_keeps_only_the_model_and_stage_settings():
+    """comgan's config is the mathematics; data, storage and run settings belong to their layers."""
+    import dataclasses
+
+    from comgan.config import ComGANConfig
+
+    assert [f.name for f in dataclasses.fields(ComGANConfig)] == ["model", "stage1", "stage2"]
+    assert {"data", "storage", "run"} <= {f.name for f in dataclasses.fields(load_config("tiny"))}
+
+
+def test_a_config_written_before_the_aux_head_was_retired_still_loads():
+    old = load_config("tiny").to_dict()
+    old["model"]["dz_aux_logits"] = 20
+    assert config_from_dict(old).model.num_categories == 3

@@ -1,0 +1,142 @@
+"""The run config: the one config a job is given, in one YAML shape.
+
+It is comgan's model and stage settings (comgan/config.py) plus the sections of the layers that
+use them: `data` and `storage` (data_shards/config.py) and `run` (how and where the job runs,
+below). Named presets live in `cluster/configs/<name>.yaml` and list only what they change;
+`--config` also takes a path to any YAML file of the same shape. Command-line overrides are
+dotted `key=value` pairs, e.g. `stage1.beta=0.5 model.num_categories=10`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from comgan.config import RETIRED_MODEL_KEYS, ComGANConfig, ConfigError, apply_mapping, set_key
+from comgan.config import validate as validate_model_and_stages
+from data_shards.config import DataConfig, StorageConfig
+
+PRESET_DIR = Path(__file__).parent / "configs"
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+__all__ = ["Config", "ConfigError", "RunConfig", "load_config", "config_from_dict", "PRESET_DIR"]
+
+
+@dataclass
+class RunConfig:
+    name: str = ""              # run folder under storage; empty: the config's name
+    storage: str = "runs"       # where runs live: local folder or fsspec URL
+    workers: int = 1            # Ray Train workers (data-parallel processes)
+    # CPUs Ray reserves for each worker. 0 (auto): the CPUs of this machine split across the
+    # workers, for a local run; a cluster run with GPUs must name it (e.g. 3 on a 4-vCPU GPU node)
+    # since its nodes may not be up yet when the job starts.
+    cpus_per_worker: int = 0
+    use_gpu: bool = False       # one GPU per worker
+    mixed_precision: str = "no" # no, bf16 (CPU or GPU) or fp16 (GPU only, with loss scaling)
+    seed: int = 0
+    log_every: int = 50         # steps between progress lines and scalar logs
+    image_every: int = 500      # steps between image grids in TensorBoard
+    checkpoint_every: int = 500 # steps between checkpoints (and one at the end of each stage)
+    keep_checkpoints: int = 2   # newest checkpoints kept per stage; older ones are deleted
+    max_failures: int = 2       # worker-group restarts (from the latest checkpoint) before a stage fails
+    # Images per forward pass in every no-grad pass (export checks, BatchNorm re-estimation,
+    # previews, evaluation): bounds their memory whatever the sample counts.
+    inference_batch: int = 32
+
+
+@dataclass
+class Config(ComGANConfig):
+    data: DataConfig = field(default_factory=DataConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    preset: str = "default"     # which preset or file this config came from
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def run_name(self) -> str:
+        return self.run.name or self.preset
+
+
+def load_config(source: str | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Build a validated Config from a preset name or YAML path, then `key=value` overrides."""
+    cfg = Config()
+    if source and source != "default":
+        path = _resolve_source(source)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+        data.pop("preset", None)
+        apply_mapping(cfg, data)
+        cfg.preset = path.stem
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. stage1.beta=0.5)")
+        set_key(cfg, key.strip(), value.strip())
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config written by `Config.to_dict` (checkpoints, run folders)."""
+    cfg = Config()
+    data = dict(data)
+    preset = data.pop("preset", "default")
+    if isinstance(data.get("model"), dict):  # written before a key was retired
+        data["model"] = {k: v for k, v in data["model"].items() if k not in RETIRED_MODEL_KEYS}
+    apply_mapping(cfg, data)
+    cfg.preset = preset
+    validate(cfg)
+    return cfg
+
+
+def _resolve_source(source: str) -> Path:
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {source} not found")
+        return path
+    preset = PRESET_DIR / f"{source}.yaml"
+    if not preset.is_file():
+        names = ", ".join(sorted(["default"] + [p.stem for p in PRESET_DIR.glob("*.yaml")]))
+        raise ConfigError(f"unknown config {source!r}: give a YAML file or one of: {names}")
+    return preset
+
+
+def validate(cfg: Config) -> None:
+    r = cfg.run
+    # Checked first: the batch checks below divide by the worker count.
+    if r.workers < 1:
+        raise ConfigError(f"run.workers must be >= 1, got {r.workers}")
+    validate_model_and_stages(cfg)
+    for stage_name in ("stage1", "stage2"):
+        batch = getattr(cfg, stage_name).batch_size
+        if batch % r.workers:
+            raise ConfigError(f"{stage_name}.batch_size={batch} is the global batch and must divide "
+                              f"evenly across run.workers={r.workers}")
+    if r.cpus_per_worker < 0:
+        raise ConfigError(f"run.cpus_per_worker must be >= 0 (0: auto), got {r.cpus_per_worker}")
+    for name in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints", "inference_batch"):
+        if getattr(r, name) < 1:
+            raise ConfigError(f"run.{name} must be >= 1, got {getattr(r, name)}")
+    if r.max_failures < -1:
+        raise ConfigError(f"run.max_failures must be >= 0 (or -1: retry forever), got {r.max_failures}")
+    if r.mixed_precision not in MIXED_PRECISION:
+        raise ConfigError(f"run.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {r.mixed_precision!r}")
+    if r.mixed_precision == "fp16" and not r.use_gpu:
+        # accelerate accepts fp16 on CPU but then silently trains in fp32
+        raise ConfigError("run.mixed_precision=fp16 needs GPUs (run.use_gpu=true); on CPU use bf16 or no")
+    if r.name and (r.name.startswith(".") or any(c in r.name for c in "/\\ ")):
+        raise ConfigError(f"run.name must be a plain folder name without '/', '\\' or spaces, not starting "
+                          f"with '.', got {r.name!r}")
+    for section in (cfg.storage, cfg.data):
+        try:
+            section.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None

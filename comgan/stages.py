@@ -1,0 +1,116 @@
+"""The two training stages, each described by one small spec that a generic loop runs.
+
+A spec says what a stage trains (its state: networks, optimisers, step), how one step goes,
+what its image previews show and what it exports at the end. Everything here is pure PyTorch;
+the Ray/accelerate worker in cluster/worker.py runs any spec the same way: restore, prepare,
+step, tick, preview, checkpoint, export.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .artifacts import generator_artifact, segmenter_artifact
+from .config import ComGANConfig
+from .export import export_generator
+from .networks import sample_codes
+from .training import Snapshot, Stage1State, Stage1Step, Stage2State, Stage2Step, plain_backward
+from .visualize import image_grid
+
+PREVIEW_SEED = 1234
+PREVIEW_COUNT = 8
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str                   # "stage1" / "stage2": the config section and the run sub-folder
+    checkpoint_kind: str        # the "kind" of its training checkpoints
+    needs_generator: bool       # learns from a frozen stage-1 generator
+    create: Callable[..., Snapshot]                    # (cfg, generator) -> fresh state
+    make_step: Callable[..., Callable]                 # (state, cfg, generator, backward, prepared) -> step
+    previews: Callable[..., dict[str, torch.Tensor]]   # (state, cfg, generator, real) -> {tag: grid}
+    export: Callable[..., tuple[dict, dict]]           # (state, cfg, chunk) -> (artifact, metrics)
+    progress_keys: tuple[str, ...]                     # stats shown on the progress line
+
+    def settings(self, cfg: ComGANConfig):
+        return getattr(cfg, self.name)
+
+
+def _preview_codes(cfg: ComGANConfig, device):
+    return sample_codes(PREVIEW_COUNT, cfg.model, device=device,
+                        generator=torch.Generator(device).manual_seed(PREVIEW_SEED))[:3]
+
+
+@torch.no_grad()
+def _eval_mode(module: nn.Module, fn):
+    was_training = module.training
+    module.eval()
+    try:
+        return fn()
+    finally:
+        module.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: disentanglement
+
+
+def _stage1_step(state, cfg, generator=None, backward=plain_backward, prepared=None):
+    return Stage1Step(state, cfg, backward=backward, prepared=prepared or {})
+
+
+@torch.no_grad()
+def _stage1_previews(state: Stage1State, cfg, generator, real) -> dict:
+    out = state.G_ema(*_preview_codes(cfg, real.device))
+    return {"stage1/samples_rows_xbar_fg_bg_mask_xz":
+            image_grid([out.image, out.fg, out.bg, out.mask, out.global_image])}
+
+
+def _stage1_export(state: Stage1State, cfg, chunk: int) -> tuple[dict, dict]:
+    g, done, health = export_generator(state.G_ema, cfg, chunk)
+    artifact = generator_artifact(g, cfg.model, {"step": state.step, "export": done})
+    return artifact, {**health, "swapped_fg_bg": done["swapped_fg_bg"]}
+
+
+STAGE1 = StageSpec(
+    name="stage1", checkpoint_kind="comgan.stage1_checkpoint", needs_generator=False,
+    create=lambda cfg, generator=None: Stage1State.create(cfg),
+    make_step=_stage1_step, previews=_stage1_previews, export=_stage1_export,
+    progress_keys=("loss/D_z", "loss/G_adv", "loss/binary_entropy", "mask/mean"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: segmentation
+
+
+def _stage2_step(state, cfg, generator=None, backward=plain_backward, prepared=None):
+    return Stage2Step(state, cfg, backward=backward, prepared=prepared or {}, generator=generator)
+
+
+def _stage2_previews(state: Stage2State, cfg, generator, real) -> dict:
+    codes = _preview_codes(cfg, real.device)
+
+    def grids():
+        out = generator(*codes)
+        return {"stage2/real_rows_x_Sx": image_grid([real, state.S(real)]),
+                "stage2/generated_rows_xbar_mask_Sxbar": image_grid([out.image, out.mask, state.S(out.image)])}
+
+    return _eval_mode(state.S, grids)
+
+
+def _stage2_export(state: Stage2State, cfg, chunk: int) -> tuple[dict, dict]:
+    return segmenter_artifact(state.S, cfg.model, {"step": state.step}), {}
+
+
+STAGE2 = StageSpec(
+    name="stage2", checkpoint_kind="comgan.stage2_checkpoint", needs_generator=True,
+    create=lambda cfg, generator=None: Stage2State.create(cfg),
+    make_step=_stage2_step, previews=_stage2_previews, export=_stage2_export,
+    progress_keys=("loss/D_m", "loss/S_consistency", "loss/S_adv", "seg/pred_real_mean"),
+)
+
+STAGES = {spec.name: spec for spec in (STAGE1, STAGE2)}
