@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 import yaml
 
+from .augment import parse_policy
+
 # Keys of older files that no longer exist; ignored when an artifact or checkpoint is read back.
 RETIRED_MODEL_KEYS = ("dz_aux_logits",)
 
@@ -46,6 +48,9 @@ class Stage1Config:
     beta: float = 1.0           # weight of the mask binary-entropy term
     mask_area_weight: float = 20.0  # weight of a hinge keeping each mask's area in [min, 1 - min] (not in the paper: 0)
     mask_area_min: float = 0.05    # the hinge's bound: forbids only (nearly) empty or full masks
+    # DiffAugment policy for every D_z input, real and fake alike (comgan/augment.py): a comma list
+    # of color, translation, cutout; "" = off. Small photo sets need it: D_z memorises them.
+    augment: str = ""
     ema_decay: float = 0.999    # G_ema decay, ramped up from 0 over the first steps
     bn_recalibration_batches: int = 20  # re-estimate G_ema's BatchNorm statistics before export
     orient_mask: bool = True    # at export, swap F/B if the mask covers the border (the background)
@@ -187,6 +192,10 @@ def validate(cfg: ComGANConfig) -> None:
     if s1.mask_area_weight < 0 or not 0 <= s1.mask_area_min < 0.5:
         raise ConfigError(f"stage1.mask_area_weight must be >= 0 and stage1.mask_area_min in [0, 0.5), got "
                           f"{s1.mask_area_weight} and {s1.mask_area_min}")
+    try:
+        parse_policy(s1.augment)
+    except ValueError as e:
+        raise ConfigError(f"stage1.augment: {e}") from None
     if s2.adv_weight < 0:
         raise ConfigError(f"stage2.adv_weight must be >= 0, got {s2.adv_weight}")
     if s2.lam < 0:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import losses
+from .augment import diff_augment, parse_policy
 from .config import ComGANConfig
 from .ema import ema_decay_at, make_ema, update_ema
 from .metrics import mask_statistics
@@ -119,11 +120,15 @@ class Stage1Step(_Step):
         opt_D, opt_G = self.use("opt_D"), self.use("opt_G")
         z, f, b, f_idx, b_idx = sample_codes(real.shape[0], c.model, device=real.device)
         out = G(z, f, b)
+        policy = parse_policy(c.stage1.augment)
+
+        def aug(x):  # D_z sees every image, real or fake, through the same random augmentation
+            return diff_augment(x, policy=policy)
 
         # Phase Dz: real -> 1, composite and global-feature image -> 0.
         s.D_z.requires_grad_(True)
         opt_D.zero_grad(set_to_none=True)
-        d_real, d_fake, d_global = D_z(real), D_z(out.image.detach()), D_z(out.global_image.detach())
+        d_real, d_fake, d_global = D_z(aug(real)), D_z(aug(out.image.detach())), D_z(aug(out.global_image.detach()))
         loss_d = losses.bce_real(d_real) + losses.bce_fake(d_fake) + losses.bce_fake(d_global)
         self.backward(loss_d)
         opt_D.step()
@@ -131,7 +136,7 @@ class Stage1Step(_Step):
         # Phase Gmain: G, D_f, D_b together (InfoGAN-style); the plain D_z, frozen, judges.
         s.D_z.requires_grad_(False)
         opt_G.zero_grad(set_to_none=True)
-        adv = losses.bce_real(s.D_z(out.image)) + losses.bce_real(s.D_z(out.global_image))
+        adv = losses.bce_real(s.D_z(aug(out.image))) + losses.bce_real(s.D_z(aug(out.global_image)))
         info_f = losses.info_loss(D_f(out.fg), f_idx)
         info_b = losses.info_loss(D_b(out.bg), b_idx)
         entropy = losses.binary_entropy(out.mask)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 class DataConfig:
     train: str = "data_shards/synthetic/train"  # training shards (folder or URL); images only are used
     eval: str = "data_shards/synthetic/eval"    # held-out shards with ground-truth masks
+    eval_resolution: int = 0    # score masks at this size (predictions upsampled); 0: the model's
+    eval_grabcut: bool = False  # also score GrabCut (OpenCV) on the same images; best at >= 128 px
     synthetic: bool = True      # write the built-in synthetic set to `train`/`eval` if missing
     synthetic_train_size: int = 10000  # 800 steps of 32 see each image about 2.5 times
     synthetic_eval_size: int = 500
@@ -23,6 +25,8 @@ class DataConfig:
             raise ValueError(f"data.loader_workers must be >= 0, got {self.loader_workers}")
         if self.synthetic and min(self.synthetic_train_size, self.synthetic_eval_size, self.synthetic_styles) < 1:
             raise ValueError("data.synthetic_train_size, synthetic_eval_size and synthetic_styles must be >= 1")
+        if self.eval_resolution < 0:
+            raise ValueError(f"data.eval_resolution must be >= 0 (0: the model's), got {self.eval_resolution}")
         if self.samples_per_shard < 1:
             raise ValueError(f"data.samples_per_shard must be >= 1, got {self.samples_per_shard}")
 

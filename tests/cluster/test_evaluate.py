@@ -1,0 +1,93 @@
+"""Evaluation: baselines on tiny images, scoring at another resolution than the model's."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.baselines import grabcut, grabcut_batch
+from cluster.config import load_config
+from cluster.evaluate import evaluate, format_table, predict
+from comgan.artifacts import segmenter_artifact, to_bytes
+from comgan.networks import UNet
+from data_shards.writer import write_shards
+
+
+def disc_scene(size: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A bright noisy disc on a dark noisy background, and its mask."""
+    y, x = np.mgrid[:size, :size]
+    cy, cx = rng.uniform(0.4, 0.6, 2) * size
+    r = size * rng.uniform(0.2, 0.3)
+    mask = (y - cy) ** 2 + (x - cx) ** 2 < r ** 2
+    image = np.where(mask[..., None], [220, 180, 40], [30, 60, 90]) + rng.normal(0, 10, (size, size, 3))
+    return image.clip(0, 255).astype(np.uint8), mask
+
+
+def test_grabcut_finds_a_clear_object_inside_the_inset_rectangle():
+    image, mask = disc_scene(64, np.random.default_rng(0))
+    found = grabcut(image)
+    iou = (found & mask).sum() / (found | mask).sum()
+    assert iou > 0.9
+    flat = np.full((16, 16, 3), 128, np.uint8)  # nothing to separate: must still return a mask
+    assert grabcut(flat).shape == (16, 16)
+    batch = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    assert torch.equal(grabcut_batch(batch)[0, 0], torch.from_numpy(found))
+
+
+class Oracle(torch.nn.Module):
+    """A 'segmenter' that thresholds brightness: right on disc scenes at any resolution."""
+
+    def forward(self, x):
+        return (x.mean(1, keepdim=True) > -0.1).float()
+
+
+def test_predictions_are_upsampled_to_the_scoring_size():
+    image, mask = disc_scene(64, np.random.default_rng(1))
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    pred = predict(Oracle(), x, resolution=16, threshold=0.5)
+    assert pred.shape == (1, 1, 64, 64)
+    iou = (pred[0, 0] & torch.from_numpy(mask)).sum() / (pred[0, 0] | torch.from_numpy(mask)).sum()
+    assert iou > 0.85, "a 16 px prediction upsampled keeps the disc"
+
+
+def test_evaluate_scores_every_method_at_the_scoring_resolution(tmp_path):
+    rng = np.random.default_rng(2)
+    scenes = [disc_scene(64, rng) for _ in range(6)]
+    write_shards(({"key": f"{i:03d}", "image": im, "mask": m} for i, (im, m) in enumerate(scenes)),
+                 str(tmp_path / "eval"), progress=False)
+    model = load_config("tiny").model  # a 16 px U-Net
+    (tmp_path / "segmenter.pt").write_bytes(to_bytes(segmenter_artifact(UNet(model.seg_width, model.seg_depth), model)))
+    results, grid = evaluate(str(tmp_path / "segmenter.pt"), str(tmp_path / "eval"), resolution=16,
+                             batch_size=4, score_resolution=64, grabcut=True)
+    assert results["score_resolution"] == 64 and results["model_resolution"] == 16 and results["num_images"] == 6
+    assert results["grabcut"]["iou_strict"] > 0.8, "GrabCut separates these scenes"
+    assert results["all_foreground"]["iou_strict"] == pytest.approx(np.mean([m.mean() for _, m in scenes]), abs=1e-6)
+    assert grid.shape[1:] == (3 * 65 + 1, 6 * 65 + 1)
+    table = format_table(results)
+    assert "at 64 px" in table and "grabcut" in table
+    json.dumps(results)  # what eval.json holds
+
+
+def test_evaluate_job_prints_the_table_and_writes_json(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
+    import evaluate as evaluate_job  # jobs/evaluate.py
+
+    rng = np.random.default_rng(3)
+    write_shards(({"key": f"{i}", "image": im, "mask": m} for i, (im, m) in enumerate(disc_scene(32, rng)
+                                                                                      for _ in range(3))),
+                 str(tmp_path / "eval"), progress=False)
+    model = load_config("tiny").model
+    (tmp_path / "s.pt").write_bytes(to_bytes(segmenter_artifact(UNet(model.seg_width, model.seg_depth), model)))
+    assert evaluate_job.main(["--segmenter", str(tmp_path / "s.pt"), "--data", str(tmp_path / "eval"),
+                              "--resolution", "32", "--grabcut", "--out", str(tmp_path / "r.json")]) == 0
+    assert "grabcut" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["num_images"] == 3
+    assert (tmp_path / "r_grid.png").stat().st_size > 0
+    assert evaluate_job.main(["--segmenter", str(tmp_path / "missing.pt"), "--data", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
