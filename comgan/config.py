@@ -46,8 +46,9 @@ class Stage1Config:
     adam_beta1: float = 0.5
     adam_beta2: float = 0.999
     beta: float = 1.0           # weight of the mask binary-entropy term
-    mask_area_weight: float = 20.0  # weight of a hinge keeping each mask's area in [min, 1 - min] (not in the paper: 0)
-    mask_area_min: float = 0.05    # the hinge's bound: forbids only (nearly) empty or full masks
+    mask_area_weight: float = 20.0  # weight of a hinge keeping each mask's area in [min, max] (not in the paper: 0)
+    mask_area_min: float = 0.05    # the hinge's bounds: by default they forbid only (nearly) empty
+    mask_area_max: float = 0.95    # or full masks; a lower max says "objects are the smaller part"
     # DiffAugment policy for every D_z input, real and fake alike (comgan/augment.py): a comma list
     # of color, translation, cutout; "" = off. Small photo sets need it: D_z memorises them.
     augment: str = ""
@@ -189,9 +190,10 @@ def validate(cfg: ComGANConfig) -> None:
     s1, s2 = cfg.stage1, cfg.stage2
     if s1.beta < 0:
         raise ConfigError(f"stage1.beta must be >= 0, got {s1.beta}")
-    if s1.mask_area_weight < 0 or not 0 <= s1.mask_area_min < 0.5:
-        raise ConfigError(f"stage1.mask_area_weight must be >= 0 and stage1.mask_area_min in [0, 0.5), got "
-                          f"{s1.mask_area_weight} and {s1.mask_area_min}")
+    if s1.mask_area_weight < 0 or not 0 <= s1.mask_area_min < s1.mask_area_max <= 1:
+        raise ConfigError(f"stage1.mask_area_weight must be >= 0 and 0 <= stage1.mask_area_min < "
+                          f"stage1.mask_area_max <= 1, got {s1.mask_area_weight}, {s1.mask_area_min} and "
+                          f"{s1.mask_area_max}")
     try:
         parse_policy(s1.augment)
     except ValueError as e:

@@ -140,7 +140,7 @@ class Stage1Step(_Step):
         info_f = losses.info_loss(D_f(out.fg), f_idx)
         info_b = losses.info_loss(D_b(out.bg), b_idx)
         entropy = losses.binary_entropy(out.mask)
-        area = losses.mask_area_hinge(out.mask, c.stage1.mask_area_min)
+        area = losses.mask_area_hinge(out.mask, c.stage1.mask_area_min, c.stage1.mask_area_max)
         loss_g = adv + info_f + info_b + c.stage1.beta * entropy
         if c.stage1.mask_area_weight:
             loss_g = loss_g + c.stage1.mask_area_weight * area

@@ -71,12 +71,13 @@ def test_mask_area_hinge_weights_only_degenerate_masks(cfg):
     masks = torch.stack([torch.zeros(1, 8, 8), torch.full((1, 8, 8), 0.3), torch.ones(1, 8, 8)])
     assert mask_area_hinge(masks, 0.05).item() == pytest.approx((0.05 + 0 + 0.05) / 3)
     assert mask_area_hinge(masks[1:2], 0.05).item() == 0  # any plausible area is free
+    assert mask_area_hinge(masks[1:2], 0.05, 0.2).item() == pytest.approx(0.1)  # a lower max bites
     cfg.stage1.mask_area_weight = 0.0
     torch.manual_seed(0)
     s0 = Stage1State.create(cfg)
     torch.manual_seed(1)
     l0 = Stage1Step(s0, cfg)(real_batch(cfg))["loss/G_total"]
-    cfg.stage1.mask_area_weight, cfg.stage1.mask_area_min = 100.0, 0.499  # makes the hinge bite
+    cfg.stage1.mask_area_weight, cfg.stage1.mask_area_min, cfg.stage1.mask_area_max = 100.0, 0.499, 0.501
     torch.manual_seed(0)
     s1 = Stage1State.create(cfg)
     torch.manual_seed(1)
