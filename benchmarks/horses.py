@@ -45,6 +45,7 @@ VARIANTS = {
     "beta2": ["stage1.beta=2"],
     "N8": ["model.num_categories=8"],
     "no-orient": ["stage1.orient_mask=false"],
+    "area50": ["stage1.mask_area_max=0.5"],  # a prior that the object is the smaller part
     "32px": ["model.resolution=32", "model.ngf=16", "model.subnet_width=16", "model.seg_depth=3"],
 }
 

@@ -85,7 +85,7 @@ def save_report(results: dict, grid: torch.Tensor, json_url: str, png_url: str) 
 
 def format_table(results: dict) -> str:
     at = results.get("score_resolution")
-    lines = [f"Segmentation on {results['num_images']} held-out images"
+    lines = [f"Segmentation of {results['num_images']} labelled images"
              f"{f' at {at} px' if at else ''} (mean foreground area {100 * results['mean_foreground_area']:.1f} %):",
              f"  {'method':<16}{'IoU strict':>12}{'Dice strict':>13}{'IoU paper*':>12}{'Dice paper*':>13}"]
     for method in METHODS:
