@@ -145,7 +145,7 @@ class StageRun:
         generator = load_frozen_generator(job, cfg, device) if spec.needs_generator else None
 
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-        state = spec.create(cfg, generator)
+        state = spec.create(cfg)
         saved = checkpoints.latest(spec.checkpoint_kind)
         if saved:
             state.load_state_dict(saved["state"])

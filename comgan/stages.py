@@ -29,7 +29,7 @@ class StageSpec:
     name: str                   # "stage1" / "stage2": the config section and the run sub-folder
     checkpoint_kind: str        # the "kind" of its training checkpoints
     needs_generator: bool       # learns from a frozen stage-1 generator
-    create: Callable[..., Snapshot]                    # (cfg, generator) -> fresh state
+    create: Callable[..., Snapshot]                    # (cfg) -> fresh state
     make_step: Callable[..., Callable]                 # (state, cfg, generator, backward, prepared) -> step
     previews: Callable[..., dict[str, torch.Tensor]]   # (state, cfg, generator, real) -> {tag: grid}
     export: Callable[..., tuple[dict, dict]]           # (state, cfg, chunk) -> (artifact, metrics)
@@ -77,7 +77,7 @@ def _stage1_export(state: Stage1State, cfg, chunk: int) -> tuple[dict, dict]:
 
 STAGE1 = StageSpec(
     name="stage1", checkpoint_kind="comgan.stage1_checkpoint", needs_generator=False,
-    create=lambda cfg, generator=None: Stage1State.create(cfg),
+    create=Stage1State.create,
     make_step=_stage1_step, previews=_stage1_previews, export=_stage1_export,
     progress_keys=("loss/D_z", "loss/G_adv", "loss/binary_entropy", "mask/mean"),
 )
@@ -108,7 +108,7 @@ def _stage2_export(state: Stage2State, cfg, chunk: int) -> tuple[dict, dict]:
 
 STAGE2 = StageSpec(
     name="stage2", checkpoint_kind="comgan.stage2_checkpoint", needs_generator=True,
-    create=lambda cfg, generator=None: Stage2State.create(cfg),
+    create=Stage2State.create,
     make_step=_stage2_step, previews=_stage2_previews, export=_stage2_export,
     progress_keys=("loss/D_m", "loss/S_consistency", "loss/S_adv", "seg/pred_real_mean"),
 )
