@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from comgan.config import RETIRED_MODEL_KEYS, ComGANConfig, ConfigError, apply_mapping, set_key
+from comgan.config import ComGANConfig, ConfigError, apply_mapping, current_model_keys, set_key
 from comgan.config import validate as validate_model_and_stages
 from data_shards.config import DataConfig, StorageConfig
 
@@ -89,7 +89,7 @@ def config_from_dict(data: dict) -> Config:
     data = dict(data)
     preset = data.pop("preset", "default")
     if isinstance(data.get("model"), dict):  # written before a key was retired
-        data["model"] = {k: v for k, v in data["model"].items() if k not in RETIRED_MODEL_KEYS}
+        data["model"] = current_model_keys(data["model"])
     apply_mapping(cfg, data)
     cfg.preset = preset
     validate(cfg)

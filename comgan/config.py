@@ -90,9 +90,14 @@ class ComGANConfig:
 # Loading, overrides, validation
 
 
+def current_model_keys(data: dict) -> dict:
+    """A saved model section without the keys that no longer exist (files written before)."""
+    return {k: v for k, v in data.items() if k not in RETIRED_MODEL_KEYS}
+
+
 def model_config_from_dict(data: dict) -> ModelConfig:
     cfg = ModelConfig()
-    apply_mapping(cfg, {k: v for k, v in data.items() if k not in RETIRED_MODEL_KEYS}, prefix="model.")
+    apply_mapping(cfg, current_model_keys(data), prefix="model.")
     return cfg
 
 
