@@ -45,10 +45,12 @@ def predict(segmenter: torch.nn.Module, images: torch.Tensor, resolution: int, t
 
 
 @torch.no_grad()
-def evaluate(segmenter_url: str, eval_url: str, resolution: int, batch_size: int = 64, threshold: float = 0.5,
+def evaluate(segmenter_url: str, eval_url: str, batch_size: int = 64, threshold: float = 0.5,
              score_resolution: int | None = None, grabcut: bool = False) -> tuple[dict, torch.Tensor]:
-    """Returns (results, PNG grid of real image / ground truth / prediction for 8 images)."""
-    segmenter, _ = load_segmenter(from_bytes(read_bytes(segmenter_url), segmenter_url), what=segmenter_url)
+    """Returns (results, PNG grid of real image / ground truth / prediction for 8 images). The
+    segmenter's own resolution comes from its artifact."""
+    segmenter, model = load_segmenter(from_bytes(read_bytes(segmenter_url), segmenter_url), what=segmenter_url)
+    resolution = model.resolution
     problems = ProblemLog()
     scored_at = score_resolution or resolution
     shown, gts, preds = [], [], {"segmenter": []}  # shown: the first 8 images, for the grid

@@ -39,14 +39,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     a = parse_args(argv)
     from cluster.evaluate import evaluate, format_table, save_report
-    from comgan.artifacts import from_bytes, load_segmenter
-    from data_shards.io import read_bytes
 
     try:
         if a.resolution < 0 or a.batch < 1 or not 0 < a.threshold < 1:
             raise ValueError("--resolution must be >= 0, --batch >= 1 and --threshold in (0, 1)")
-        _, model = load_segmenter(from_bytes(read_bytes(a.segmenter), a.segmenter), what=a.segmenter)
-        results, grid = evaluate(a.segmenter, a.data, model.resolution, batch_size=a.batch, threshold=a.threshold,
+        results, grid = evaluate(a.segmenter, a.data, batch_size=a.batch, threshold=a.threshold,
                                  score_resolution=a.resolution or None, grabcut=a.grabcut)
         print(format_table(results))
         if a.out:

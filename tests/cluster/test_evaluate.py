@@ -59,8 +59,8 @@ def test_evaluate_scores_every_method_at_the_scoring_resolution(tmp_path):
                  str(tmp_path / "eval"), progress=False)
     model = load_config("tiny").model  # a 16 px U-Net
     (tmp_path / "segmenter.pt").write_bytes(to_bytes(segmenter_artifact(UNet(model.seg_width, model.seg_depth), model)))
-    results, grid = evaluate(str(tmp_path / "segmenter.pt"), str(tmp_path / "eval"), resolution=16,
-                             batch_size=4, score_resolution=64, grabcut=True)
+    results, grid = evaluate(str(tmp_path / "segmenter.pt"), str(tmp_path / "eval"), batch_size=4,
+                             score_resolution=64, grabcut=True)
     assert results["score_resolution"] == 64 and results["model_resolution"] == 16 and results["num_images"] == 6
     assert results["grabcut"]["iou_strict"] > 0.8, "GrabCut separates these scenes"
     assert results["all_foreground"]["iou_strict"] == pytest.approx(np.mean([m.mean() for _, m in scenes]), abs=1e-6)
