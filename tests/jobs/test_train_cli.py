@@ -60,3 +60,20 @@ def test_bad_fault_spec_is_one_line(tmp_path):
     assert "'one' is not an integer" in p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_shards_without_a_usable_image_stop_before_training_with_one_line(tmp_path):
+    """Images stored under a field the reader does not look for: one error line from the driver's
+    check, exit 2, and no worker started (before, the reader looped forever)."""
+    sys.path.insert(0, str(ROOT / "tests" / "data_shards"))
+    from fake_datasets import write_set
+
+    samples = [{"__key__": f"{i:06d}", "picture.jpg": b"jpeg bytes", "json": b"{}"} for i in range(80)]
+    url = write_set(tmp_path / "wrong-keys", [samples], has_masks=False)
+    p = run_train("--config", "tiny", f"data.train={url}", "data.eval=''", "data.synthetic=false",
+                  "--storage", str(tmp_path / "runs"))
+    assert p.returncode == 2, p.stderr
+    error = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "Traceback" not in p.stderr
+    assert "64 samples tried in a row, none usable" in error[0] and "fields seen: json, picture.jpg" in error[0]
+    assert not (tmp_path / "runs" / "tiny" / "stage1").exists(), "no worker started"
