@@ -72,6 +72,10 @@ class Stage2Config:
     # stage1/generator.pt, trained first. jobs/segment.py --generator sets it.
     generator: str = ""
     adv_weight: float = 1.0     # weight of S's adversarial terms against D_m (paper: 1)
+    # Augmentation of the generated (image, mask) pairs S learns from (comgan/augment.py policies;
+    # colour acts on the image only, translation and cutout on both alike); "" = off. It narrows
+    # the gap between the generator's images and real photos, which S is judged on.
+    augment: str = ""
 
 
 @dataclass
@@ -199,10 +203,11 @@ def validate(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage1.mask_area_weight must be >= 0 and 0 <= stage1.mask_area_min < "
                           f"stage1.mask_area_max <= 1, got {s1.mask_area_weight}, {s1.mask_area_min} and "
                           f"{s1.mask_area_max}")
-    try:
-        parse_policy(s1.augment)
-    except ValueError as e:
-        raise ConfigError(f"stage1.augment: {e}") from None
+    for key, policy in (("stage1.augment", s1.augment), ("stage2.augment", s2.augment)):
+        try:
+            parse_policy(policy)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
     if s2.adv_weight < 0:
         raise ConfigError(f"stage2.adv_weight must be >= 0, got {s2.adv_weight}")
     if s2.lam < 0:

@@ -174,6 +174,7 @@ class Stage2Step(_Step):
         s, c = self.state, self.cfg
         S, D_m, opt_S, opt_Dm = self.use("S"), self.use("D_m"), self.use("opt_S"), self.use("opt_Dm")
         fake_img, fake_mask = self.generate(real.shape[0], real.device)
+        fake_img, fake_mask = diff_augment(fake_img, fake_mask, policy=parse_policy(c.stage2.augment))
         # One S call on generated and real images: one DDP forward, shared BatchNorm statistics.
         pred_fake, pred_real = S(torch.cat([fake_img, real])).chunk(2)
 
