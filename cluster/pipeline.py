@@ -21,6 +21,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from comgan.artifacts import ArtifactError, from_bytes, load_generator
+from data_shards.index import holds_shards
 from data_shards.io import arrow_filesystem, read_bytes, url_exists, write_bytes
 from data_shards.reader import check_usable, read_manifest
 from data_shards.writer import write_synthetic
@@ -46,7 +47,8 @@ def ensure_data(cfg: Config) -> None:
     if d.synthetic:
         for url, count, seed in ((d.train, d.synthetic_train_size, 1000),
                                  (d.eval, d.synthetic_eval_size, 2000)):
-            if url and not url_exists(url.rstrip("/") + "/manifest.json"):  # data.eval='' means no evaluation
+            # data.eval='' means no evaluation; a user's plain tars (no manifest.json) are never written over
+            if url and not holds_shards(url):
                 log(f"writing {count} synthetic {m.resolution}px images to {url}")
                 write_synthetic(url, count, m.resolution, d.synthetic_styles, seed, samples_per_shard=d.samples_per_shard)
     train = read_manifest(d.train)

@@ -6,5 +6,7 @@ writer.py     samples -> shard-NNNNNN.tar + manifest.json
 converters.py image folders, CUB-200-2011, Oxford 102 Flowers -> samples for the writer
 progress.py   the progress line of long writes (jobs/make_shards.py)
 images.py     decoding both sides share: any image to 8-bit RGB, any mask to 0/255
+index.py      what a URL names (folder, brace pattern, .tar) and its manifest: manifest.json, or plain
+              WebDataset tars indexed from their headers (in memory, or written by make_shards.py index)
 reader.py     read_manifest, train_loader (endless, split across ranks/workers), eval_batches
 """

@@ -133,17 +133,23 @@ def url_exists(url: str) -> bool:
     return fs.exists(path)
 
 
-@_user_errors
 def list_urls(url: str, suffix: str = "") -> list[str]:
     """Sorted URLs of the files directly inside folder `url` whose names end with `suffix`.
     A missing folder lists as empty."""
+    return sorted(list_sizes(url, suffix))
+
+
+@_user_errors
+def list_sizes(url: str, suffix: str = "") -> dict[str, int]:
+    """{URL: size in bytes} of the files list_urls lists, from the same single listing."""
     fs, path = filesystem(url)
     try:
         entries = fs.ls(path, detail=True)
     except (FileNotFoundError, NotADirectoryError):
-        return []
-    names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") != "directory"]
-    return sorted(join_url(url, n) for n in names if n.endswith(suffix))
+        return {}
+    files = {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
+             for e in entries if e.get("type") != "directory"}
+    return {join_url(url, n): size for n, size in sorted(files.items()) if n.endswith(suffix)}
 
 
 @_user_errors

@@ -1,7 +1,16 @@
-"""Stream shard sets written by writer.py: an endless, sharded training loader whose order a
-checkpoint can restore exactly, a finite, ordered evaluation reader, and `check_usable`, which a
-driver calls before any worker starts. Shards are opened through io.py (fsspec), so a local folder,
-file:// and s3:// all work; each DataLoader worker opens its own connections after the fork.
+"""Stream shard sets: an endless, sharded training loader whose order a checkpoint can restore
+exactly, a finite, ordered evaluation reader, and `check_usable`, which a driver calls before any
+worker starts. Shards are opened through io.py (fsspec), so a local folder, file:// and s3:// all
+work; each DataLoader worker opens its own connections after the fork.
+
+What a URL names is index.py's business: a set written by writer.py (manifest.json beside
+shard-NNNNNN.tar), or plain WebDataset tars as users hold them (a folder of *.tar, a brace pattern
+such as s3://bucket/photos-{000000..000199}.tar, a single .tar), indexed from their tar headers
+when no manifest.json lists them; everything below works from the manifest either way. A sample's
+image is read from the first of IMAGE_KEYS it has (image.png/jpg/jpeg/webp as writer.py stores
+it, or jpg, jpeg, png, webp as img2dataset and TarWriter scripts do), its mask from the first of
+MASK_KEYS (mask.png, mask.jpg, mask.jpeg, mask.webp); other fields (json, txt, ...) are ignored.
+Images of any size are centre-cropped to square and resized to the requested resolution.
 
 Bad data never crashes a run: a truncated shard, a sample without an image, an image or mask that
 does not decode, or a mask of another size than its image is skipped (or, for the mask, resized)
@@ -20,7 +29,8 @@ batches and DDP never waits on a rank that ran dry.
 Training order is a pure function of (seed, rank, role, position), so a resumed run sees exactly
 the samples and flips an uninterrupted one would have:
 - A "role" is one of the W = max(1, num_workers) slots of this rank. Its part has a fixed number
-  of samples per pass ("epoch"), known from manifest.json without reading a shard.
+  of samples per pass ("epoch"), known from the manifest (manifest.json or an index) without
+  reading a shard.
 - Epoch e reads the role's shards in an order permuted by rng(seed, rank, role, e). Each sample
   gets an index in the epoch from the manifest counts (a shard that is shorter than listed leaves
   a gap; samples beyond the listed count are not read), and the indices are cut into windows of
@@ -42,13 +52,13 @@ truncated shards) and the same rank, world_size and num_workers; see train_loade
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import tarfile
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from functools import partial
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -57,33 +67,28 @@ from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from data_shards.images import mask_grey, open_image, to_rgb8
-from data_shards.io import filesystem, join_url, open_url, read_bytes
-from data_shards.writer import FORMAT, MANIFEST
+
+# read_manifest, shard_urls and DatasetError live in index.py (which decodes no sample); callers
+# import them from here, as before
+from data_shards.index import (
+    EVAL_WANTED,
+    IMAGE_KEYS,
+    IMAGE_WANTED,
+    MASK_KEYS,
+    DatasetError,
+    read_manifest,
+    shard_urls,
+)
+from data_shards.io import open_url
 
 SHUFFLE_WINDOW = 500    # samples (still encoded bytes) permuted together; spans neighbouring shards
 MAX_CONSECUTIVE_UNUSABLE = 1000   # unusable samples in a row before a reader gives up on the set
 CHECK_SAMPLES = 64      # how many samples check_usable reads at most
-IMAGE_EXTENSIONS = ("image.png", "image.jpg", "image.jpeg", "image.webp")
-MASK_EXTENSION = "mask.png"
 PROBLEM_KINDS = ("truncated_shard", "missing_image", "undecodable_image", "missing_mask", "undecodable_mask",
                  "mask_resized")
 WARN_FIRST, WARN_EVERY = 5, 1000    # per kind and process: the first few, then every 1000th
 
 logger = logging.getLogger("data_shards")
-
-
-class DatasetError(ValueError):
-    """A problem with a shard set that the user has to fix; the message is one line."""
-
-    def __init__(self, message: str = ""):
-        # torch's DataLoader re-raises a worker's exception as type(e)("Caught X in DataLoader
-        # worker process N.\nOriginal Traceback ..."): keep the worker's one line, and where.
-        head = f"Caught {type(self).__name__} "
-        if message.startswith(head) and "\n" in message:
-            where, _, rest = message[len(head):].partition(".\n")
-            last = rest.rstrip().splitlines()[-1]
-            message = f"{last.partition(': ')[2]} ({where})"
-        super().__init__(message)
 
 
 class ProblemLog:
@@ -136,10 +141,6 @@ class _Streak:
                             f"fields seen: {fields}; the reader looks for {self.wanted}")
 
 
-IMAGE_WANTED = "an image in " + ", ".join(IMAGE_EXTENSIONS[:-1]) + " or " + IMAGE_EXTENSIONS[-1]
-EVAL_WANTED = f"{IMAGE_WANTED}, and a mask in {MASK_EXTENSION}"
-
-
 class TrainBatch(NamedTuple):
     images: torch.Tensor            # float [B, 3, H, W] in [-1, 1]
     keys: list[str]                 # sample keys, for tests and debugging
@@ -182,35 +183,7 @@ class LoaderCursor:
 
 
 # ---------------------------------------------------------------------------------------------
-# manifest and split
-
-def read_manifest(url: str) -> dict:
-    """The manifest of the shard set in folder `url`, checked enough to stream from it."""
-    murl = join_url(url, MANIFEST)
-    try:
-        raw = read_bytes(murl)
-    except FileNotFoundError:
-        fs, path = filesystem(url)
-        if "://" not in url and not fs.exists(path):  # object stores have prefixes, not folders
-            raise DatasetError(f"no shard dataset at {url}: the folder does not exist") from None
-        raise DatasetError(f"no shard dataset at {url}: manifest.json not found (write shards with "
-                           "jobs/make_shards.py; a set without one is empty or an unfinished write)") from None
-    try:
-        manifest = json.loads(raw)
-    except ValueError as e:
-        raise DatasetError(f"{murl} is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DatasetError(f"{murl} is not a {FORMAT} manifest")
-    if not manifest.get("shards"):
-        raise DatasetError(f"{murl} lists no shards")
-    if int(manifest.get("num_samples", 0)) <= 0:
-        raise DatasetError(f"{murl} lists zero samples")
-    return manifest
-
-
-def shard_urls(url: str, manifest: dict) -> list[str]:
-    return [join_url(url, s["name"]) for s in manifest["shards"]]
-
+# the split between ranks and loader workers
 
 def shards_for_rank(shard_urls: list, rank: int, world_size: int, worker: int, num_workers: int) -> list:
     """What (rank, loader worker) reads: a list of (shard, remainder, modulus), meaning "of this
@@ -268,7 +241,7 @@ def _role_part(url: str, manifest: dict, rank: int, world_size: int, role: int, 
 # reading and decoding
 
 def _read_shard(url: str, problems: ProblemLog) -> Iterator[dict]:
-    """Samples of one shard in stored order: {"__key__", "image.<ext>", "mask.png"?, "json"}.
+    """Samples of one shard in stored order: {"__key__", "__url__", one entry per field, e.g. "jpg"}.
     A truncated or corrupt tar yields what precedes the damage, then counts one problem."""
     try:
         with open_url(url) as stream:
@@ -295,7 +268,11 @@ def _no_sample_error(what: str, urls: list[str], listed: int) -> DatasetError:
 
 
 def _image_bytes(sample: dict) -> bytes | None:
-    return next((sample[k] for k in IMAGE_EXTENSIONS if k in sample), None)
+    return next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+
+
+def _mask_bytes(sample: dict) -> bytes | None:
+    return next((sample[k] for k in MASK_KEYS if k in sample), None)
 
 
 def _fit(img: Image.Image, size: tuple[int, int] | None, resample) -> Image.Image:
@@ -327,6 +304,9 @@ def _image_size(url: str, manifest: dict, resolution: int | None) -> tuple[int, 
     """Target (H, W): square `resolution`, else the stored size, which must then be uniform."""
     if resolution is not None:
         return int(resolution), int(resolution)
+    if manifest.get("indexed"):  # counted from tar headers: the images' sizes are unknown
+        raise DatasetError(f"{url} is indexed plain WebDataset shards whose image sizes are unknown; "
+                           "pass a resolution to resize them")
     lo, hi = manifest.get("min_resolution"), manifest.get("max_resolution")
     if lo is not None and lo != hi:
         raise DatasetError(f"images in {url} range from {lo} to {hi} pixels; pass a resolution to resize them")
@@ -362,14 +342,15 @@ def _eval_pair(sample: dict, size, problems: ProblemLog, streak: _Streak) -> tup
     data = _image_bytes(sample)
     if data is None:
         return _unusable("missing_image", sample, problems, streak)
-    if MASK_EXTENSION not in sample:
+    mask_data = _mask_bytes(sample)
+    if mask_data is None:
         return _unusable("missing_mask", sample, problems, streak)
     try:
         image = to_rgb8(open_image(data))
     except Exception as e:
         return _unusable("undecodable_image", sample, problems, streak, e)
     try:
-        mask = mask_grey(open_image(sample[MASK_EXTENSION]))
+        mask = mask_grey(open_image(mask_data))
     except Exception as e:
         return _unusable("undecodable_mask", sample, problems, streak, e)
     streak.good()
@@ -587,33 +568,67 @@ def train_loader(url: str, batch_size: int, rank: int = 0, world_size: int = 1, 
 # evaluation: every sample once, in stored order
 
 def eval_batches(url: str, batch_size: int, resolution: int | None = None, limit: int | None = None,
-                 problems: ProblemLog | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images float [B, 3, H, W] in [-1, 1], masks float [B, 1, H, W] in {0, 1}) over the first
-    `limit` usable samples (all by default); the last batch may be smaller. Unusable samples are
-    skipped and counted in `problems`; MAX_CONSECUTIVE_UNUSABLE of them in a row, a set without a
-    usable sample, or shards without any sample raise DatasetError."""
+                 problems: ProblemLog | None = None, part: int = 0, parts: int = 1, keys: bool = False) -> Iterator[tuple]:
+    """(images float [B, 3, H, W] in [-1, 1], masks float [B, 1, H, W] in {0, 1}), plus the
+    samples' keys with keys=True, over the first `limit` usable samples (all by default); the last
+    batch may be smaller. part/parts: only the part-th of `parts` contiguous runs of shards, so
+    parts read one after the other give the whole set in stored order (a part may be empty).
+    Unusable samples are skipped and counted in `problems`; MAX_CONSECUTIVE_UNUSABLE of them in a
+    row, a set (or part) without a usable sample, or shards without any sample raise DatasetError."""
     manifest = read_manifest(url)
     if not manifest.get("has_masks"):
         raise DatasetError(f"{url} has no ground-truth masks for every image; evaluation needs them")
+    for images, masks, names in _ordered_batches(url, manifest, batch_size, resolution, limit, problems, part, parts,
+                                                 masks=True):
+        yield (images, masks, names) if keys else (images, masks)
+
+
+def image_batches(url: str, batch_size: int, resolution: int | None = None, limit: int | None = None,
+                  problems: ProblemLog | None = None) -> Iterator[torch.Tensor]:
+    """Images only (float [B, 3, H, W] in [-1, 1]) of the first `limit` usable samples in stored
+    order, masks or not: the real side of FID."""
+    for images, _, _ in _ordered_batches(url, read_manifest(url), batch_size, resolution, limit, problems, 0, 1,
+                                         masks=False):
+        yield images
+
+
+def _ordered_batches(url: str, manifest: dict, batch_size: int, resolution: int | None, limit: int | None,
+                     problems: ProblemLog | None, part: int, parts: int, masks: bool) -> Iterator[tuple]:
+    """(images, masks or None, keys) batches of every usable sample once, in stored order."""
+    if not 0 <= part < parts:
+        raise ValueError(f"bad part {part} of {parts}")
     problems = problems if problems is not None else ProblemLog()
     size = _image_size(url, manifest, resolution)
-    urls = shard_urls(url, manifest)
-    streak = _Streak(url, EVAL_WANTED, MAX_CONSECUTIVE_UNUSABLE)
-    total = manifest["num_samples"] if limit is None else min(limit, manifest["num_samples"])
-    images, masks, seen = [], [], 0
+    every = shard_urls(url, manifest)
+    n = len(every)
+    urls = every[part * n // parts:(part + 1) * n // parts]
+    listed = sum(int(s["num_samples"]) for s in manifest["shards"][part * n // parts:(part + 1) * n // parts])
+    streak = _Streak(url, EVAL_WANTED if masks else IMAGE_WANTED, MAX_CONSECUTIVE_UNUSABLE)
+    total = listed if limit is None else min(limit, listed)
+    images, gts, names, seen = [], [], [], 0
     for sample in itertools.chain.from_iterable(_read_shard(u, problems) for u in urls):
         if seen == total:
             break
-        pair = _eval_pair(sample, size, problems, streak)
-        if pair is None:
+        if masks:
+            usable = _eval_pair(sample, size, problems, streak)
+        else:
+            image = _train_image(sample, size, problems, streak)
+            usable = None if image is None else (image, None)
+        if usable is None:
             continue
-        images.append(pair[0])
-        masks.append(pair[1])
+        images.append(usable[0])
+        gts.append(usable[1])
+        names.append(sample["__key__"])
         seen += 1
         if len(images) == batch_size or seen == total:
-            yield _to_tensor(images), torch.from_numpy(np.stack(masks)[:, None]).float()
-            images, masks = [], []
+            yield _eval_batch(images, gts, names)
+            images, gts, names = [], [], []
     if images:  # damaged samples made the set shorter than the manifest says
-        yield _to_tensor(images), torch.from_numpy(np.stack(masks)[:, None]).float()
+        yield _eval_batch(images, gts, names)
     if seen == 0 and total > 0:
-        raise streak.error() if streak.count else _no_sample_error(url, urls, manifest["num_samples"])
+        raise streak.error() if streak.count else _no_sample_error(url, urls, listed)
+
+
+def _eval_batch(images: list, masks: list, keys: list) -> tuple:
+    gt = torch.from_numpy(np.stack(masks)[:, None]).float() if masks[0] is not None else None
+    return _to_tensor(images), gt, keys

@@ -9,11 +9,12 @@ Each shard is built in a local temporary file and copied as soon as it is comple
 whole objects and a crash never leaves a manifest that points at half-written shards.
 
 Rewriting a folder that holds a shard set: the old manifest is deleted before the first shard is
-replaced, so a reader that starts meanwhile fails with "manifest.json not found" instead of mixing
-old and new shards; shards the new set does not reuse are deleted only after the new manifest is
-written, so the folder never lists a shard that is missing. (A reader that opened the old
-manifest before the rewrite and is still streaming will see the new contents under the old names:
-shard names are not versioned, so do not rewrite a set that a running job reads.)
+replaced, so a reader that starts meanwhile fails (index.py indexes plain tars that lack a
+manifest, but refuses ours) instead of mixing old and new shards; shards the new set does not
+reuse are deleted only after the new manifest is written, so the folder never lists a shard that
+is missing. (A reader that opened the old manifest before the rewrite and is still streaming
+will see the new contents under the old names: shard names are not versioned, so do not rewrite a
+set that a running job reads.)
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Write a dataset as WebDataset shards plus manifest.json, the form jobs/train.py reads.
+"""Write a dataset as WebDataset shards plus manifest.json, the form jobs/train.py reads; or
+index plain WebDataset tars where they lie.
 
     python jobs/make_shards.py CONVERTER [SOURCE] DEST [options]
+    python jobs/make_shards.py index URL [--overwrite]
 
 A folder of images, with masks matched by relative path without extension (a/b.jpg <-> a/b.png):
     python jobs/make_shards.py folder photos/ s3://bucket/photos --masks photo_masks/
@@ -14,6 +16,13 @@ Oxford 102 Flowers (jpg/, segmim/):
     python jobs/make_shards.py flowers flowers102 data/flowers
 The built-in synthetic scenes:
     python jobs/make_shards.py synthetic data/synth --count 1000 --resolution 32
+Plain WebDataset tars (img2dataset, webdataset's ShardWriter: KEY.jpg + KEY.json, optional
+KEY.mask.png) need no conversion: jobs/train.py reads a folder of them, a brace pattern or a .tar
+as they are, counting their samples at every start. Indexing them once writes manifest.json
+beside them (a pattern's into its folder), copying nothing, so that runs start at once:
+    python jobs/make_shards.py index s3://bucket/photos/
+    python jobs/make_shards.py index 's3://bucket/photos/part-{000000..000199}.tar'
+(quote a brace pattern: the shell would expand it).
 
 DEST is a local folder or any fsspec URL (file://, s3://bucket/prefix; S3 credentials and
 endpoint come from the standard AWS environment). Each shard is uploaded as soon as it is full;
@@ -24,6 +33,7 @@ warning and counted in the summary and the manifest.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -32,6 +42,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_shards.converters import CONVERTERS, ConversionError  # noqa: E402
+from data_shards.index import DatasetError, write_index  # noqa: E402
 from data_shards.io import join_url, url_exists  # noqa: E402
 from data_shards.progress import Progress, format_duration  # noqa: E402
 from data_shards.writer import (MANIFEST, DestinationExists, ShardWriteError, format_size, parse_size,  # noqa: E402
@@ -144,6 +155,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     q.add_argument("--styles", type=_positive(int), default=4,
                    help="K foreground and K background styles (default: %(default)s)")
     q.add_argument("--seed", type=int, default=0, help="the set's seed; another seed is another set (default: 0)")
+
+    q = sub.add_parser("index", formatter_class=fmt, help="plain WebDataset tars in place: write their manifest.json",
+                       description="Count the samples of plain WebDataset tars (a folder of *.tar, a brace pattern "
+                                   "or one .tar) from their headers and write manifest.json beside them (a "
+                                   "pattern's into its folder, listing just its shards). Nothing is copied or "
+                                   "changed; images sit under jpg, jpeg, png, webp or image.<ext>, masks under "
+                                   "mask.png, mask.jpg, mask.jpeg or mask.webp.\n"
+                                   "  python jobs/make_shards.py index 's3://bucket/photos/part-{000000..000199}.tar'")
+    q.add_argument("url", metavar="URL", help="a folder of .tar files, a brace pattern (quoted) or a .tar, local or URL")
+    q.add_argument("--overwrite", action="store_true", help="replace a manifest.json already there")
+    q.add_argument("--quiet", action="store_true", help="no progress lines or warnings, only errors and the summary")
     return p.parse_args(argv)
 
 
@@ -179,20 +201,42 @@ def summary(manifest: dict, dest: str, seconds: float) -> str:
             + (f"skipped {sum(skipped.values())} ({why})" if skipped else "skipped none"))
 
 
+def index_summary(manifest: dict, written: str, seconds: float) -> str:
+    shards, size = len(manifest["shards"]), sum(s["bytes"] for s in manifest["shards"])
+    keys = ", ".join([*manifest["image_keys"], *manifest["mask_keys"]])
+    return (f"indexed {manifest['num_samples']} samples ({manifest['num_masks']} with masks) in {shards} "
+            f"shard{'s' * (shards != 1)}, {format_size(size)}, in {format_duration(seconds)}; fields used: {keys}; "
+            f"wrote {written}")
+
+
+def run_index(args: argparse.Namespace, start: float) -> str:
+    # The indexer warns about missing or damaged shards through logging; shown like the converters' warnings.
+    logging.basicConfig(format="warning: %(message)s", level=logging.ERROR if args.quiet else logging.WARNING)
+    manifest, written = write_index(args.url, overwrite=args.overwrite,
+                                    progress=Progress(label="index", unit="shards", enabled=not args.quiet))
+    return index_summary(manifest, written, time.monotonic() - start)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.monotonic()
     try:
+        if args.converter == "index":
+            print(run_index(args, start))
+            return 0
         # Checked before the source is listed (which can take minutes); write_shards checks again.
         if not args.overwrite and url_exists(join_url(args.dest, MANIFEST)):
             raise DestinationExists(f"{args.dest} already holds a shard set (manifest.json); "
                                     "use --overwrite to replace it")
         manifest = convert(args)
-    except (ConversionError, ShardWriteError, OSError) as e:  # OSError: storage the user has to fix
+    except (ConversionError, ShardWriteError, DatasetError, OSError) as e:  # OSError: storage the user has to fix
         lines = str(e).strip().splitlines() or [type(e).__name__]
         print(f"error: {lines[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.converter == "index":
+            print("interrupted: no manifest.json was written", file=sys.stderr)
+            return 130
         print(f"interrupted: re-run the command to write {args.dest} (an unfinished write leaves no manifest.json, "
               "so nothing reads it)", file=sys.stderr)
         return 130

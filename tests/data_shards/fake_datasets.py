@@ -1,6 +1,7 @@
 """Tiny on-disk copies of the dataset layouts the converters read (CUB-200-2011, Oxford 102
-Flowers, a generic folder), drawn with PIL so every expected pixel and mask is known.
-Shared by tests/data_shards/test_converters.py and tests/jobs/test_make_shards_cli.py."""
+Flowers, a generic folder) and of plain WebDataset tars as users hold them, drawn with PIL so
+every expected pixel and mask is known. Shared by tests/data_shards/ and
+tests/jobs/test_make_shards_cli.py."""
 from __future__ import annotations
 
 import io
@@ -175,3 +176,48 @@ def write_set(folder: Path, shards: list[list[dict]], has_masks: bool = True, li
                 "has_masks": has_masks, "shards": entries}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return str(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# plain WebDataset tars, as img2dataset or a webdataset.TarWriter script writes them
+
+PLAIN_LAYOUT = [("jpg", "JPEG", "mask.png", "PNG"), ("png", "PNG", "mask.png", "PNG"),
+                ("jpeg", "JPEG", "mask.jpg", "JPEG")]   # (image field, format, mask field, format) by shard
+
+
+def plain_value(k: int) -> int:
+    """The flat grey of plain sample k: told apart after JPEG and resizing."""
+    return (20 + 13 * k) % 256
+
+
+def _encoded(array: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def write_plain_tars(folder: Path, per_shard=(5, 5, 5), without_masks=(), name: str = "photos-%04d.tar",
+                     first_key: int = 0) -> list[str]:
+    """Shards of samples KEY.<image> + KEY.json + KEY.txt (+ a mask), no manifest.json. Shard s
+    stores its images as PLAIN_LAYOUT[s % 3] says (jpg, png, jpeg) and its masks (foreground: the
+    top half) as mask.png or mask.jpg, except the shards in `without_masks`; images are
+    (10 + 2s) x (12 + s) pixels, a flat plain_value(key). Returns the sample keys in stored order."""
+    import webdataset as wds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = []
+    for s, count in enumerate(per_shard):
+        image_key, fmt, mask_key, mask_fmt = PLAIN_LAYOUT[s % 3]
+        h, w = 10 + 2 * s, 12 + s
+        mask = np.zeros((h, w), np.uint8)
+        mask[: h // 2] = 255
+        with wds.TarWriter(str(folder / (name % s))) as tw:
+            for _ in range(count):
+                k = first_key + len(keys)
+                sample = {"__key__": f"{k:06d}", image_key: _encoded(np.full((h, w, 3), plain_value(k), np.uint8), fmt),
+                          "json": {"index": k}, "txt": f"caption {k}"}
+                if s not in without_masks:
+                    sample[mask_key] = _encoded(mask, mask_fmt)
+                tw.write(sample)
+                keys.append(sample["__key__"])
+    return keys

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.data_shards.fake_datasets import make_cub, make_flowers, make_folder, read_set
+from tests.data_shards.fake_datasets import (make_cub, make_flowers, make_folder, read_set, write_plain_tars,
+                                          write_set)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +33,7 @@ def test_help_explains_every_converter_and_option():
     top = run("--help")
     assert top.returncode == 0
     for example in ("make_shards.py folder ", "make_shards.py images ", "make_shards.py cub ", "--crop-bbox",
-                    "make_shards.py flowers ", "make_shards.py synthetic ", "s3://"):
+                    "make_shards.py flowers ", "make_shards.py synthetic ", "s3://", "make_shards.py index '"):
         assert example in top.stdout
     options = {"folder": ["--masks"], "images": [], "cub": ["--split", "--crop-bbox", "--bbox-scale"], "flowers": [],
                "synthetic": ["--count", "--resolution", "--styles", "--seed"]}
@@ -44,6 +45,9 @@ def test_help_explains_every_converter_and_option():
             common += ["SOURCE", "--resize", "--limit", "--shuffle-seed", "--no-shuffle", "--workers"]
         for option in common + own:
             assert option in p.stdout, (name, option)
+    p = run("index", "--help")
+    assert p.returncode == 0 and "make_shards.py index '" in p.stdout
+    assert all(option in p.stdout for option in ("URL", "--overwrite", "--quiet"))
 
 
 def test_cub_end_to_end(tmp_path):
@@ -138,3 +142,60 @@ def test_destinations_by_url(tmp_path, s3_bucket):
         manifest = read_manifest(dest)
         assert manifest["num_samples"] == 30 and len(manifest["shards"]) == 3
     assert (tmp_path / "synth" / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# index: plain WebDataset tars in place
+
+def test_index_writes_a_manifest_beside_plain_tars_without_copying(tmp_path):
+    folder = tmp_path / "plain"
+    keys = write_plain_tars(folder, without_masks=(1,))
+    tars = {p.name: p.read_bytes() for p in folder.iterdir()}
+    p = run("index", folder)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("indexed 15 samples (10 with masks) in 3 shards") and "fields used: jpg, jpeg, png, mask.png, mask.jpg;" in \
+        p.stdout and f"wrote {folder}/manifest.json" in p.stdout
+    assert "index: 3/3 shards (100%)" in p.stderr and "Traceback" not in p.stderr
+    assert sorted(os.listdir(folder)) == sorted([*tars, "manifest.json"])
+    assert all((folder / n).read_bytes() == data for n, data in tars.items())  # not a byte of them changed
+    manifest, samples = read_set(str(folder))
+    assert manifest["indexed"] and manifest["num_samples"] == len(samples) == 15 and sorted(samples) == keys
+    assert [(s["name"], s["num_samples"], s["num_masks"], s["bytes"]) for s in manifest["shards"]] == \
+        [(n, 5, 0 if n.endswith("1.tar") else 5, len(tars[n])) for n in sorted(tars)]
+    assert not manifest["has_masks"] and manifest["mask_keys"] == {"mask.png": 5, "mask.jpg": 5}
+
+    before = (folder / "manifest.json").read_text()
+    one_line_error(run("index", folder), f"{folder}/manifest.json already exists", "--overwrite")
+    assert (folder / "manifest.json").read_text() == before
+    p = run("index", folder, "--overwrite", "--quiet")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+
+
+def test_index_of_a_brace_pattern_lists_just_its_shards(tmp_path):
+    from data_shards.reader import read_manifest
+
+    write_plain_tars(tmp_path / "plain", per_shard=(3, 4, 5, 6))
+    p = run("index", f"{tmp_path}/plain/photos-{{0001..0002}}.tar")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("indexed 9 samples (9 with masks) in 2 shards")
+    manifest = json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["shards"]] == ["photos-0001.tar", "photos-0002.tar"]
+    assert read_manifest(f"{tmp_path}/plain/photos-{{0001..0002}}.tar") == manifest
+    assert read_manifest(str(tmp_path / "plain")) == manifest  # the folder is now that set
+
+
+@pytest.mark.parametrize("case", ["no_match", "no_tars", "no_images"])
+def test_index_user_errors_are_one_line(tmp_path, case):
+    write_plain_tars(tmp_path / "plain", per_shard=(2,))
+    (tmp_path / "empty").mkdir()
+    write_set(tmp_path / "odd", [[{"__key__": "a", "picture.jpg": b"x", "json": b"{}"}]])
+    (tmp_path / "odd" / "manifest.json").unlink()
+    args, words = {
+        "no_match": ([f"{tmp_path}/plain/photos-{{0003..0005}}.tar"], ["matches no existing shard", "photos-0003.tar"]),
+        "no_tars": ([tmp_path / "empty"], ["manifest.json not found and no .tar files"]),
+        # found after counting, when progress lines were printed: --quiet leaves the error alone
+        "no_images": ([tmp_path / "odd", "--quiet"], ["none of its 1 samples has an image", "fields seen: json, picture.jpg",
+                                           "jpg, jpeg, png or webp"]),
+    }[case]
+    one_line_error(run("index", *args), *words)
+    assert not list(tmp_path.rglob("manifest.json"))
