@@ -1,6 +1,6 @@
 """Evaluate an exported segmenter on held-out images with ground-truth masks.
 
-Scores are the mean over images of IoU and Dice, strict (the prediction is the foreground) and
+Scores are IoU and Dice per image and their means, strict (the prediction is the foreground) and
 in the paper's convention (each image scored as the better of the prediction and its
 complement), next to baselines scored on the same images in the same geometry: an all-foreground
 mask, a centred box covering the mean foreground area of the evaluation set, and optionally
@@ -10,18 +10,28 @@ Scoring resolution: by default the segmenter's own; with `score_resolution` (e.g
 64 px model) images and masks are read at that size, the segmenter sees them resized to its
 resolution, and its mask probabilities are upsampled back before thresholding, so every method is
 scored against the same full-size ground truth.
+
+Large sets: with `workers` > 0 the shards are split into that many parts, each scored by a Ray
+task (a local cluster, or the one RAY_ADDRESS names). A part returns per-image scores and its
+ground-truth masks bit-packed (2 KB an image at 128 px): the centred box needs the whole set's
+mean foreground area, so it is scored once all parts are back.
 """
 from __future__ import annotations
 
 import io
 import json
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from comgan.artifacts import from_bytes, load_segmenter
-from comgan.metrics import all_foreground_baseline, centred_box_baseline, segmentation_scores
+from comgan.metrics import (
+    all_foreground_baseline,
+    centred_box_baseline,
+    segmentation_scores,
+)
 from comgan.visualize import grid_to_uint8, image_grid
 from data_shards.io import read_bytes, write_bytes
 from data_shards.reader import DatasetError, ProblemLog, eval_batches
@@ -29,11 +39,18 @@ from data_shards.reader import DatasetError, ProblemLog, eval_batches
 from .baselines import grabcut_batch
 
 METHODS = ("segmenter", "grabcut", "all_foreground", "centred_box")
+GRID_IMAGES = 8
 
 
 @torch.no_grad()
 def predict(segmenter: torch.nn.Module, images: torch.Tensor, resolution: int, threshold: float) -> torch.Tensor:
     """Binary masks at the images' size from a segmenter trained at `resolution`."""
+    return probabilities(segmenter, images, resolution) > threshold
+
+
+@torch.no_grad()
+def probabilities(segmenter: torch.nn.Module, images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Mask probabilities at the images' size: squashed to the segmenter's square, upsampled back."""
     size = images.shape[-2:]
     if tuple(size) != (resolution, resolution):
         images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True,
@@ -41,40 +58,88 @@ def predict(segmenter: torch.nn.Module, images: torch.Tensor, resolution: int, t
     probs = segmenter(images)
     if tuple(probs.shape[-2:]) != tuple(size):
         probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-    return probs > threshold
+    return probs
 
 
 @torch.no_grad()
-def evaluate(segmenter_url: str, eval_url: str, batch_size: int = 64, threshold: float = 0.5,
-             score_resolution: int | None = None, grabcut: bool = False) -> tuple[dict, torch.Tensor]:
-    """Returns (results, PNG grid of real image / ground truth / prediction for 8 images). The
-    segmenter's own resolution comes from its artifact."""
+def score_part(segmenter_url: str, eval_url: str, part: int, parts: int, batch_size: int, threshold: float,
+               score_resolution: int | None, grabcut: bool) -> dict:
+    """Per-image scores of the segmenter (and GrabCut) on one part of the set, its keys, its
+    ground truth bit-packed, and its first images and predictions for the grid."""
     segmenter, model = load_segmenter(from_bytes(read_bytes(segmenter_url), segmenter_url), what=segmenter_url)
-    resolution = model.resolution
     problems = ProblemLog()
-    scored_at = score_resolution or resolution
-    shown, gts, preds = [], [], {"segmenter": []}  # shown: the first 8 images, for the grid
-    for batch, masks in eval_batches(eval_url, batch_size, resolution=scored_at, problems=problems):
-        shown.append(batch[: max(0, 8 - sum(len(b) for b in shown))])
-        gts.append(masks > 0.5)
-        preds["segmenter"].append(predict(segmenter, batch, resolution, threshold))
+    scored_at = score_resolution or model.resolution
+    keys, packed, shown = [], [], []
+    scores: dict[str, list[dict]] = {"segmenter": []} | ({"grabcut": []} if grabcut else {})
+    for images, masks, batch_keys in eval_batches(eval_url, batch_size, resolution=scored_at, problems=problems,
+                                                  part=part, parts=parts, keys=True):
+        gt = masks > 0.5
+        preds = {"segmenter": predict(segmenter, images, model.resolution, threshold)}
         if grabcut:
-            preds.setdefault("grabcut", []).append(grabcut_batch(batch))
-    if not gts:
-        raise DatasetError(f"{eval_url}: no usable evaluation sample (bad samples: {problems.total})")
-    gt = torch.cat(gts)
-    preds = {method: torch.cat(p) for method, p in preds.items()}
+            preds["grabcut"] = grabcut_batch(images)
+        for method, pred in preds.items():
+            scores[method].append(segmentation_scores(pred, gt))
+        if len(shown) < GRID_IMAGES:
+            take = GRID_IMAGES - len(shown)
+            shown += list(zip(images[:take], gt[:take].float(), preds["segmenter"][:take].float()))
+        keys += batch_keys
+        packed.append(np.packbits(gt.numpy().reshape(len(gt), -1), axis=1))
+    return {"keys": keys, "scores": {m: _concat(s) for m, s in scores.items()},
+            "gt": np.concatenate(packed) if packed else np.zeros((0, 0), np.uint8), "size": scored_at,
+            "shown": shown, "problems": dict(problems.total), "model_resolution": model.resolution}
+
+
+def _concat(batches: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([b[k] for b in batches]) for k in batches[0]} if batches else {}
+
+
+def _run_parts(args: tuple, workers: int) -> list[dict]:
+    if workers <= 0:
+        return [score_part(*args[:2], 0, 1, *args[2:])]
+    import ray
+
+    from .pipeline import init_ray
+    init_ray()
+    task = ray.remote(num_cpus=1)(score_part)
+    return ray.get([task.remote(*args[:2], part, workers, *args[2:]) for part in range(workers)])
+
+
+def _merge_problems(parts: list[dict]) -> dict:
+    total: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["problems"].items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def evaluate(segmenter_url: str, eval_url: str, batch_size: int = 64, threshold: float = 0.5,
+             score_resolution: int | None = None, grabcut: bool = False, workers: int = 0) -> tuple[dict, torch.Tensor]:
+    """Returns (results, PNG grid of real image / ground truth / prediction for 8 images). The
+    segmenter's own resolution comes from its artifact. results holds the means per method and,
+    under "per_image", every image's key and scores."""
+    parts = _run_parts((segmenter_url, eval_url, batch_size, threshold, score_resolution, grabcut), workers)
+    parts = [p for p in parts if p["keys"]]
+    if not parts:
+        raise DatasetError(f"{eval_url}: no usable evaluation sample")
+    size = parts[0]["size"]
+    gt = torch.from_numpy(np.unpackbits(np.concatenate([p["gt"] for p in parts]), axis=1, count=size * size))
+    gt = gt.view(-1, 1, size, size).bool()
+    per_method = {m: {k: torch.cat([p["scores"][m][k] for p in parts]) for k in parts[0]["scores"][m]}
+                  for m in parts[0]["scores"]}
     mean_area = gt.float().mean().item()
-    preds["all_foreground"] = all_foreground_baseline(gt)
-    preds["centred_box"] = centred_box_baseline(gt, mean_area)
-    results = {"num_images": int(gt.shape[0]), "mean_foreground_area": mean_area, "threshold": threshold,
-               "model_resolution": resolution, "score_resolution": scored_at, "data_problems": dict(problems.total)}
-    for method in METHODS:
-        if method in preds:
-            results[method] = {k: v.mean().item() for k, v in segmentation_scores(preds[method], gt).items()}
-    shown = torch.cat(shown)
-    n = len(shown)
-    grid = image_grid([shown, gt[:n].float(), preds["segmenter"][:n].float()])
+    per_method["all_foreground"] = segmentation_scores(all_foreground_baseline(gt), gt)
+    per_method["centred_box"] = segmentation_scores(centred_box_baseline(gt, mean_area), gt)
+    keys = [k for p in parts for k in p["keys"]]
+    results = {"num_images": len(keys), "mean_foreground_area": mean_area, "threshold": threshold,
+               "model_resolution": parts[0]["model_resolution"], "score_resolution": size,
+               "data_problems": _merge_problems(parts)}
+    methods = [m for m in METHODS if m in per_method]
+    for m in methods:
+        results[m] = {k: v.mean().item() for k, v in per_method[m].items()}
+    results["per_image"] = [{"key": key, **{m: {k: round(v[i].item(), 5) for k, v in per_method[m].items()}
+                                            for m in methods}} for i, key in enumerate(keys)]
+    shown = [s for p in parts for s in p["shown"]][:GRID_IMAGES]
+    grid = image_grid([torch.stack(column) for column in zip(*shown)])
     return results, grid
 
 

@@ -91,3 +91,43 @@ def test_evaluate_job_prints_the_table_and_writes_json(tmp_path, capsys):
     assert evaluate_job.main(["--segmenter", str(tmp_path / "missing.pt"), "--data", str(tmp_path / "eval")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def disc_set(tmp_path_factory):
+    """7 labelled disc scenes in shards of 3 (so a set splits into parts), one with an empty mask,
+    and an untrained 16 px segmenter."""
+    root = tmp_path_factory.mktemp("discs")
+    rng = np.random.default_rng(3)
+    scenes = [disc_scene(32, rng) for _ in range(7)]
+    scenes[4] = (scenes[4][0], np.zeros_like(scenes[4][1]))
+    write_shards(({"key": f"k{i}", "image": im, "mask": m} for i, (im, m) in enumerate(scenes)),
+                 str(root / "eval"), samples_per_shard=3, progress=False)
+    model = load_config("tiny").model
+    torch.manual_seed(0)
+    (root / "segmenter.pt").write_bytes(to_bytes(segmenter_artifact(UNet(model.seg_width, model.seg_depth), model)))
+    return root, scenes
+
+
+def test_results_hold_every_image_by_key_with_hand_checkable_baselines(disc_set):
+    root, scenes = disc_set
+    results, _ = evaluate(str(root / "segmenter.pt"), str(root / "eval"), batch_size=2, score_resolution=32)
+    rows = results["per_image"]
+    assert [r["key"] for r in rows] == [f"k{i}" for i in range(7)]
+    for row, (_, mask) in zip(rows, scenes):
+        # all-foreground: IoU is the mask's area; an empty mask scores 0 strict, 1 by the complement
+        assert row["all_foreground"]["iou_strict"] == pytest.approx(mask.mean(), abs=1e-5)
+        assert row["all_foreground"]["iou_paper"] == pytest.approx(1.0 if not mask.any() else mask.mean(), abs=1e-5)
+    for method in ("segmenter", "all_foreground", "centred_box"):
+        for metric, mean in results[method].items():
+            assert mean == pytest.approx(np.mean([r[method][metric] for r in rows]), abs=1e-4), (method, metric)
+
+
+@pytest.mark.ray
+def test_ray_workers_score_the_same_images_the_same_way(disc_set, local_ray):
+    root, _ = disc_set
+    args = (str(root / "segmenter.pt"), str(root / "eval"))
+    alone, grid = evaluate(*args, batch_size=2, score_resolution=32, grabcut=True)
+    split, split_grid = evaluate(*args, batch_size=2, score_resolution=32, grabcut=True, workers=2)
+    assert split == alone, "two Ray tasks, each a part of the shards, give the same results"
+    assert torch.equal(split_grid, grid)
