@@ -64,3 +64,35 @@ def mask_statistics(mask: torch.Tensor) -> dict[str, torch.Tensor]:
         # Samples whose mask is (almost) empty: the background branch drew the whole image.
         "mask/empty_fraction": (mask.flatten(1).mean(1) < 0.02).float().mean(),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Image quality: FID and IS from a detector's features and class probabilities
+
+
+def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance (unbiased) of features [N, D], in float64 as FID needs."""
+    x = features.double()
+    return x.mean(0), torch.cov(x.T)
+
+
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+
+    tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of S1 S2, which are real and
+    non-negative for covariance matrices; round-off can make tiny ones negative or complex, so
+    only the real part of the root is kept, the way scipy.linalg.sqrtm-based FID code does."""
+    root_trace = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
+    return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * root_trace)
+
+
+def inception_score(probs: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))) over `splits` equal parts of the samples: (mean, std).
+    Uniform predictions score 1; confident predictions spread evenly over K classes score K."""
+    p = probs.double().clamp_min(1e-12)
+    scores = []
+    for part in p.chunk(max(1, min(splits, len(p)))):
+        kl = (part * (part.log() - part.mean(0, keepdim=True).log())).sum(1).mean()
+        scores.append(kl.exp())
+    scores = torch.stack(scores)
+    return float(scores.mean()), float(scores.std(unbiased=False))
