@@ -1,0 +1,504 @@
+"""Segment a user's own photos with a trained segmenter: list, plan, decode, predict, write.
+
+Layout of the output folder (any URL), for a photo at <photos>/<dir>/<name>.<ext>:
+    <out>/<dir>/<name>.png             the mask: 8-bit grey (mode L), 0 background / 255 foreground,
+                                       at the photo's displayed size (EXIF orientation applied)
+    <out>/overlays/<dir>/<name>.jpg    with overlays: the photo, background dimmed to a third
+    <out>/segment_report.json          settings, timing, and every photo segmented or skipped (why)
+
+Geometry: a segmenter sees square images at its own resolution, so each photo is resized (squashed,
+not cropped, so every pixel gets a mask) to that square, its mask probabilities are upsampled
+bilinearly back to the photo's own size and thresholded there, as cluster/evaluate.py scores at a
+larger size than the model's. Photos that cannot be read or decoded are reported and skipped.
+
+One `PhotoSegmenter` does the work: in this process (workers=0), or as a Ray actor per worker that
+takes chunks of the photo list (workers>=1); both write the same files. Reads and decodes run in a
+thread pool ahead of the network, mask upsampling/encoding/writes in another behind it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import itertools
+import json
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import TextIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from comgan.artifacts import ArtifactError, from_bytes, load_segmenter
+from data_shards.images import open_photo, to_rgb8
+from data_shards.io import (
+    StorageError,
+    filesystem,
+    join_url,
+    read_bytes,
+    storage_error,
+    url_exists,
+    write_bytes,
+)
+from data_shards.progress import Progress
+
+from .storage import absolute_url
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+REPORT = "segment_report.json"
+OVERLAYS = "overlays"
+WARN_LIMIT = 10          # skipped photos named one line each on the console; all are in the report
+BACKGROUND_DIM = 1 / 3   # overlays: background brightness
+
+
+class SegmentError(ValueError):
+    """A mistake in the command or its inputs; the message is one line for the user."""
+
+
+class SegmentFailed(RuntimeError):
+    """The job ran but failed: every photo was skipped (the report says why), or a Ray worker died
+    after its restart; one line."""
+
+
+@dataclass(frozen=True)
+class Photo:
+    url: str                  # where the photo is read
+    rel: str                  # its path under the photos folder: the name used in reports
+    mask: str                 # URL its mask is written to
+    overlay: str | None       # URL of its overlay JPEG (with overlays)
+
+
+@dataclass(frozen=True)
+class Settings:
+    threshold: float = 0.5    # foreground where the upsampled probability is above this
+    batch: int = 32           # photos per forward pass
+    overlays: bool = False    # also write <out>/overlays/<stem>.jpg
+    device: str = "auto"      # torch device of the network: auto (cuda if available), cpu, cuda, ...
+    io_threads: int = 4       # threads reading + decoding ahead, and as many upsampling + writing behind
+
+
+@dataclass
+class Outcome:
+    segmented: list[dict] = field(default_factory=list)   # {"photo", "mask", "size": [w, h], "foreground"}
+    skipped: list[dict] = field(default_factory=list)     # {"photo", "reason"}
+
+    def add(self, other: Outcome) -> None:
+        self.segmented += other.segmented
+        self.skipped += other.skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# planning (driver)
+
+def _fs_path(url: str) -> tuple[str, str]:
+    fs, path = filesystem(url)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol, path.rstrip("/")
+
+
+def _within(inner: str, outer: str) -> bool:
+    """Folder `inner` is `outer` or lies inside it (same filesystem)."""
+    (pi, i), (po, o) = _fs_path(inner), _fs_path(outer)
+    return pi == po and (i == o or i.startswith(o + "/"))
+
+
+def _storage_errors(fn):
+    """Listing failures a user has to fix (credentials, endpoint) as data_shards.io's one-line
+    StorageErrors, as its own functions raise them."""
+    @functools.wraps(fn)
+    def wrapper(url, *args, **kwargs):
+        try:
+            return fn(url, *args, **kwargs)
+        except Exception as e:
+            mapped = storage_error(url, e)
+            if mapped is None or mapped is e:
+                raise
+            raise mapped from None
+    return wrapper
+
+
+@_storage_errors
+def _kind(url: str) -> str | None:
+    """"folder", "file" or None (nothing there)."""
+    fs, path = filesystem(url)
+    if fs.isdir(path):
+        return "folder"
+    return "file" if fs.exists(path) else None
+
+
+@_storage_errors
+def list_tree(root: str) -> list[str]:
+    """Sorted relative paths of the files under folder `root`, recursively; hidden files and
+    folders (.DS_Store, ._x.jpg, .ipynb_checkpoints/) left out. A missing folder lists as empty."""
+    fs, path = filesystem(root)
+    if not fs.isdir(path):
+        return []
+    base = path.rstrip("/") + "/"
+    rels = (p[len(base):] for p in fs.find(path) if p.startswith(base))
+    return sorted(r for r in rels if not any(part.startswith(".") for part in r.split("/")))
+
+
+def plan(photos_url: str, out_url: str, overlays: bool = False) -> list[Photo]:
+    """Every photo under `photos_url` with the files it becomes under `out_url`; one-line
+    SegmentErrors for a missing or empty source, an output folder inside it, or two photos that
+    would write the same mask."""
+    photos_url, out_url = absolute_url(photos_url), absolute_url(out_url)
+    kind = _kind(photos_url)
+    if kind != "folder":
+        raise SegmentError(f"photos {photos_url} {'is a file, not a folder' if kind else 'does not exist'}")
+    if _within(out_url, photos_url):
+        raise SegmentError(f"--out {out_url} lies inside the photos folder {photos_url}: its masks would be "
+                           "taken for photos next time; write them elsewhere")
+    rels = [r for r in list_tree(photos_url) if r.lower().endswith(PHOTO_SUFFIXES)]
+    if not rels:
+        raise SegmentError(f"no photos in {photos_url} (looked for {', '.join(PHOTO_SUFFIXES)}, "
+                           "any case, in all sub-folders)")
+    plans, stems = [], {}
+    for rel in rels:
+        stem = os.path.splitext(rel)[0]
+        if stem in stems:
+            raise SegmentError(f"{stems[stem]!r} and {rel!r} would both write the mask {stem}.png; rename one")
+        stems[stem] = rel
+        plans.append(Photo(join_url(photos_url, rel), rel, join_url(out_url, stem + ".png"),
+                           join_url(out_url, OVERLAYS, stem + ".jpg") if overlays else None))
+    sources = {p.url for p in plans}
+    clash = next((p.mask for p in plans if p.mask in sources), None)
+    if clash:
+        raise SegmentError(f"the mask {clash} would replace a photo; choose another --out")
+    return plans
+
+
+def existing_outputs(photos: list[Photo], out_url: str) -> list[str]:
+    """The outputs of this plan (masks, overlays, report) that are already there: one listing of
+    the output folder, not a request per file."""
+    out_url = absolute_url(out_url)
+    if _kind(out_url) == "file":
+        raise SegmentError(f"--out {out_url} is a file, not a folder")
+    there = {join_url(out_url, rel) for rel in list_tree(out_url)}
+    targets = [t for p in photos for t in (p.mask, p.overlay) if t] + [join_url(out_url, REPORT)]
+    return [t for t in targets if t in there]
+
+
+def read_segmenter(url: str) -> tuple[bytes, int]:
+    """(artifact bytes, the segmenter's resolution), after checking that the file is a segmenter."""
+    if not url_exists(url):
+        raise ArtifactError(f"segmenter {url} does not exist")
+    try:
+        data = read_bytes(url)
+    except (IsADirectoryError, FileNotFoundError):
+        raise ArtifactError(f"segmenter {url} is not a file") from None
+    _, model = load_segmenter(from_bytes(data, what=url), what=url)
+    return data, model.resolution
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SegmentError(f"--device: not a torch device: {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SegmentError(f"--device {name}: no CUDA device is available here")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# pixels (pure functions)
+
+@dataclass
+class Decoded:
+    pixels: np.ndarray        # uint8 [resolution, resolution, 3]: the photo squashed to the model's input
+    size: tuple[int, int]     # (width, height) as displayed
+    data: bytes | None        # the file, kept only when an overlay will be drawn from it
+
+
+def squash(data: bytes, resolution: int, keep: bool = False) -> Decoded:
+    """A photo file as the segmenter's input. JPEGs are decoded at a reduced scale when that still
+    leaves twice the resolution (PIL draft mode), so camera-size photos decode several times faster."""
+    img, size = open_photo(data, at_least=2 * resolution)
+    small = to_rgb8(img).resize((resolution, resolution), Image.BICUBIC)  # antialiased when reducing
+    return Decoded(np.asarray(small), size, data if keep else None)
+
+
+def to_input(pixels: list[np.ndarray]) -> torch.Tensor:
+    """uint8 [H, W, 3] images -> float [B, 3, H, W] in [-1, 1], as the reader feeds the networks."""
+    x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1
+
+
+def full_size_mask(prob: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
+    """bool [height, width] mask from a [1, r, r] probability map: upsampled bilinearly, then
+    thresholded at full size (cluster.evaluate.predict does the same)."""
+    width, height = size
+    up = F.interpolate(prob[None].float(), size=(height, width), mode="bilinear", align_corners=False)
+    return (up[0, 0] > threshold).numpy()
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * np.uint8(255), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def overlay_jpeg(data: bytes, mask: np.ndarray) -> bytes:
+    """The photo as displayed with its background dimmed: what the mask keeps stays bright."""
+    img, _ = open_photo(data)
+    rgb = np.asarray(to_rgb8(img))
+    dim = (rgb * BACKGROUND_DIM).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.where(mask[..., None], rgb, dim)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# the work: one loaded segmenter turning photos into files
+
+def _read_and_squash(photo: Photo, resolution: int, keep: bool) -> Decoded | str:
+    """The decoded photo, or why it is skipped. Storage failures that are not about this one
+    file (no credentials, an endpoint that does not answer) stop the job instead."""
+    try:
+        data = read_bytes(photo.url)
+    except FileNotFoundError:
+        return "missing (removed after the folder was listed?)"
+    except IsADirectoryError:
+        return "a folder, not a file"
+    except StorageError as e:
+        if not _is_local_path(photo.url):
+            raise
+        return f"cannot be read ({e})"  # a local file: permission denied on that file alone
+    try:
+        return squash(data, resolution, keep)
+    except UnidentifiedImageError:
+        return "not a readable image (no image format PIL knows; damaged, or another kind of file)"
+    except Exception as e:  # noqa: BLE001 -- a damaged or foreign file may fail anywhere inside PIL: skip it
+        detail = (str(e).strip().splitlines() or [""])[0][:160]
+        return f"not a readable image ({type(e).__name__}{': ' + detail if detail else ''})"
+
+
+def _ordered(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, ahead: int) -> Iterator:
+    """map(fn, items) in order on `pool`, at most `ahead` items in flight (bounded memory)."""
+    it = iter(items)
+    pending = deque(pool.submit(fn, x) for x in itertools.islice(it, ahead))
+    while pending:
+        result = pending.popleft().result()
+        pending.extend(pool.submit(fn, x) for x in itertools.islice(it, 1))
+        yield result
+
+
+def _write(photo: Photo, prob: torch.Tensor, decoded: Decoded, threshold: float) -> dict:
+    mask = full_size_mask(prob, decoded.size, threshold)
+    write_bytes(photo.mask, mask_png(mask))
+    if photo.overlay:
+        write_bytes(photo.overlay, overlay_jpeg(decoded.data, mask))
+    return {"photo": photo.rel, "mask": os.path.splitext(photo.rel)[0] + ".png", "size": list(decoded.size),
+            "foreground": round(float(mask.mean()), 4)}
+
+
+class PhotoSegmenter:
+    """A segmenter loaded once, with what it takes to turn photos into mask files. Used in this
+    process (--workers 0) and as the Ray actor of each worker (--workers N)."""
+
+    def __init__(self, segmenter_url: str, settings: Settings, artifact: bytes | None = None):
+        """`artifact`: the file's bytes when the caller has read them already; a Ray worker reads
+        the URL itself, so a restarted worker needs nothing from the driver."""
+        self.settings = settings
+        data = artifact if artifact is not None else read_bytes(segmenter_url)
+        net, model = load_segmenter(from_bytes(data, what=segmenter_url), what=segmenter_url)
+        self.device = resolve_device(settings.device)
+        self.net = net.to(self.device)
+        self.resolution = model.resolution
+
+    @torch.no_grad()
+    def probabilities(self, batch: list[Decoded]) -> torch.Tensor:
+        """[B, 1, r, r] mask probabilities, on the CPU."""
+        return self.net(to_input([d.pixels for d in batch]).to(self.device)).float().cpu()
+
+    def segment(self, photos: list[Photo], on_batch: Callable[[int, list[dict]], None] | None = None) -> Outcome:
+        """Segment `photos`, writing their masks (and overlays). `on_batch(count, skipped)` is called
+        as each batch's files are written, with the photos finished and those skipped among them."""
+        s, outcome = self.settings, Outcome()
+        readers = ThreadPoolExecutor(s.io_threads, thread_name_prefix="read")
+        writers = ThreadPoolExecutor(s.io_threads, thread_name_prefix="write")
+
+        def finish(writes: list, skipped: list[dict]) -> None:
+            outcome.segmented += [w.result() for w in writes]
+            outcome.skipped += skipped
+            if on_batch is not None and (writes or skipped):
+                on_batch(len(writes) + len(skipped), skipped)
+
+        try:
+            decoded = _ordered(readers, lambda p: _read_and_squash(p, self.resolution, s.overlays), photos,
+                               ahead=2 * s.batch)
+            previous: tuple[list, list] = ([], [])
+            pairs = zip(photos, decoded)
+            while batch := list(itertools.islice(pairs, s.batch)):
+                ok = [(p, d) for p, d in batch if isinstance(d, Decoded)]
+                skipped = [{"photo": p.rel, "reason": d} for p, d in batch if isinstance(d, str)]
+                probs = self.probabilities([d for _, d in ok]) if ok else None
+                finish(*previous)  # the batch before's writes: at most two batches held at a time
+                previous = ([writers.submit(_write, p, probs[i], d, s.threshold)
+                             for i, (p, d) in enumerate(ok)], skipped)
+            finish(*previous)
+        finally:
+            readers.shutdown(wait=True, cancel_futures=True)
+            writers.shutdown(wait=True, cancel_futures=True)
+        return outcome
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray workers
+
+def _is_local_path(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
+def _fits_locally(workers: int, cpus: float, gpus: float) -> int:
+    from .pipeline import alive_nodes
+
+    total = 0
+    for node in alive_nodes():
+        fit = int(node.cpus // cpus) if cpus else workers
+        if gpus:
+            fit = min(fit, int(node.gpus // gpus))
+        total += fit
+    return total
+
+
+def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers: int,
+            cpus_per_worker: float, gpus_per_worker: float, on_batch, note: Callable[[str], None]) -> Outcome:
+    """Chunks of the photo list, handed to `workers` actors as each finishes its last one."""
+    import ray
+    from ray.exceptions import RayError, RayTaskError
+    from ray.util import ActorPool
+
+    from .pipeline import init_ray
+
+    local = init_ray()
+    if local:
+        fit = _fits_locally(workers, cpus_per_worker, gpus_per_worker)
+        if fit < workers:
+            gpus = f" and {gpus_per_worker:g} GPU(s)" if gpus_per_worker else ""
+            raise SegmentError(f"--workers {workers}: the local Ray cluster has room for {fit} worker(s) of "
+                               f"{cpus_per_worker:g} CPU(s){gpus} each; use fewer workers or --cpus-per-worker")
+    else:
+        local_paths = [u for u in (segmenter_url, photos[0].url, photos[0].mask) if _is_local_path(u)]
+        if local_paths:
+            note(f"note: {local_paths[0]} is a local path: every node of the Ray cluster must see it there "
+                 "(keep the segmenter, photos and --out on s3://... for a multi-node cluster)")
+    worker_settings = dataclasses.replace(settings, device="cuda" if gpus_per_worker else "cpu")
+    actor_class = ray.remote(PhotoSegmenter).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                                                     max_restarts=1, max_task_retries=1)
+    actors = [actor_class.remote(segmenter_url, worker_settings) for _ in range(workers)]
+    size = 4 * settings.batch  # a multiple of the batch: the same batches as in one process
+    chunks = [photos[i:i + size] for i in range(0, len(photos), size)]
+    outcome = Outcome()
+    try:
+        for part in ActorPool(actors).map_unordered(lambda actor, chunk: actor.segment.remote(chunk), chunks):
+            outcome.add(part)
+            if on_batch is not None:
+                on_batch(len(part.segmented) + len(part.skipped), part.skipped)
+    except RayTaskError as e:  # a user error raised inside a worker (storage): one line, as in-process
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, (StorageError, SegmentError, ArtifactError)):
+            raise cause from None
+        raise SegmentFailed(f"a Ray worker failed: {_first_line(cause or e)}") from e
+    except RayError as e:  # a worker died twice (out of memory, node lost)
+        raise SegmentFailed(f"a Ray worker failed: {_first_line(e)}") from e
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    order = {p.rel: i for i, p in enumerate(photos)}
+    outcome.segmented.sort(key=lambda d: order[d["photo"]])
+    outcome.skipped.sort(key=lambda d: order[d["photo"]])
+    return outcome
+
+
+# ---------------------------------------------------------------------------------------------
+# the job (driver)
+
+def segment_images(photos_url: str, segmenter_url: str, out_url: str, settings: Settings = Settings(),
+                   workers: int = 0, overwrite: bool = False, cpus_per_worker: float = 1,
+                   gpus_per_worker: float = 0, stream: TextIO | None = None, progress: bool = True) -> dict:
+    """Segment every photo under `photos_url` into `out_url` (layout: module docstring); returns
+    the report, also written to <out>/segment_report.json. Raises SegmentError / ArtifactError /
+    StorageError (one line) before any work for bad inputs or existing outputs without
+    `overwrite`; SegmentFailed after it when every photo was skipped or a Ray worker failed."""
+    started = time.monotonic()
+    stream = stream if stream is not None else sys.stderr
+    photos_url, out_url, segmenter_url = absolute_url(photos_url), absolute_url(out_url), absolute_url(segmenter_url)
+    photos = plan(photos_url, out_url, settings.overlays)
+    if not overwrite:
+        existing = existing_outputs(photos, out_url)
+        if existing:
+            raise SegmentError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; "
+                               "use --overwrite to replace them")
+    artifact, resolution = read_segmenter(segmenter_url)
+    device = resolve_device(settings.device) if workers == 0 else None
+    bar = Progress(total=len(photos), label="segmenting", stream=stream, enabled=progress, unit="photos")
+    warned = 0
+
+    def note(line: str) -> None:
+        bar.note(line) if progress else print(line, file=stream, flush=True)
+
+    def on_batch(count: int, skipped: list[dict]) -> None:
+        nonlocal warned
+        for s in skipped:
+            warned += 1
+            if warned <= WARN_LIMIT:
+                note(f"warning: skipped {s['photo']}: {s['reason']}")
+            elif warned == WARN_LIMIT + 1:
+                note(f"warning: more photos skipped; {REPORT} lists them all")
+        bar.advance(count)
+
+    work_started = time.monotonic()
+    if workers == 0:
+        worker = PhotoSegmenter(segmenter_url, settings, artifact)
+        outcome = worker.segment(photos, on_batch)
+    else:
+        outcome = _on_ray(photos, segmenter_url, settings, workers, cpus_per_worker, gpus_per_worker, on_batch, note)
+    seconds = time.monotonic() - work_started
+    bar.close()
+    report = {
+        "photos": photos_url, "segmenter": segmenter_url, "out": out_url,
+        "settings": {**asdict(settings), "device": str(device) if device else f"{workers} Ray worker(s)",
+                     "resolution": resolution, "workers": workers},
+        "num_photos": len(photos), "num_segmented": len(outcome.segmented), "num_skipped": len(outcome.skipped),
+        "seconds": round(seconds, 3), "total_seconds": round(time.monotonic() - started, 3),
+        "photos_per_second": round(len(outcome.segmented) / max(seconds, 1e-6), 2),
+        "segmented": outcome.segmented, "skipped": outcome.skipped,
+    }
+    write_bytes(join_url(out_url, REPORT), report_json(report).encode())
+    if not outcome.segmented:
+        first = outcome.skipped[0]
+        raise SegmentFailed(f"none of the {len(photos)} photos could be segmented (e.g. {first['photo']}: "
+                               f"{first['reason']}); see {join_url(out_url, REPORT)}")
+    return report
+
+
+def report_json(report: dict) -> str:
+    """JSON with one line per photo: readable, and short enough for a hundred thousand photos."""
+    lists = ("segmented", "skipped")
+    head = json.dumps({k: v for k, v in report.items() if k not in lists}, indent=1)[:-2]
+    parts = [f' "{key}": [' + ",".join("\n  " + json.dumps(entry) for entry in report[key]) + "\n ]"
+             for key in lists]
+    return head + ",\n" + ",\n".join(parts) + "\n}\n"
+
+
+def summary(report: dict) -> str:
+    skipped = f" ({report['num_skipped']} skipped, listed in the report)" if report["num_skipped"] else ""
+    return (f"segmented {report['num_segmented']} of {report['num_photos']} photos{skipped} in "
+            f"{report['seconds']:.1f}s, {report['photos_per_second']:.1f} photos/s; masks in {report['out']}, "
+            f"report {join_url(report['out'], REPORT)}")

@@ -1,0 +1,343 @@
+"""jobs/segment_images.py, segmenting a user's own photos: masks at each photo's displayed size
+(EXIF orientation applied) for JPEG/PNG/WebP in nested folders, unreadable files skipped and
+reported, existing output refused without --overwrite, one-line errors for bad inputs, the same
+masks from a Ray worker as in-process, and photos and masks on S3.
+
+Most tests swap the tiny segmenter's network for an oracle that thresholds brightness, so a mask
+can be checked against where the bright object is, not only for its size."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+import cluster.segment_images as segment_module
+from cluster.config import load_config
+from comgan.artifacts import generator_artifact, segmenter_artifact, to_bytes
+from comgan.networks import Generator, UNet
+from data_shards.io import join_url, read_bytes, write_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("jobs_segment_images", ROOT / "jobs" / "segment_images.py")
+job = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(job)
+
+BRIGHT, DARK = 230, 25
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_config("tiny").model  # a 16 px U-Net
+
+
+@pytest.fixture(scope="module")
+def segmenter_file(tmp_path_factory, model):
+    """An untrained tiny segmenter.pt whose last (1x1) layer is shifted and scaled so that about half
+    of each test photo is foreground, with decisive probabilities (few near the threshold)."""
+    torch.manual_seed(0)
+    net = UNet(model.seg_width, model.seg_depth).eval()
+    x = torch.from_numpy(np.stack([scene(16, 16), scene(16, 16, top=True)])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        logits = torch.logit(net(x), eps=1e-6)
+        net.out.bias.sub_(logits.median()).mul_(20)
+        net.out.weight.mul_(20)
+    path = tmp_path_factory.mktemp("artifact") / "segmenter.pt"
+    path.write_bytes(to_bytes(segmenter_artifact(net, model)))
+    return path
+
+
+class Oracle(torch.nn.Module):
+    """A 'segmenter' that is right about bright objects on dark backgrounds, at any resolution."""
+
+    def forward(self, x):
+        return (x.mean(1, keepdim=True) > 0).float()
+
+
+@pytest.fixture
+def oracle(monkeypatch):
+    """The job loads (and checks) the real artifact, then runs the oracle instead of its U-Net."""
+    real = segment_module.load_segmenter
+
+    def load(obj, expected=None, what="segmenter"):
+        _, cfg = real(obj, expected, what)
+        return Oracle(), cfg
+
+    monkeypatch.setattr(segment_module, "load_segmenter", load)
+
+
+def scene(width: int, height: int, top: bool = False) -> np.ndarray:
+    """A bright object covering the left 40 % (or, with top, the top 40 %) of a dark photo."""
+    img = np.full((height, width, 3), DARK, np.uint8)
+    if top:
+        img[: int(0.4 * height)] = BRIGHT
+    else:
+        img[:, : int(0.4 * width)] = BRIGHT
+    return img
+
+
+def expected_mask(width: int, height: int, top: bool = False) -> np.ndarray:
+    return scene(width, height, top)[..., 0] > 127
+
+
+def encode(img: np.ndarray | Image.Image, fmt: str, **options) -> bytes:
+    img = Image.fromarray(img) if isinstance(img, np.ndarray) else img
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def sideways_jpeg(width: int, height: int) -> bytes:
+    """A photo displayed width x height (object at the top), stored rotated with EXIF orientation 6
+    ("rotate 90 degrees clockwise to display"), as phones store portrait photos."""
+    stored = Image.fromarray(scene(width, height, top=True)).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(stored, "JPEG", quality=95, exif=exif)
+    shown = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    assert Image.open(io.BytesIO(data)).size == (height, width) and shown.size == (width, height)
+    assert np.asarray(shown)[0, 0, 0] > 127, "the test photo itself: bright at the top once displayed"
+    return data
+
+
+# name: (file bytes, displayed width, height, object at the top)
+def photo_set() -> dict[str, tuple[bytes, int, int, bool]]:
+    return {
+        "a.jpg": (encode(scene(40, 30), "JPEG", quality=95), 40, 30, False),
+        "b.png": (encode(Image.fromarray(scene(25, 50)).convert("RGBA"), "PNG"), 25, 50, False),
+        "grey.png": (encode(Image.fromarray(scene(30, 30)).convert("L"), "PNG"), 30, 30, False),
+        "c.webp": (encode(scene(33, 17), "WEBP", quality=95), 33, 17, False),
+        "nested/deeper/D.JPG": (encode(scene(36, 24), "JPEG", quality=95), 36, 24, False),
+        "nested/big.jpeg": (encode(scene(640, 480), "JPEG", quality=95), 640, 480, False),  # decoded at 1/8
+        "phone/portrait.jpg": (sideways_jpeg(20, 48), 20, 48, True),
+    }
+
+
+def write_photos(root: Path, photos: dict) -> None:
+    for rel, (data, *_) in photos.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
+def main(*args) -> int:
+    try:
+        return job.main([str(a) for a in args])
+    except SystemExit as e:  # argparse: --help, usage errors
+        return e.code
+
+
+def one_line_error(code, capsys, *words, exit_code=2):
+    err = capsys.readouterr().err
+    assert code == exit_code, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+
+
+def mask(path) -> np.ndarray:
+    img = Image.open(io.BytesIO(Path(path).read_bytes()))
+    assert img.mode == "L" and img.format == "PNG"
+    values = np.asarray(img)
+    assert set(np.unique(values)) <= {0, 255}
+    return values > 127
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_probabilities_are_upsampled_bilinearly_then_thresholded():
+    """A 1x2 probability map [0, 0.8] at 8x1 px: bilinear gives 0 0 .1 .3 .5 .7 .8 .8 (nearest
+    would give four foreground pixels at any threshold below 0.8)."""
+    prob = torch.tensor([[[0.0, 0.8]]])
+    assert segment_module.full_size_mask(prob, (8, 1), 0.5).tolist() == [[False] * 5 + [True] * 3]
+    assert segment_module.full_size_mask(prob, (8, 1), 0.25).tolist() == [[False] * 3 + [True] * 5]
+
+
+def test_masks_at_each_photos_displayed_size_in_a_mirrored_tree(tmp_path, segmenter_file, oracle, capsys):
+    photos = photo_set()
+    write_photos(tmp_path / "photos", photos)
+    (tmp_path / "photos" / "notes.txt").write_text("not a photo")
+    (tmp_path / "photos" / ".DS_Store").write_bytes(b"\0\1")
+    (tmp_path / "photos" / "._a.jpg").write_bytes(b"AppleDouble")  # macOS metadata: hidden, not a photo
+    out = tmp_path / "masks"
+    assert main("--photos", tmp_path / "photos", "--segmenter", segmenter_file, "--out", out, "--batch", 3,
+                "--overlays") == 0
+    captured = capsys.readouterr()
+    assert f"segmented {len(photos)} of {len(photos)} photos" in captured.out
+    assert "segmenting:" in captured.err and "warning" not in captured.err
+
+    for rel, (_, width, height, top) in photos.items():
+        stem = rel.rsplit(".", 1)[0]
+        m = mask(out / f"{stem}.png")
+        assert m.shape == (height, width), rel
+        assert iou(m, expected_mask(width, height, top)) > 0.85, rel
+        overlay = Image.open(out / "overlays" / f"{stem}.jpg")
+        assert overlay.size == (width, height)
+        shown = np.asarray(overlay.convert("L")).astype(int)
+        assert shown[m].mean() > 200 and shown[~m].mean() < 20, f"{rel}: background dimmed, object kept"
+    made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert made == sorted(rel.rsplit(".", 1)[0] + ".png" for rel in photos)
+
+    report = json.loads((out / "segment_report.json").read_text())
+    assert report["num_photos"] == report["num_segmented"] == len(photos) and report["skipped"] == []
+    assert report["settings"]["resolution"] == 16 and report["settings"]["workers"] == 0
+    assert report["photos_per_second"] > 0
+    entry = next(e for e in report["segmented"] if e["photo"] == "phone/portrait.jpg")
+    assert entry["mask"] == "phone/portrait.png" and entry["size"] == [20, 48]
+    assert entry["foreground"] == pytest.approx(0.4, abs=0.05)
+
+
+def test_unreadable_files_are_reported_and_skipped(tmp_path, segmenter_file, oracle, capsys):
+    good = encode(scene(40, 30), "JPEG", quality=95)
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    (tmp_path / "photos" / "good.jpg").write_bytes(good)
+    (tmp_path / "photos" / "sub" / "text.jpg").write_text("this is not an image")
+    (tmp_path / "photos" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    out = tmp_path / "masks"
+    assert main("--photos", tmp_path / "photos", "--segmenter", segmenter_file, "--out", out) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and "Traceback" not in captured.err
+    assert any("sub/text.jpg: not a readable image" in w for w in warnings), warnings
+    assert any("cut.jpg: not a readable image (OSError: " in w for w in warnings), warnings  # truncated
+    assert "segmented 1 of 3 photos (2 skipped" in captured.out
+    assert mask(out / "good.png").shape == (30, 40)
+    assert not (out / "cut.png").exists() and not (out / "sub").exists()
+    report = json.loads((out / "segment_report.json").read_text())
+    assert [e["photo"] for e in report["segmented"]] == ["good.jpg"]
+    assert [e["photo"] for e in report["skipped"]] == ["cut.jpg", "sub/text.jpg"]
+    assert all(e["reason"].startswith("not a readable image") for e in report["skipped"])
+
+    # nothing usable at all: exit 1 with one line, and the report says why
+    (tmp_path / "photos" / "good.jpg").unlink()
+    code = main("--photos", tmp_path / "photos", "--segmenter", segmenter_file, "--out", tmp_path / "none",
+                "--quiet")
+    err = capsys.readouterr().err
+    assert code == 1 and err.splitlines()[-1].startswith("error: none of the 2 photos could be segmented"), err
+    assert json.loads((tmp_path / "none" / "segment_report.json").read_text())["num_segmented"] == 0
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path, segmenter_file, oracle, capsys):
+    write_photos(tmp_path / "photos", {k: v for k, v in photo_set().items() if k in ("a.jpg", "c.webp")})
+    out = tmp_path / "masks"
+    args = ("--photos", tmp_path / "photos", "--segmenter", segmenter_file, "--out", out, "--quiet")
+    assert main(*args) == 0
+    capsys.readouterr()
+    (out / "a.png").write_bytes(b"keep me")
+    one_line_error(main(*args), capsys, "3 output file(s) already exist", "--overwrite")
+    assert (out / "a.png").read_bytes() == b"keep me", "refused before anything was written"
+
+    (out / "a.png").unlink()
+    (out / "c.png").unlink()
+    one_line_error(main(*args), capsys, "1 output file(s) already exist", "segment_report.json")
+
+    assert main(*args, "--overwrite") == 0
+    assert mask(out / "a.png").shape == (30, 40) and mask(out / "c.png").shape == (17, 33)
+
+
+def test_a_generator_artifact_is_refused_in_one_line(tmp_path, model, capsys):
+    write_photos(tmp_path / "photos", {"a.jpg": photo_set()["a.jpg"]})
+    generator = tmp_path / "generator.pt"
+    generator.write_bytes(to_bytes(generator_artifact(Generator(model), model)))
+    code = main("--photos", tmp_path / "photos", "--segmenter", generator, "--out", tmp_path / "masks")
+    one_line_error(code, capsys, str(generator), "'comgan.generator' file, not a segmenter")
+    assert not (tmp_path / "masks").exists()
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing photos", ["does not exist"]),
+    ("photos is a file", ["is a file, not a folder"]),
+    ("no photos", ["no photos in", ".webp"]),
+    ("out inside photos", ["lies inside the photos folder"]),
+    ("out is a file", ["is a file, not a folder"]),
+    ("same stem", ["'x.jpg' and 'x.png' would both write the mask x.png"]),
+    ("missing segmenter", ["does not exist"]),
+    ("not a torch file", ["is not a readable torch file"]),
+    ("threshold", ["--threshold", "between 0 and 1"]),
+    ("batch", ["--batch", "must be >= 1"]),
+])
+def test_bad_inputs_are_one_line_errors(tmp_path, segmenter_file, capsys, case, words):
+    photos, out, segmenter = tmp_path / "photos", tmp_path / "masks", segmenter_file
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(photo_set()["a.jpg"][0])
+    extra = []
+    if case == "missing photos":
+        photos = tmp_path / "nowhere"
+    elif case == "photos is a file":
+        photos = photos / "a.jpg"
+    elif case == "no photos":
+        (photos / "a.jpg").unlink()
+        (photos / "readme.txt").write_text("no photos here")
+    elif case == "out inside photos":
+        out = photos / "masks"
+    elif case == "out is a file":
+        out = tmp_path / "out.txt"
+        out.write_text("a file")
+    elif case == "same stem":
+        (photos / "x.jpg").write_bytes(photo_set()["a.jpg"][0])
+        (photos / "x.png").write_bytes(photo_set()["b.png"][0])
+    elif case == "missing segmenter":
+        segmenter = tmp_path / "no-segmenter.pt"
+    elif case == "not a torch file":
+        segmenter = photos / "a.jpg"
+    elif case == "threshold":
+        extra = ["--threshold", "1.5"]
+    elif case == "batch":
+        extra = ["--batch", "0"]
+    code = main("--photos", photos, "--segmenter", segmenter, "--out", out, *extra)
+    one_line_error(code, capsys, *words)
+    assert not out.exists() or out.is_file()
+
+
+@pytest.mark.ray
+def test_a_ray_worker_writes_the_same_masks_as_this_process(local_ray, tmp_path, segmenter_file, capsys):
+    """The real (untrained) U-Net this time: the oracle would not reach the Ray worker."""
+    photos = photo_set()
+    write_photos(tmp_path / "photos", photos)
+    (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    common = ("--photos", tmp_path / "photos", "--segmenter", segmenter_file, "--batch", 2, "--quiet")
+    assert main(*common, "--out", tmp_path / "here") == 0
+    assert main(*common, "--out", tmp_path / "ray", "--workers", 1) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: skipped broken.png") == 2, err
+    here = json.loads((tmp_path / "here" / "segment_report.json").read_text())
+    there = json.loads((tmp_path / "ray" / "segment_report.json").read_text())
+    assert there["settings"]["workers"] == 1 and there["skipped"] == here["skipped"]
+    assert [(e["photo"], e["size"]) for e in there["segmented"]] == [(e["photo"], e["size"]) for e in here["segmented"]]
+    foreground = []
+    for rel in photos:
+        stem = rel.rsplit(".", 1)[0]
+        a, b = mask(tmp_path / "here" / f"{stem}.png"), mask(tmp_path / "ray" / f"{stem}.png")
+        assert a.shape == b.shape, rel
+        # same computation; a last-bit difference between thread counts may flip a pixel at exactly 0.5
+        assert (a != b).mean() <= 1e-3, rel
+        foreground.append(a.mean())
+    assert 0 < np.mean(foreground) < 1, "the U-Net's masks are not trivially empty or full"
+
+    # more workers than the local cluster's 2 CPUs hold: refused before any actor would wait forever
+    code = main(*common, "--out", tmp_path / "more", "--workers", 3)
+    one_line_error(code, capsys, "--workers 3", "room for 2 worker(s)")
+
+
+def test_photos_and_masks_on_s3(s3_bucket, tmp_path, segmenter_file, oracle, capsys):
+    photos = {k: v for k, v in photo_set().items() if k in ("a.jpg", "nested/deeper/D.JPG", "phone/portrait.jpg")}
+    for rel, (data, *_) in photos.items():
+        write_bytes(join_url(s3_bucket, "photos", rel), data)
+    segmenter = join_url(s3_bucket, "runs", "x", "segmenter.pt")
+    write_bytes(segmenter, segmenter_file.read_bytes())
+    out = join_url(s3_bucket, "masks")
+    args = ("--photos", join_url(s3_bucket, "photos"), "--segmenter", segmenter, "--out", out, "--quiet")
+    assert main(*args) == 0
+    assert "segmented 3 of 3 photos in" in capsys.readouterr().out
+    for rel, (_, width, height, top) in photos.items():
+        data = read_bytes(join_url(out, rel.rsplit(".", 1)[0] + ".png"))
+        m = np.asarray(Image.open(io.BytesIO(data))) > 127
+        assert m.shape == (height, width) and iou(m, expected_mask(width, height, top)) > 0.85, rel
+    assert json.loads(read_bytes(join_url(out, "segment_report.json")))["num_segmented"] == 3
+    one_line_error(main(*args), capsys, "4 output file(s) already exist", f"{out}/a.png")
