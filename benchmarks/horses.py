@@ -15,6 +15,13 @@
     python benchmarks/horses.py                                   # the default variants
     python benchmarks/horses.py --variants base no-augment        # some of them
     python benchmarks/horses.py --variant mine stage1.beta=2 stage1.steps=4000
+    python benchmarks/horses.py --generator benchmarks/out/horses/runs/horses-base/stage1/generator.pt \
+        --variant s2-adv01 stage2.adv_weight=0.1 data.eval_grabcut=false   # stage 2 only, on a fixed generator
+
+With --generator, each variant trains stage 2 only (jobs/segment.py) on that stage-1 artifact:
+stage-1 runs differ a lot from seed to seed on 200 photos (benchmarks/horses_sweep.py), so stage-2
+settings are compared on one and the same generator. --collect NAME... adds rows for runs already
+in --storage (named horses-NAME) without training again.
 """
 from __future__ import annotations
 
@@ -79,22 +86,33 @@ def make_shards(source: Path, size: int, holdout: int, seed: int = 0) -> dict:
     return urls
 
 
-def run_variant(name: str, overrides: list[str], urls: dict, config: str, storage: Path, extra: list[str]) -> dict:
+def run_variant(name: str, overrides: list[str], urls: dict, config: str, storage: Path, extra: list[str],
+                generator: str | None = None) -> dict:
     run = f"horses-{name}"
-    cmd = [sys.executable, str(ROOT / "jobs" / "train.py"), "--config", config, "--storage", str(storage),
+    job = ["segment.py", "--generator", generator] if generator else ["train.py"]
+    cmd = [sys.executable, str(ROOT / "jobs" / job[0]), *job[1:], "--config", config, "--storage", str(storage),
            "--name", run, f"data.train={urls['train']}", f"data.eval={urls['eval']}", *overrides, *extra]
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()
     rc = subprocess.call(cmd, cwd=ROOT)
-    wall = time.time() - t0
     if rc:
         return {"variant": name, "failed": rc}
+    return collect(name, overrides, storage, round(time.time() - t0), generator)
+
+
+def collect(name: str, overrides: list[str], storage: Path, wall: float | None = None, generator: str | None = None) -> dict:
+    """The table row of a finished run folder (horses-NAME under `storage`)."""
+    run = f"horses-{name}"
     summary = json.loads((storage / run / "summary.json").read_text())
+    generator = generator or summary.get("generator")
+    if wall is None:
+        wall = summary["eval"].get("wall_seconds", 0)
     grid = storage / run / "eval_grid.png"
     if grid.exists():
         shutil.copy(grid, RESULTS / f"horses_{name}_eval_grid.png")
     ev, s1 = summary["eval"], summary.get("stage1", {})
     return {"variant": name, "overrides": overrides, "wall_s": round(wall), "num_images": ev["num_images"],
+            "stage2_only_on": generator,
             "score_px": ev.get("score_resolution"), "segmenter": ev["segmenter"], "grabcut": ev.get("grabcut"),
             "all_foreground": ev["all_foreground"], "centred_box": ev["centred_box"],
             "mask_mean": s1.get("mask/mean"), "empty": s1.get("mask/empty_fraction"),
@@ -128,15 +146,24 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--variant", nargs="+", metavar=("NAME", "KEY=VALUE"), help="one custom variant instead")
     p.add_argument("--out", default=str(RESULTS / "horses.json"))
+    p.add_argument("--generator", help="train stage 2 only, on this stage-1 generator.pt (jobs/segment.py)")
+    p.add_argument("--collect", nargs="+", metavar=("NAME", "KEY=VALUE"),
+                   help="add the row of the finished run horses-NAME (with the overrides it ran with), no training")
     a, extra = p.parse_known_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     urls = make_shards(Path(a.source), a.size, a.holdout)
     chosen = {a.variant[0]: a.variant[1:]} if a.variant else {v: VARIANTS[v] for v in a.variants}
     out = Path(a.out)
     rows = json.loads(out.read_text()) if out.exists() else []
+    if a.collect:
+        chosen = {}
+        name = a.collect[0]
+        rows = [r for r in rows if r["variant"] != name] + [collect(name, a.collect[1:], Path(a.storage))]
+        out.write_text(json.dumps(rows, indent=2) + "\n")
+        print(table(rows), flush=True)
     for name, overrides in chosen.items():
         rows = [r for r in rows if r["variant"] != name] + [run_variant(name, overrides, urls, a.config,
-                                                                        Path(a.storage), extra)]
+                                                                        Path(a.storage), extra, a.generator)]
         out.write_text(json.dumps(rows, indent=2) + "\n")  # after every run: a long sweep loses nothing
         print(table(rows), flush=True)
     return 0

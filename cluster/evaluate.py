@@ -23,10 +23,10 @@ import json
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from comgan.artifacts import from_bytes, load_segmenter
+from comgan.inference import predict
 from comgan.metrics import (
     all_foreground_baseline,
     centred_box_baseline,
@@ -40,25 +40,6 @@ from .baselines import grabcut_batch
 
 METHODS = ("segmenter", "grabcut", "all_foreground", "centred_box")
 GRID_IMAGES = 8
-
-
-@torch.no_grad()
-def predict(segmenter: torch.nn.Module, images: torch.Tensor, resolution: int, threshold: float) -> torch.Tensor:
-    """Binary masks at the images' size from a segmenter trained at `resolution`."""
-    return probabilities(segmenter, images, resolution) > threshold
-
-
-@torch.no_grad()
-def probabilities(segmenter: torch.nn.Module, images: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Mask probabilities at the images' size: squashed to the segmenter's square, upsampled back."""
-    size = images.shape[-2:]
-    if tuple(size) != (resolution, resolution):
-        images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True,
-                               align_corners=False)
-    probs = segmenter(images)
-    if tuple(probs.shape[-2:]) != tuple(size):
-        probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-    return probs
 
 
 @torch.no_grad()

@@ -236,7 +236,7 @@ def to_input(pixels: list[np.ndarray]) -> torch.Tensor:
 
 def full_size_mask(prob: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
     """bool [height, width] mask from a [1, r, r] probability map: upsampled bilinearly, then
-    thresholded at full size (cluster.evaluate.predict does the same)."""
+    thresholded at full size (comgan.inference.predict does the same)."""
     width, height = size
     up = F.interpolate(prob[None].float(), size=(height, width), mode="bilinear", align_corners=False)
     return (up[0, 0] > threshold).numpy()

@@ -9,7 +9,8 @@ import torch
 
 from cluster.baselines import grabcut, grabcut_batch
 from cluster.config import load_config
-from cluster.evaluate import evaluate, format_table, predict
+from cluster.evaluate import evaluate, format_table
+from comgan.inference import predict
 from comgan.artifacts import segmenter_artifact, to_bytes
 from comgan.networks import UNet
 from data_shards.writer import write_shards
