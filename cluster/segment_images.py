@@ -18,7 +18,6 @@ thread pool ahead of the network, mask upsampling/encoding/writes in another beh
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import itertools
 import json
@@ -38,15 +37,8 @@ from PIL import Image, UnidentifiedImageError
 
 from comgan.artifacts import ArtifactError, from_bytes, load_segmenter
 from data_shards.images import open_photo, to_rgb8
-from data_shards.io import (
-    StorageError,
-    filesystem,
-    join_url,
-    read_bytes,
-    storage_error,
-    url_exists,
-    write_bytes,
-)
+from comgan import inference
+from data_shards.io import StorageError, filesystem, join_url, list_tree, read_bytes, url_exists, url_kind, write_bytes
 from data_shards.progress import Progress
 
 from .storage import absolute_url
@@ -109,48 +101,12 @@ def _within(inner: str, outer: str) -> bool:
     return pi == po and (i == o or i.startswith(o + "/"))
 
 
-def _storage_errors(fn):
-    """Listing failures a user has to fix (credentials, endpoint) as data_shards.io's one-line
-    StorageErrors, as its own functions raise them."""
-    @functools.wraps(fn)
-    def wrapper(url, *args, **kwargs):
-        try:
-            return fn(url, *args, **kwargs)
-        except Exception as e:
-            mapped = storage_error(url, e)
-            if mapped is None or mapped is e:
-                raise
-            raise mapped from None
-    return wrapper
-
-
-@_storage_errors
-def _kind(url: str) -> str | None:
-    """"folder", "file" or None (nothing there)."""
-    fs, path = filesystem(url)
-    if fs.isdir(path):
-        return "folder"
-    return "file" if fs.exists(path) else None
-
-
-@_storage_errors
-def list_tree(root: str) -> list[str]:
-    """Sorted relative paths of the files under folder `root`, recursively; hidden files and
-    folders (.DS_Store, ._x.jpg, .ipynb_checkpoints/) left out. A missing folder lists as empty."""
-    fs, path = filesystem(root)
-    if not fs.isdir(path):
-        return []
-    base = path.rstrip("/") + "/"
-    rels = (p[len(base):] for p in fs.find(path) if p.startswith(base))
-    return sorted(r for r in rels if not any(part.startswith(".") for part in r.split("/")))
-
-
 def plan(photos_url: str, out_url: str, overlays: bool = False) -> list[Photo]:
     """Every photo under `photos_url` with the files it becomes under `out_url`; one-line
     SegmentErrors for a missing or empty source, an output folder inside it, or two photos that
     would write the same mask."""
     photos_url, out_url = absolute_url(photos_url), absolute_url(out_url)
-    kind = _kind(photos_url)
+    kind = url_kind(photos_url)
     if kind != "folder":
         raise SegmentError(f"photos {photos_url} {'is a file, not a folder' if kind else 'does not exist'}")
     if _within(out_url, photos_url):
@@ -179,7 +135,7 @@ def existing_outputs(photos: list[Photo], out_url: str) -> list[str]:
     """The outputs of this plan (masks, overlays, report) that are already there: one listing of
     the output folder, not a request per file."""
     out_url = absolute_url(out_url)
-    if _kind(out_url) == "file":
+    if url_kind(out_url) == "file":
         raise SegmentError(f"--out {out_url} is a file, not a folder")
     there = {join_url(out_url, rel) for rel in list_tree(out_url)}
     targets = [t for p in photos for t in (p.mask, p.overlay) if t] + [join_url(out_url, REPORT)]
@@ -199,15 +155,10 @@ def read_segmenter(url: str) -> tuple[bytes, int]:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SegmentError(f"--device: not a torch device: {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SegmentError(f"--device {name}: no CUDA device is available here")
-    return device
+        return inference.resolve_device(name)
+    except ValueError as e:
+        raise SegmentError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,3 +22,16 @@ def probabilities(segmenter: torch.nn.Module, images: torch.Tensor, resolution: 
     if tuple(probs.shape[-2:]) != tuple(size):
         probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
     return probs
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" (CUDA when there is one) or any torch device name; ValueError for a bad or absent one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: not a torch device: {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here")
+    return device

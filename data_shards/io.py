@@ -133,6 +133,27 @@ def url_exists(url: str) -> bool:
     return fs.exists(path)
 
 
+@_user_errors
+def url_kind(url: str) -> str | None:
+    """"folder", "file" or None (nothing there)."""
+    fs, path = filesystem(url)
+    if fs.isdir(path):
+        return "folder"
+    return "file" if fs.exists(path) else None
+
+
+@_user_errors
+def list_tree(root: str) -> list[str]:
+    """Sorted relative paths of the files under folder `root`, recursively; hidden files and
+    folders (.DS_Store, ._x.jpg, .ipynb_checkpoints/) left out. A missing folder lists as empty."""
+    fs, path = filesystem(root)
+    if not fs.isdir(path):
+        return []
+    base = path.rstrip("/") + "/"
+    rels = (p[len(base):] for p in fs.find(path) if p.startswith(base))
+    return sorted(r for r in rels if not any(part.startswith(".") for part in r.split("/")))
+
+
 def list_urls(url: str, suffix: str = "") -> list[str]:
     """Sorted URLs of the files directly inside folder `url` whose names end with `suffix`.
     A missing folder lists as empty."""

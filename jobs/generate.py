@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from comgan import inference  # noqa: E402
 from comgan.artifacts import ArtifactError, from_bytes, load_generator  # noqa: E402
 from comgan.controls import (VARIED, control_codes, control_grid, default_categories, default_scale,  # noqa: E402
                              generate)
@@ -105,15 +106,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: not a torch device: {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here")
-    return device
+        return inference.resolve_device(name)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def load(url: str, device: torch.device):
