@@ -221,7 +221,8 @@ def run_pipeline(cfg: Config, stage1_only: bool = False) -> dict:
     if not stage1_only:
         train_segmenter(cfg, layout, generator, summary)
         if cfg.data.eval:
-            summary["eval"] = evaluate_run(cfg, layout, started)
+            results = evaluate_run(cfg, layout, started)
+            summary["eval"] = {k: v for k, v in results.items() if k != "per_image"}  # eval.json has them
     summary["wall_seconds"] = time.time() - started
     write_bytes(layout.summary, (json.dumps(summary, indent=2, default=str) + "\n").encode())
     log(f"finished in {time.time() - started:.0f}s; TensorBoard: tensorboard --logdir {layout.path('tensorboard')}")

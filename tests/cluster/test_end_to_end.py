@@ -43,6 +43,8 @@ def test_two_workers_end_to_end(local_ray, tiny_shards, tmp_path, capsys):
     for method in ("segmenter", "all_foreground", "centred_box"):
         assert set(results[method]) == {"iou_strict", "dice_strict", "iou_paper", "dice_paper"}
         assert 0 <= results[method]["iou_strict"] <= results[method]["iou_paper"] <= 1
+    assert len(results["per_image"]) == results["num_images"], "eval.json scores every image"
+    assert "per_image" not in summary["eval"], "summary.json keeps the means only"
     assert (run / "eval_grid.png").stat().st_size > 0
     assert (run / "config.yaml").exists()
 
