@@ -43,6 +43,11 @@ class RunConfig:
     # Images per forward pass in every no-grad pass (export checks, BatchNorm re-estimation,
     # previews, evaluation): bounds their memory whatever the sample counts.
     inference_batch: int = 32
+    # The trivial-solution watchdog (comgan/watchdog.py): every watch_every stage-1 steps (0: off)
+    # and at the end, G_ema's layer split is measured on watch_samples fixed codes, logged under
+    # watch/ in TensorBoard, and the first trivial solution found is named in the log and summary.
+    watch_every: int = 250
+    watch_samples: int = 256
 
 
 @dataclass
@@ -125,6 +130,9 @@ def validate(cfg: Config) -> None:
     for name in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints", "inference_batch"):
         if getattr(r, name) < 1:
             raise ConfigError(f"run.{name} must be >= 1, got {getattr(r, name)}")
+    if r.watch_every < 0 or r.watch_samples < 2:
+        raise ConfigError(f"run.watch_every must be >= 0 (0: off) and run.watch_samples >= 2, got "
+                          f"{r.watch_every} and {r.watch_samples}")
     if r.max_failures < -1:
         raise ConfigError(f"run.max_failures must be >= 0 (or -1: retry forever), got {r.max_failures}")
     if r.mixed_precision not in MIXED_PRECISION:

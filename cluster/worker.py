@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import ray.train
@@ -24,6 +24,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 from comgan.artifacts import from_bytes, load_generator, to_bytes
 from comgan.stages import PREVIEW_COUNT, STAGES, StageSpec
 from comgan.training import Snapshot
+from comgan.watchdog import trivial_reason
 from data_shards.io import read_bytes, write_bytes
 from data_shards.progress import format_duration
 from data_shards.reader import PROBLEM_KINDS, LoaderCursor, TrainBatch, train_loader
@@ -133,6 +134,7 @@ class StageRun:
     resumed_from: int
     writer: RunWriter | None = None   # rank 0 only, like the preview images
     preview: torch.Tensor | None = None
+    watched: dict = field(default_factory=dict)  # the watchdog's last measures and first trivial finding
 
     @classmethod
     def start(cls, job: StageJob) -> "StageRun":
@@ -195,12 +197,15 @@ class StageRun:
                 tick_time, tick_step = now, step
             if self.writer and (step % run.image_every == 0 or step == settings.steps):
                 self.log_images(step)
+            if self.writer and self.spec.watch and run.watch_every and (
+                    step % run.watch_every == 0 or step == settings.steps):
+                self.watch(step)
             if step % run.checkpoint_every == 0 and step < settings.steps:
                 if self.writer:
                     self.writer.flush()
                 self.checkpoint({"step": step, **last})
         last["perf/seconds"] = time.time() - t_start
-        return last
+        return {**last, **self.watched}
 
     def finish(self, last: dict) -> None:
         """Check the replicas, export (rank 0), and report the final checkpoint with the summary."""
@@ -223,6 +228,20 @@ class StageRun:
     def checkpoint(self, metrics: dict) -> None:
         snapshot = {"kind": self.spec.checkpoint_kind, "config": self.cfg.to_dict(), "state": self.state.state_dict()}
         checkpoints.report(metrics, self.accelerator, snapshot, self.cursor.state_dict(), self.state.step)
+
+    def watch(self, step: int) -> None:
+        """The watchdog's measures to TensorBoard; the first trivial solution to the log and, with
+        the last measures, to the stage's final metrics (summary.json)."""
+        run = self.cfg.run
+        stats = self.spec.watch(self.state, self.cfg, run.watch_samples, run.inference_batch)
+        self.writer.scalars(stats, step)
+        reason = trivial_reason(stats)
+        first = self.watched.get("watch/reason")
+        self.watched = {**stats, **({"watch/reason": first, "watch/trivial_at_step": self.watched["watch/trivial_at_step"]}
+                                    if first else {})}
+        if reason and not first:
+            self.watched.update({"watch/reason": reason, "watch/trivial_at_step": step})
+            say(f"[{self.spec.name}] watchdog at step {step}: {reason}")
 
     def log_images(self, step: int) -> None:
         for tag, grid in self.spec.previews(self.state, self.cfg, self.generator, self.preview).items():

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from . import watchdog
 from .artifacts import generator_artifact, segmenter_artifact
 from .config import ComGANConfig
 from .export import export_generator
@@ -34,6 +35,7 @@ class StageSpec:
     previews: Callable[..., dict[str, torch.Tensor]]   # (state, cfg, generator, real) -> {tag: grid}
     export: Callable[..., tuple[dict, dict]]           # (state, cfg, chunk) -> (artifact, metrics)
     progress_keys: tuple[str, ...]                     # stats shown on the progress line
+    watch: Callable[..., dict[str, float]] | None = None  # (state, cfg, samples, chunk) -> watchdog measures
 
     def settings(self, cfg: ComGANConfig):
         return getattr(cfg, self.name)
@@ -75,11 +77,16 @@ def _stage1_export(state: Stage1State, cfg, chunk: int) -> tuple[dict, dict]:
     return artifact, {**health, "swapped_fg_bg": done["swapped_fg_bg"]}
 
 
+def _stage1_watch(state: Stage1State, cfg, samples: int, chunk: int) -> dict[str, float]:
+    return watchdog.measure(state.G_ema, cfg.model, samples, chunk)
+
+
 STAGE1 = StageSpec(
     name="stage1", checkpoint_kind="comgan.stage1_checkpoint", needs_generator=False,
     create=Stage1State.create,
     make_step=_stage1_step, previews=_stage1_previews, export=_stage1_export,
     progress_keys=("loss/D_z", "loss/G_adv", "loss/binary_entropy", "mask/mean"),
+    watch=_stage1_watch,
 )
 
 

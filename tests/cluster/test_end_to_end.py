@@ -56,6 +56,9 @@ def test_two_workers_end_to_end(local_ray, tiny_shards, tmp_path, capsys):
                 "mask/mean", "mask/near0", "mask/near1"):
         assert tag in tags["scalars"], tag
     assert "stage1/samples_rows_xbar_fg_bg_mask_xz" in tags["images"]
+    for tag in ("watch/mask_empty", "watch/mask_diversity", "watch/layer_gap", "watch/fg_gap/0"):
+        assert tag in tags["scalars"], tag
+    assert "watch/layer_gap" in summary["stage1"], "the last watchdog measures reach summary.json"
     tags2 = tensorboard_tags(run / "tensorboard" / "stage2")
     assert {"loss/D_m", "loss/S_consistency", "loss/S_adv"} <= set(tags2["scalars"])
     assert "stage2/real_rows_x_Sx" in tags2["images"]
@@ -64,3 +67,18 @@ def test_two_workers_end_to_end(local_ray, tiny_shards, tmp_path, capsys):
     again = run_pipeline(cfg)
     assert "stage1" not in again and "stage2" not in again
     assert again["eval"]["segmenter"] == results["segmenter"]
+
+
+def test_the_watchdog_names_a_run_forced_into_full_masks(local_ray, tiny_shards, tmp_path, capsys):
+    """An area hinge that demands masks over 99 % of the image: within a few steps the
+    foreground branch draws everything, and the run's log and summary say so."""
+    from cluster.pipeline import run_pipeline
+
+    cfg = load_config("tiny", [f"data.train={tiny_shards / 'train'}", "data.eval=", "data.synthetic=false",
+                               f"run.storage={tmp_path}", "run.name=full", "stage1.steps=40", "run.watch_every=10",
+                               "stage1.mask_area_min=0.995", "stage1.mask_area_max=1", "stage1.mask_area_weight=1000",
+                               "stage1.lr=0.005"])
+    summary = run_pipeline(cfg, stage1_only=True)
+    assert "mask collapsed" in summary["stage1"]["watch/reason"]
+    assert summary["stage1"]["watch/trivial_at_step"] in (10, 20, 30, 40)
+    assert "watchdog at step" in capsys.readouterr().out

@@ -1,0 +1,103 @@
+"""The trivial-solution watchdog: how well a stage-1 generator splits images into layers.
+
+Measured on fixed codes (the same ones at every check, so curves compare across steps and runs),
+with the generator in eval mode. A composite can look right while its layers are degenerate:
+
+- empty or full masks: one branch draws the whole image (`watch/mask_empty`, `watch/mask_full`,
+  fractions of samples whose mask covers under 5 % or over 95 % of the image, the bounds of the
+  default area hinge). F and B are interchangeable until the export orients them, so both count
+  alike (`watch/mask_degenerate`, their sum);
+- partial collapse: a share of the samples is degenerate, i.e. some of the objects are drawn by
+  the branch that draws the scene (between MIN_PARTIAL and MAX_DEGENERATE of the samples);
+- a constant mask: the same shape whatever the code (`watch/mask_diversity`, the per-pixel
+  standard deviation of the mask across samples, averaged over pixels);
+- no decomposition: x_f and x_b agree where the mask is on, so the mask separates nothing
+  (`watch/layer_gap`, the mask-weighted mean of |x_f - x_b| / 2, in [0, 1]);
+- a foreground category that shows nothing of its own (`watch/fg_gap_min_ratio`, the smallest
+  per-category layer gap over their median; per category under `watch/fg_gap/<f>` when N <= 16).
+The mask depends on z alone (DESIGN.md, section 3), so the mask *area* cannot differ between
+foreground categories; what a category changes is x_f, hence the per-category layer gap.
+
+`trivial_reason` turns the measures into the reason a run has gone trivial, or None.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+WATCH_SEED = 31
+EMPTY_AREA, FULL_AREA = 0.05, 0.95   # a sample's mask area under / over which it counts as empty / full
+MAX_DEGENERATE = 0.5    # more samples than this with empty or full masks: collapsed
+# More than this (but not collapsed): partial collapse. Every training image holds an object, and
+# the default area hinge pushes masks away from these bounds, so a healthy generator has next to
+# none; the default job on seed 0, which misses most objects of one style, has 9 %.
+MIN_PARTIAL = 0.05
+MIN_DIVERSITY = 0.02    # mean per-pixel std of the mask across samples below this: constant mask
+MIN_LAYER_GAP = 0.03    # mask-weighted |x_f - x_b| / 2 below this: no decomposition
+MIN_FG_GAP_RATIO = 0.2  # a category's layer gap under this share of the median: it shows nothing
+PER_CATEGORY_TAGS = 16  # categories logged one by one up to this N
+
+
+def watch_codes(cfg: ModelConfig, samples: int, device=None) -> tuple[torch.Tensor, ...]:
+    """Fixed codes: z and b drawn from WATCH_SEED, f cycling through every category equally."""
+    gen = torch.Generator().manual_seed(WATCH_SEED)
+    z = torch.randn(samples, cfg.z_dim, generator=gen) * cfg.z_scale
+    f_idx = torch.arange(samples) % cfg.num_categories
+    b_idx = torch.randint(cfg.num_categories, (samples,), generator=gen)
+    n = cfg.num_categories
+    return z.to(device), F.one_hot(f_idx, n).float().to(device), F.one_hot(b_idx, n).float().to(device), f_idx
+
+
+@torch.no_grad()
+def measure(generator: torch.nn.Module, cfg: ModelConfig, samples: int = 256, chunk: int = 32) -> dict[str, float]:
+    """The watchdog's measures of `generator` (put in eval mode for the pass, then restored)."""
+    device = next(generator.parameters()).device
+    z, f, b, f_idx = watch_codes(cfg, samples, device)
+    was_training = generator.training
+    generator.eval()
+    areas, binary, gaps, small = [], [], [], []
+    try:
+        for i in range(0, samples, chunk):
+            out = generator(z[i:i + chunk], f[i:i + chunk], b[i:i + chunk])
+            m = out.mask.float()
+            areas.append(m.mean((1, 2, 3)))
+            binary.append(((m < 0.1) | (m > 0.9)).float().mean((1, 2, 3)))
+            diff = (out.fg - out.bg).abs().mean(1, keepdim=True) / 2
+            gaps.append((m * diff).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1e-6))
+            small.append(F.adaptive_avg_pool2d(m, 16).flatten(1))
+    finally:
+        generator.train(was_training)
+    area, gap = torch.cat(areas).cpu(), torch.cat(gaps).cpu()
+    per_category = torch.stack([gap[f_idx == k].mean() for k in range(cfg.num_categories)])
+    stats = {
+        "watch/mask_mean": area.mean(), "watch/mask_binary": torch.cat(binary).mean(),
+        "watch/mask_empty": (area < EMPTY_AREA).float().mean(), "watch/mask_full": (area > FULL_AREA).float().mean(),
+        "watch/mask_degenerate": ((area < EMPTY_AREA) | (area > FULL_AREA)).float().mean(),
+        "watch/mask_diversity": torch.cat(small).std(0).mean(),
+        "watch/layer_gap": gap.mean(),
+        "watch/fg_gap_min_ratio": per_category.min() / per_category.median().clamp_min(1e-6),
+    }
+    if cfg.num_categories <= PER_CATEGORY_TAGS:
+        stats.update({f"watch/fg_gap/{k}": v for k, v in enumerate(per_category)})
+    return {k: float(v) for k, v in stats.items()}
+
+
+def trivial_reason(stats: dict[str, float]) -> str | None:
+    """Why the measured generator is a trivial solution, in one line; None when it is not."""
+    degenerate = stats["watch/mask_degenerate"]
+    if degenerate > MAX_DEGENERATE:
+        side = "empty" if stats["watch/mask_empty"] >= stats["watch/mask_full"] else "full"
+        return f"mask collapsed ({side}): one branch draws the whole image in {degenerate:.0%} of samples"
+    if stats["watch/mask_diversity"] < MIN_DIVERSITY:
+        return f"constant mask: per-pixel spread {stats['watch/mask_diversity']:.3f} across samples"
+    if stats["watch/layer_gap"] < MIN_LAYER_GAP:
+        return f"no decomposition: x_f and x_b differ by {stats['watch/layer_gap']:.3f} under the mask"
+    if degenerate > MIN_PARTIAL:
+        return (f"partial collapse: one branch draws the whole image in {degenerate:.0%} of samples "
+                "(some objects are drawn by the branch that draws the scene)")
+    if stats["watch/fg_gap_min_ratio"] < MIN_FG_GAP_RATIO:
+        return (f"partial collapse: a foreground category differs from the background "
+                f"{stats['watch/fg_gap_min_ratio']:.0%} as much as the median category")
+    return None

@@ -1,0 +1,81 @@
+"""The trivial-solution watchdog on generators whose layers are built to be healthy or degenerate
+in one known way each, and on the real Generator with its mask head forced to zero."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comgan.networks import Generator, GeneratorOutput
+from comgan.watchdog import measure, trivial_reason, watch_codes
+
+RES = 16
+
+
+class Layers(torch.nn.Module):
+    """A 'generator' drawing a disc whose position follows z, a foreground colour per f and a
+    background colour per b; the flags break one property each."""
+
+    def __init__(self, empty_share=0.0, constant=False, same_layers=False, blank_category=None, full=False):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # measure() finds the device through it
+        self.empty_share, self.constant, self.same_layers = empty_share, constant, same_layers
+        self.blank_category, self.full = blank_category, full
+
+    def forward(self, z, f, b):
+        n = z.shape[0]
+        y, x = torch.meshgrid(torch.arange(RES), torch.arange(RES), indexing="ij")
+        centre = torch.full((n, 2), RES / 2) if self.constant else RES / 2 + 3 * torch.tanh(z[:, :2])
+        cy, cx = centre.unbind(1)
+        mask = (((y - cy[:, None, None]) ** 2 + (x - cx[:, None, None]) ** 2) < 16).float()[:, None]
+        empty = torch.sigmoid(z[:, 2] * 3) < self.empty_share  # a z-dependent share of the samples
+        mask = torch.where(empty[:, None, None, None], torch.zeros_like(mask), mask)
+        if self.full:
+            mask = torch.ones_like(mask)
+        palette = torch.linspace(-1, 1, f.shape[1])
+        bg = (b @ palette)[:, None, None, None].expand(n, 3, RES, RES)
+        fg = (f @ palette.flip(0))[:, None, None, None].expand(n, 3, RES, RES) * 0.5 + 0.4
+        if self.same_layers:
+            fg = bg
+        if self.blank_category is not None:
+            fg = torch.where((f.argmax(1) == self.blank_category)[:, None, None, None], bg, fg)
+        return GeneratorOutput(mask * fg + (1 - mask) * bg, mask, fg, bg, bg)
+
+
+@pytest.mark.parametrize("layers, words", [
+    (Layers(), None),
+    (Layers(empty_share=0.9), "mask collapsed (empty)"),
+    (Layers(full=True), "mask collapsed (full)"),
+    (Layers(constant=True), "constant mask"),
+    (Layers(same_layers=True), "no decomposition"),
+    (Layers(empty_share=0.3), "partial collapse"),
+    (Layers(blank_category=1), "foreground category"),
+])
+def test_each_trivial_solution_is_named(cfg, layers, words):
+    stats = measure(layers, cfg.model, samples=64, chunk=16)
+    reason = trivial_reason(stats)
+    if words is None:
+        assert reason is None, (reason, stats)
+    else:
+        assert reason is not None and words in reason, (reason, stats)
+
+
+def test_the_real_generator_with_its_mask_forced_to_zero_is_caught(cfg):
+    torch.manual_seed(0)
+    g = Generator(cfg.model)
+    g.mask_net.register_forward_hook(lambda module, args, out: torch.zeros_like(out))
+    stats = measure(g, cfg.model, samples=32, chunk=8)
+    assert stats["watch/mask_empty"] == 1.0
+    assert "mask collapsed (empty)" in trivial_reason(stats)
+
+
+def test_measures_use_fixed_codes_any_chunk_and_leave_the_mode_alone(cfg):
+    torch.manual_seed(0)
+    g = Generator(cfg.model).train()
+    first = measure(g, cfg.model, samples=24, chunk=8)
+    assert g.training, "the generator is back in train mode"
+    again = measure(g, cfg.model, samples=24, chunk=5)
+    assert again == pytest.approx(first, rel=1e-5, abs=1e-6)
+    n = cfg.model.num_categories
+    assert {f"watch/fg_gap/{k}" for k in range(n)} <= set(first)
+    z, f, b, f_idx = watch_codes(cfg.model, 2 * n)
+    assert f_idx.tolist() == list(range(n)) * 2, "every foreground category equally often"
