@@ -99,9 +99,10 @@ def evaluate(segmenter_url: str, eval_url: str, batch_size: int = 64, threshold:
     segmenter's own resolution comes from its artifact. results holds the means per method and,
     under "per_image", every image's key and scores."""
     parts = _run_parts((segmenter_url, eval_url, batch_size, threshold, score_resolution, grabcut), workers)
+    problems = _merge_problems(parts)
     parts = [p for p in parts if p["keys"]]
     if not parts:
-        raise DatasetError(f"{eval_url}: no usable evaluation sample")
+        raise DatasetError(f"{eval_url}: no usable evaluation sample (skipped: {problems})")
     size = parts[0]["size"]
     gt = torch.from_numpy(np.unpackbits(np.concatenate([p["gt"] for p in parts]), axis=1, count=size * size))
     gt = gt.view(-1, 1, size, size).bool()
@@ -113,7 +114,7 @@ def evaluate(segmenter_url: str, eval_url: str, batch_size: int = 64, threshold:
     keys = [k for p in parts for k in p["keys"]]
     results = {"num_images": len(keys), "mean_foreground_area": mean_area, "threshold": threshold,
                "model_resolution": parts[0]["model_resolution"], "score_resolution": size,
-               "data_problems": _merge_problems(parts)}
+               "data_problems": problems}
     methods = [m for m in METHODS if m in per_method]
     for m in methods:
         results[m] = {k: v.mean().item() for k, v in per_method[m].items()}

@@ -625,7 +625,9 @@ def _ordered_batches(url: str, manifest: dict, batch_size: int, resolution: int 
             images, gts, names = [], [], []
     if images:  # damaged samples made the set shorter than the manifest says
         yield _eval_batch(images, gts, names)
-    if seen == 0 and total > 0:
+    # A part may hold only damaged samples while the set as a whole is fine: only the whole set
+    # (parts == 1) fails here; split readers leave it to their caller to judge the sum.
+    if seen == 0 and total > 0 and parts == 1:
         raise streak.error() if streak.count else _no_sample_error(url, urls, listed)
 
 

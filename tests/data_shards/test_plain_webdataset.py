@@ -280,3 +280,35 @@ def test_s3_brace_pattern_and_folder(plain, s3_bucket):
     assert written == f"{s3_bucket}/photos/manifest.json"
     index._INDEXED.clear()
     assert read_manifest(f"{s3_bucket}/photos") == manifest == read_manifest(pattern)
+
+
+def test_a_part_of_only_damaged_samples_is_empty_not_an_error(tmp_path):
+    """Evaluation split into parts (Ray tasks) must agree with the whole set: a part whose shard
+    holds only undecodable images yields nothing, while the whole set still reads its good ones."""
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    from data_shards.reader import DatasetError, eval_batches
+
+    def png(array):
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        return buf.getvalue()
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:4] = 255
+    for s in range(3):
+        with wds.TarWriter(str(tmp_path / f"part-{s}.tar")) as tw:
+            for i in range(2):
+                image = b"not an image" if s == 0 else png(np.full((8, 8, 3), 40 * s + i, np.uint8))
+                tw.write({"__key__": f"{s}{i}", "png": image, "mask.png": png(mask)})
+    url = str(tmp_path)
+    assert list(eval_batches(url, 4, resolution=8, part=0, parts=3)) == []
+    keys = [k for p in (1, 2) for _, _, names in eval_batches(url, 4, resolution=8, part=p, parts=3, keys=True)
+            for k in names]
+    assert keys == ["10", "11", "20", "21"]
+    assert [k for _, _, names in eval_batches(url, 4, resolution=8, keys=True) for k in names] == keys
+    with pytest.raises(DatasetError):  # the whole set read alone, with nothing usable, still fails
+        list(eval_batches(str(tmp_path / "part-0.tar"), 4, resolution=8))
