@@ -30,10 +30,10 @@ from .config import ModelConfig
 WATCH_SEED = 31
 EMPTY_AREA, FULL_AREA = 0.05, 0.95   # a sample's mask area under / over which it counts as empty / full
 MAX_DEGENERATE = 0.5    # more samples than this with empty or full masks: collapsed
-# More than this (but not collapsed): partial collapse. Every training image holds an object, and
-# the default area hinge pushes masks away from these bounds, so a healthy generator has next to
-# none; the default job on seed 0, which misses most objects of one style, has 9 %.
-MIN_PARTIAL = 0.05
+# More than this (but not collapsed): partial collapse. On the default job the share alone does
+# not separate the runs below it: seed 1 (strict IoU 0.83, every style found) ends at 6 %, seed 0
+# (0.62, most objects of one style missed) at 9 %; a finer measure of that failure is still to come.
+MIN_PARTIAL = 0.15
 MIN_DIVERSITY = 0.02    # mean per-pixel std of the mask across samples below this: constant mask
 MIN_LAYER_GAP = 0.03    # mask-weighted |x_f - x_b| / 2 below this: no decomposition
 MIN_FG_GAP_RATIO = 0.2  # a category's layer gap under this share of the median: it shows nothing
