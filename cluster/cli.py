@@ -15,6 +15,27 @@ USER_ERRORS = (ConfigError, DatasetError, ArtifactError, StorageError)
 EXIT_USER_ERROR, EXIT_STAGE_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes as one `error:` line (exit 2), like every other error of the jobs."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= `minimum`, else a one-line usage error."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+    return parse
+
+
 def add_run_arguments(p: argparse.ArgumentParser, default_name: str = "the config's name") -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. stage1.beta=0.5 stage2.lam=2 model.num_categories=10")

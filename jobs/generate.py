@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from cluster.cli import EXIT_USER_ERROR, OneLineParser, int_at_least  # noqa: E402
 from comgan import inference  # noqa: E402
 from comgan.artifacts import ArtifactError, from_bytes, load_generator  # noqa: E402
 from comgan.controls import (VARIED, control_codes, control_grid, default_categories, default_scale,  # noqa: E402
@@ -40,29 +41,9 @@ from comgan.controls import (VARIED, control_codes, control_grid, default_catego
 from comgan.visualize import grid_to_uint8  # noqa: E402
 from data_shards.io import StorageError, join_url, read_bytes, url_exists, write_bytes  # noqa: E402
 
-EXIT_USER_ERROR = 2
-
 
 class UserError(Exception):
     """A mistake in the command; one line for the user."""
-
-
-class Parser(argparse.ArgumentParser):
-    """Usage mistakes as one line, like every other error of this tool."""
-
-    def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-
-
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 def _categories(text):
@@ -76,7 +57,7 @@ def _categories(text):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = Parser(prog="jobs/generate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = OneLineParser(prog="jobs/generate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                epilog="Exit codes: 0 done, 2 a mistake in the command, a missing or unreadable generator, "
                       "existing output without --overwrite, or storage that cannot be used.")
     p.add_argument("--generator", required=True, metavar="URI",
@@ -84,16 +65,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, metavar="URL",
                    help="folder or URL prefix for vary_f.png, vary_b.png and vary_z.png")
     p.add_argument("--seed", type=int, default=0, help="seed of every code drawn (default: %(default)s)")
-    p.add_argument("--count", type=_positive, default=8, metavar="N",
+    p.add_argument("--count", type=int_at_least(1), default=8, metavar="N",
                    help="columns: noise vectors in vary_z, and in vary_f/vary_b the first N categories "
                         "(fewer if the model has fewer; default: %(default)s)")
     p.add_argument("--categories", type=_categories, metavar="I,J,...",
                    help="the categories shown as columns of vary_f and vary_b, instead of the first --count")
-    p.add_argument("--groups", type=_positive, default=2, metavar="G",
+    p.add_argument("--groups", type=int_at_least(1), default=2, metavar="G",
                    help="fixed settings per grid, each a group of four rows (default: %(default)s)")
-    p.add_argument("--scale", type=_positive, metavar="K",
+    p.add_argument("--scale", type=int_at_least(1), metavar="K",
                    help="enlarge images K times, nearest neighbour (default: enough for 64 px, 1 from 64 px up)")
-    p.add_argument("--batch", type=_positive, default=32, metavar="B",
+    p.add_argument("--batch", type=int_at_least(1), default=32, metavar="B",
                    help="images per generator call; memory grows with it (default: %(default)s)")
     p.add_argument("--device", default="auto",
                    help="torch device to run the generator on: auto (cuda if available), cpu, cuda, cuda:1, ... "

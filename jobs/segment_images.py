@@ -38,27 +38,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.cli import EXIT_INTERRUPTED, EXIT_STAGE_FAILED, EXIT_USER_ERROR
-
-
-class Parser(argparse.ArgumentParser):
-    """Usage mistakes as one line, like every other error of this tool."""
-
-    def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-
-
-def _count(minimum: int):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
-        return value
-    return parse
+from cluster.cli import EXIT_INTERRUPTED, EXIT_STAGE_FAILED, EXIT_USER_ERROR, OneLineParser, int_at_least
 
 
 def _amount(text):
@@ -82,7 +62,7 @@ def _probability(text):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = Parser(prog="jobs/segment_images.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = OneLineParser(prog="jobs/segment_images.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                epilog="Exit codes: 0 done (some photos may have been skipped: see the report), 1 no photo "
                       "could be segmented or a Ray worker failed, 2 a mistake in the command, a missing or "
                       "wrong artifact, no photos, existing output without --overwrite, or storage that "
@@ -93,15 +73,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overlays", action="store_true", help="also write overlays/<name>.jpg: each photo, background dimmed")
     p.add_argument("--threshold", type=_probability, default=0.5,
                    help="foreground where the mask probability is above this (default: %(default)s)")
-    p.add_argument("--batch", "--batch-size", type=_count(1), default=32, metavar="B",
+    p.add_argument("--batch", "--batch-size", type=int_at_least(1), default=32, metavar="B",
                    help="photos per forward pass (default: %(default)s)")
     p.add_argument("--device", default="auto",
                    help="torch device with --workers 0: auto (cuda if available), cpu, cuda, cuda:1, ... "
                         "(default: %(default)s)")
-    p.add_argument("--io-threads", type=_count(1), default=4, metavar="T",
+    p.add_argument("--io-threads", type=int_at_least(1), default=4, metavar="T",
                    help="threads reading and decoding photos ahead of the network, and as many writing masks "
                         "(default: %(default)s)")
-    p.add_argument("--workers", type=_count(0), default=0, metavar="N",
+    p.add_argument("--workers", type=int_at_least(0), default=0, metavar="N",
                    help="Ray workers; 0 runs in this process without Ray (default: %(default)s)")
     p.add_argument("--cpus-per-worker", type=_amount, default=1, metavar="C",
                    help="CPUs Ray reserves per worker (default: %(default)s)")
