@@ -134,7 +134,8 @@ class StageRun:
     resumed_from: int
     writer: RunWriter | None = None   # rank 0 only, like the preview images
     preview: torch.Tensor | None = None
-    watched: dict = field(default_factory=dict)  # the watchdog's last measures and first trivial finding
+    watched: dict = field(default_factory=dict)  # the watchdog's last measures
+    trivial: dict = field(default_factory=dict)  # its first finding: watch/reason, watch/trivial_at_step
 
     @classmethod
     def start(cls, job: StageJob) -> "StageRun":
@@ -205,7 +206,7 @@ class StageRun:
                     self.writer.flush()
                 self.checkpoint({"step": step, **last})
         last["perf/seconds"] = time.time() - t_start
-        return {**last, **self.watched}
+        return {**last, **self.watched, **self.trivial}
 
     def finish(self, last: dict) -> None:
         """Check the replicas, export (rank 0), and report the final checkpoint with the summary."""
@@ -235,12 +236,10 @@ class StageRun:
         run = self.cfg.run
         stats = self.spec.watch(self.state, self.cfg, run.watch_samples, run.inference_batch)
         self.writer.scalars(stats, step)
+        self.watched = stats
         reason = trivial_reason(stats)
-        first = self.watched.get("watch/reason")
-        self.watched = {**stats, **({"watch/reason": first, "watch/trivial_at_step": self.watched["watch/trivial_at_step"]}
-                                    if first else {})}
-        if reason and not first:
-            self.watched.update({"watch/reason": reason, "watch/trivial_at_step": step})
+        if reason and not self.trivial:
+            self.trivial = {"watch/reason": reason, "watch/trivial_at_step": step}
             say(f"[{self.spec.name}] watchdog at step {step}: {reason}")
 
     def log_images(self, step: int) -> None:
