@@ -177,7 +177,10 @@ def restarts_allowed(cfg: Config) -> str:
     return "unlimited restarts" if n < 0 else f"{n} restart{'s' if n != 1 else ''}"
 
 
-def run_stage(stage: str, cfg: Config, layout: RunLayout, artifact: str, generator: str = "") -> dict:
+def run_stage(stage: str, cfg: Config, layout: RunLayout, artifact: str, generator: str = "",
+              callbacks: tuple = ()) -> dict:
+    """One stage on its own TorchTrainer; `callbacks` are Ray Train callbacks (a Tune trial passes
+    the one that forwards every report to Tune)."""
     job = StageJob(stage=stage, config=cfg.to_dict(), cpus_per_worker=cfg.run.cpus_per_worker,
                    stage_dir=layout.stage_dir(stage), tensorboard=layout.tensorboard(stage), artifact=artifact,
                    generator=generator, fault=os.environ.get(faults.ENV, ""))
@@ -195,6 +198,7 @@ def run_stage(stage: str, cfg: Config, layout: RunLayout, artifact: str, generat
         run_config=RunConfig(name=stage, storage_path=root, storage_filesystem=filesystem,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                             callbacks=list(callbacks),
                              # Ray Train's INFO lines (every report, every checkpoint) would bury
                              # the progress lines; failures and restarts are warnings and still show.
                              logging_config=ray.LoggingConfig(log_level="WARNING")),
@@ -212,14 +216,15 @@ def run_stage(stage: str, cfg: Config, layout: RunLayout, artifact: str, generat
     return dict(result.metrics or {})
 
 
-def run_pipeline(cfg: Config, stage1_only: bool = False) -> dict:
-    """Run (or resume) the whole job; `stage1_only` stops after exporting the generator."""
+def run_pipeline(cfg: Config, stage1_only: bool = False, callbacks: tuple = ()) -> dict:
+    """Run (or resume) the whole job; `stage1_only` stops after exporting the generator;
+    `callbacks` go to both stages' trainers."""
     started = time.time()
     layout = prepare_run(cfg)
     summary = {"run": layout.root}
-    generator = train_generator(cfg, layout, summary)
+    generator = train_generator(cfg, layout, summary, callbacks)
     if not stage1_only:
-        train_segmenter(cfg, layout, generator, summary)
+        train_segmenter(cfg, layout, generator, summary, callbacks)
         if cfg.data.eval:
             results = evaluate_run(cfg, layout, started)
             summary["eval"] = {k: v for k, v in results.items() if k != "per_image"}  # eval.json has them
@@ -250,7 +255,7 @@ def prepare_run(cfg: Config) -> RunLayout:
     return layout
 
 
-def train_generator(cfg: Config, layout: RunLayout, summary: dict) -> str:
+def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tuple = ()) -> str:
     """Stage 1, unless its artifact exists or is given; returns the generator's URL."""
     if cfg.stage2.generator:
         log(f"stage1: skipped, stage 2 learns from {cfg.stage2.generator}")
@@ -259,7 +264,7 @@ def train_generator(cfg: Config, layout: RunLayout, summary: dict) -> str:
     if url_exists(layout.generator):
         log(f"stage1: {layout.generator} exists, not retraining")
         return layout.generator
-    m = run_stage("stage1", cfg, layout, artifact=layout.generator)
+    m = run_stage("stage1", cfg, layout, artifact=layout.generator, callbacks=callbacks)
     summary["stage1"] = m
     log(f"stage1: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s, "
         f"{m.get('perf/images_per_s', 0):.0f} img/s, mask mean {m.get('mask/mean', float('nan')):.2f}, "
@@ -267,11 +272,11 @@ def train_generator(cfg: Config, layout: RunLayout, summary: dict) -> str:
     return layout.generator
 
 
-def train_segmenter(cfg: Config, layout: RunLayout, generator: str, summary: dict) -> None:
+def train_segmenter(cfg: Config, layout: RunLayout, generator: str, summary: dict, callbacks: tuple = ()) -> None:
     if url_exists(layout.segmenter):
         log(f"stage2: {layout.segmenter} exists, not retraining")
         return
-    m = run_stage("stage2", cfg, layout, artifact=layout.segmenter, generator=generator)
+    m = run_stage("stage2", cfg, layout, artifact=layout.segmenter, generator=generator, callbacks=callbacks)
     summary["stage2"] = m
     log(f"stage2: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s")
 

@@ -31,6 +31,10 @@ class RunWriter:
     def image(self, tag: str, grid_chw, step: int) -> None:
         self.writer.add_image(tag, np.asarray(grid_chw), step, dataformats="CHW")
 
+    def hparams(self, params: dict, metrics: dict[str, float], name: str) -> None:
+        """One entry of TensorBoard's HPARAMS tab (its own sub-folder `name`)."""
+        self.writer.add_hparams(params, metrics, name=name)
+
     def flush(self) -> None:
         self.writer.flush()
         self._upload()

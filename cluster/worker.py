@@ -24,7 +24,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 from comgan.artifacts import from_bytes, load_generator, to_bytes
 from comgan.stages import PREVIEW_COUNT, STAGES, StageSpec
 from comgan.training import Snapshot
-from comgan.watchdog import trivial_reason
+from comgan.watchdog import health_score, trivial_reason
 from data_shards.io import read_bytes, write_bytes
 from data_shards.progress import format_duration
 from data_shards.reader import PROBLEM_KINDS, LoaderCursor, TrainBatch, train_loader
@@ -198,22 +198,34 @@ class StageRun:
                 tick_time, tick_step = now, step
             if self.writer and (step % run.image_every == 0 or step == settings.steps):
                 self.log_images(step)
-            if self.writer and self.spec.watch and run.watch_every and (
-                    step % run.watch_every == 0 or step == settings.steps):
+            watch_now = self.spec.watch and run.watch_every and (step % run.watch_every == 0 or step == settings.steps)
+            if watch_now and self.writer:
                 self.watch(step)
             if step % run.checkpoint_every == 0 and step < settings.steps:
                 if self.writer:
                     self.writer.flush()
-                self.checkpoint({"step": step, **last})
+                self.checkpoint(self.progress(step, last))
+            elif watch_now and step < settings.steps:
+                # The measures reach Ray (and a Tune sweep's stopper) as soon as they are taken;
+                # a report is a barrier, so every rank makes it.
+                ray.train.report(self.progress(step, last))
         last["perf/seconds"] = time.time() - t_start
         return {**last, **self.watched, **self.trivial}
+
+    def progress(self, step: int, last: dict) -> dict:
+        """What every report carries: the step, the training images the whole job has seen (stage 2
+        continues stage 1's count, a measure that only grows, for Tune's schedulers), the last
+        tick's stats and the watchdog's last measures."""
+        before = self.cfg.stage1.steps * self.cfg.stage1.batch_size if self.spec.name == "stage2" else 0
+        images = before + step * self.spec.settings(self.cfg).batch_size
+        return {"step": step, "progress/images": images, **last, **self.watched, **self.trivial}
 
     def finish(self, last: dict) -> None:
         """Check the replicas, export (rank 0), and report the final checkpoint with the summary."""
         acc, state = self.accelerator, self.state
         in_sync = all([replicas_in_sync(acc, module) for module in state.trained().values()])  # all collectives
-        final = {"step": state.step, "num_processes": acc.num_processes, "replicas_in_sync": in_sync,
-                 "resumed_from": self.resumed_from, **last}
+        final = {**self.progress(state.step, last), "num_processes": acc.num_processes,
+                 "replicas_in_sync": in_sync, "resumed_from": self.resumed_from}
         if acc.is_main_process:
             artifact, metrics = self.spec.export(state, self.cfg, self.cfg.run.inference_batch)
             write_bytes(self.job.artifact, to_bytes(artifact))
@@ -235,9 +247,13 @@ class StageRun:
         the last measures, to the stage's final metrics (summary.json)."""
         run = self.cfg.run
         stats = self.spec.watch(self.state, self.cfg, run.watch_samples, run.inference_batch)
+        reason = trivial_reason(stats)
+        # How many checks in a row found a trivial solution: a sweep stops a trial on a streak, not
+        # on one check early in training, when masks are still settling.
+        streak = self.watched.get("watch/trivial_checks", 0) + 1 if reason else 0
+        stats.update({"watch/health": health_score(stats), "watch/trivial_checks": streak})
         self.writer.scalars(stats, step)
         self.watched = stats
-        reason = trivial_reason(stats)
         if reason and not self.trivial:
             self.trivial = {"watch/reason": reason, "watch/trivial_at_step": step}
             say(f"[{self.spec.name}] watchdog at step {step}: {reason}")

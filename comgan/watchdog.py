@@ -9,6 +9,10 @@ with the generator in eval mode. A composite can look right while its layers are
   alike (`watch/mask_degenerate`, their sum);
 - partial collapse: a share of the samples is degenerate, i.e. some of the objects are drawn by
   the branch that draws the scene (between MIN_PARTIAL and MAX_DEGENERATE of the samples);
+- soft masks: a sample whose mask only half-claims what it touches (`watch/mask_soft`, the share
+  of samples where under half of the pixels the mask reaches (> 0.1) are confidently on (> 0.9)).
+  It is how an object style drawn by the background branch showed on the default job: the object
+  sits in x_b and a faint mask (about 0.3) over it mixes in a little of x_f;
 - a constant mask: the same shape whatever the code (`watch/mask_diversity`, the per-pixel
   standard deviation of the mask across samples, averaged over pixels);
 - no decomposition: x_f and x_b agree where the mask is on, so the mask separates nothing
@@ -19,6 +23,12 @@ The mask depends on z alone (DESIGN.md, section 3), so the mask *area* cannot di
 foreground categories; what a category changes is x_f, hence the per-category layer gap.
 
 `trivial_reason` turns the measures into the reason a run has gone trivial, or None.
+`health_score` folds them into one number in [0, 1] (higher is healthier), the objective of sweeps
+without labelled data and the measure ASHA compares trials on: 0 for a trivial solution, else the
+product of the share of non-degenerate masks, the mask binariness, the mask diversity (saturating
+at HEALTHY_DIVERSITY) and the weakest category's layer gap relative to the median (saturating at
+HEALTHY_FG_GAP_RATIO). It ranks generators by how well they split images into layers, not by how
+realistic their images are (that is FID's job).
 """
 from __future__ import annotations
 
@@ -38,6 +48,8 @@ MIN_DIVERSITY = 0.02    # mean per-pixel std of the mask across samples below th
 MIN_LAYER_GAP = 0.03    # mask-weighted |x_f - x_b| / 2 below this: no decomposition
 MIN_FG_GAP_RATIO = 0.2  # a category's layer gap under this share of the median: it shows nothing
 PER_CATEGORY_TAGS = 16  # categories logged one by one up to this N
+HEALTHY_DIVERSITY = 0.15     # mask spread at which health_score stops rewarding more variety
+HEALTHY_FG_GAP_RATIO = 0.5   # weakest category's relative layer gap at which it counts as fully present
 
 
 def watch_codes(cfg: ModelConfig, samples: int, device=None) -> tuple[torch.Tensor, ...]:
@@ -57,13 +69,15 @@ def measure(generator: torch.nn.Module, cfg: ModelConfig, samples: int = 256, ch
     z, f, b, f_idx = watch_codes(cfg, samples, device)
     was_training = generator.training
     generator.eval()
-    areas, binary, gaps, small = [], [], [], []
+    areas, binary, gaps, small, soft = [], [], [], [], []
     try:
         for i in range(0, samples, chunk):
             out = generator(z[i:i + chunk], f[i:i + chunk], b[i:i + chunk])
             m = out.mask.float()
             areas.append(m.mean((1, 2, 3)))
             binary.append(((m < 0.1) | (m > 0.9)).float().mean((1, 2, 3)))
+            touched, sure = (m > 0.1).float().mean((1, 2, 3)), (m > 0.9).float().mean((1, 2, 3))
+            soft.append((touched > 0.01) & (sure < 0.5 * touched))
             diff = (out.fg - out.bg).abs().mean(1, keepdim=True) / 2
             gaps.append((m * diff).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1e-6))
             small.append(F.adaptive_avg_pool2d(m, 16).flatten(1))
@@ -76,6 +90,7 @@ def measure(generator: torch.nn.Module, cfg: ModelConfig, samples: int = 256, ch
         "watch/mask_empty": (area < EMPTY_AREA).float().mean(), "watch/mask_full": (area > FULL_AREA).float().mean(),
         "watch/mask_degenerate": ((area < EMPTY_AREA) | (area > FULL_AREA)).float().mean(),
         "watch/mask_diversity": torch.cat(small).std(0).mean(),
+        "watch/mask_soft": torch.cat(soft).float().mean(),
         "watch/layer_gap": gap.mean(),
         "watch/fg_gap_min_ratio": per_category.min() / per_category.median().clamp_min(1e-6),
     }
@@ -101,3 +116,12 @@ def trivial_reason(stats: dict[str, float]) -> str | None:
         return (f"partial collapse: a foreground category differs from the background "
                 f"{stats['watch/fg_gap_min_ratio']:.0%} as much as the median category")
     return None
+
+
+def health_score(stats: dict[str, float]) -> float:
+    """The measures as one number in [0, 1], higher is healthier; 0 for a trivial solution."""
+    if trivial_reason(stats):
+        return 0.0
+    diversity = min(1.0, stats["watch/mask_diversity"] / HEALTHY_DIVERSITY)
+    categories = min(1.0, stats["watch/fg_gap_min_ratio"] / HEALTHY_FG_GAP_RATIO)
+    return float((1 - stats["watch/mask_degenerate"]) * stats["watch/mask_binary"] * diversity * categories)

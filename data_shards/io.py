@@ -213,6 +213,14 @@ def remove_url(url: str) -> None:
         fs.rm_file(path)
 
 
+@_user_errors
+def remove_tree(url: str) -> None:
+    """Delete a folder (or prefix) and everything under it, if it exists."""
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def arrow_filesystem(url: str):
     """(pyarrow filesystem, path) for libraries that take one (Ray Train's run storage): the same
     fsspec filesystem and options as everything else, wrapped. Local paths give (None, path)."""

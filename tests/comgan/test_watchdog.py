@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from comgan.networks import Generator, GeneratorOutput
-from comgan.watchdog import measure, trivial_reason, watch_codes
+from comgan.watchdog import health_score, measure, trivial_reason, watch_codes
 
 RES = 16
 
@@ -55,8 +55,22 @@ def test_each_trivial_solution_is_named(cfg, layers, words):
     reason = trivial_reason(stats)
     if words is None:
         assert reason is None, (reason, stats)
+        assert health_score(stats) > 0.3, "a healthy split scores well above the trivial ones' 0"
     else:
         assert reason is not None and words in reason, (reason, stats)
+        assert health_score(stats) == 0.0
+
+
+def test_health_rewards_binary_varied_masks_and_present_categories():
+    healthy = {"watch/mask_degenerate": 0.0, "watch/mask_empty": 0.0, "watch/mask_full": 0.0,
+               "watch/mask_binary": 1.0, "watch/mask_diversity": 0.3, "watch/layer_gap": 0.5,
+               "watch/fg_gap_min_ratio": 0.9}
+    assert health_score(healthy) == 1.0
+    # Each measure lowers the score on its own: soft masks, less variety, a weak category, degenerate samples.
+    assert health_score({**healthy, "watch/mask_binary": 0.5}) == pytest.approx(0.5)
+    assert health_score({**healthy, "watch/mask_diversity": 0.075}) == pytest.approx(0.5)
+    assert health_score({**healthy, "watch/fg_gap_min_ratio": 0.25}) == pytest.approx(0.5)
+    assert health_score({**healthy, "watch/mask_degenerate": 0.1, "watch/mask_empty": 0.1}) == pytest.approx(0.9)
 
 
 def test_the_real_generator_with_its_mask_forced_to_zero_is_caught(cfg):

@@ -1,0 +1,470 @@
+"""Ray Tune sweeps in which every trial is a whole DS-ComGAN run: stage 1, handoff, stage 2 and
+evaluation, each stage on its own Ray Train workers (Train V2: the trial is a function trainable
+that builds the stages' TorchTrainers through cluster/pipeline.py).
+
+Layout of a sweep, under any storage URL (local folder or s3://):
+
+    <storage>/<sweep>/                 Tune's experiment state and one folder per trial (Tune's own)
+    <storage>/<sweep>/runs/<trial id>/ each trial's run, the usual run layout (config.yaml, stage1/,
+                                       stage2/, tensorboard/, eval.json, summary.json)
+    <storage>/<sweep>/results.csv      one row per trial: parameters, objective, stop reason, wall
+    <storage>/<sweep>/results.json     time and artifact URLs (also printed)
+    <storage>/<sweep>/best/            the best trial's generator.pt and segmenter.pt, and trial.json
+    <storage>/<sweep>/tensorboard/     TensorBoard hparams: one entry per trial, to compare them
+
+How a trial reaches Tune: every Train report of its stages (each watchdog check and checkpoint of
+stage 1, each checkpoint of stage 2) is forwarded by Ray's TuneReportCallback, carrying
+`progress/images` (training images the trial has seen, a count that only grows, also across a
+resume) and the watchdog's measures (`watch/health`, `watch/trivial_checks`, ...). The trainable
+then reports the trial's `objective` once, at the end:
+
+    iou      strict IoU of the trial's segmenter on data.eval (labelled shards), maximised
+    health   the watchdog's health score of the final generator (comgan/watchdog.py), maximised;
+             the objective without labels
+    fid      FID of the final generator against data.train (needs --inception), minimised
+
+Trials are stopped early by the watchdog (a trial whose stage-1 checks find a trivial solution
+`patience` times in a row) and, with the ASHA scheduler, by comparing `watch/health` at equal
+`progress/images`. Each trial's Ray Train workers hold their own placement group (created by the
+Train controller); the trial actor itself reserves nothing, so `max_concurrent_trials` is what
+keeps trials from waiting on each other: it is set to the number of trials whose workers fit the
+cluster at once.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+from comgan.config import ConfigError, set_key
+
+from .config import Config, config_from_dict, validate
+from .search_space import Axis
+from .storage import RunLayout, absolute_url, configure_storage
+from data_shards.io import join_url, read_bytes, remove_tree, url_exists, write_bytes
+
+OBJECTIVES = {"iou": "max", "health": "max", "fid": "min"}
+SEARCHES = ("grid", "random", "optuna")
+SCHEDULERS = ("fifo", "asha")
+PROGRESS = "progress/images"
+TRIAL_DRIVER = {"CPU": 0, "memory": 256 * 2 ** 20}
+SETTINGS = "sweep.json"      # the sweep as started: --resume continues exactly that sweep
+
+
+@dataclass
+class Sweep:
+    """Everything a sweep is: where it lives, its base config, what it varies and how it judges."""
+    name: str
+    storage: str
+    base: Config
+    axes: list[Axis]
+    search: str = "grid"        # grid: every combination (x samples); random / optuna: `samples` trials
+    samples: int = 1
+    objective: str = "auto"     # iou with labelled data.eval, else health (fid with an inception file)
+    inception: str = ""         # TorchScript Inception for the fid objective (path or URL)
+    fid_samples: int = 2000     # generated images (and at most this many real ones) per FID
+    scheduler: str = "fifo"     # fifo, or asha on watch/health over progress/images
+    patience: int = 2           # consecutive trivial watchdog checks that stop a trial; 0: never
+    concurrent: int = 0         # trials at once; 0: as many as the cluster holds
+
+    @property
+    def root(self) -> str:
+        return join_url(absolute_url(self.storage), self.name)
+
+    def path(self, *parts: str) -> str:
+        return join_url(self.root, *parts)
+
+    @property
+    def mode(self) -> str:
+        return OBJECTIVES[self.objective]
+
+
+def sweep_settings(sweep: Sweep) -> dict:
+    """The sweep as JSON (sweep.json), the base config included."""
+    return {"name": sweep.name, "storage": sweep.storage, "base": sweep.base.to_dict(), "preset": sweep.base.preset,
+            "axes": [asdict(axis) for axis in sweep.axes], "search": sweep.search, "samples": sweep.samples,
+            "objective": sweep.objective, "inception": sweep.inception, "fid_samples": sweep.fid_samples,
+            "scheduler": sweep.scheduler, "patience": sweep.patience, "concurrent": sweep.concurrent}
+
+
+def load_sweep(storage: str, name: str) -> Sweep:
+    """The sweep started under <storage>/<name>, as its sweep.json recorded it."""
+    url = join_url(absolute_url(storage), name, SETTINGS)
+    if not url_exists(url):
+        raise ConfigError(f"no sweep to resume at {join_url(absolute_url(storage), name)} ({SETTINGS} is missing)")
+    data = json.loads(read_bytes(url))
+    base = config_from_dict({**data["base"], "preset": data.get("preset", "default")})
+    axes = [Axis(**{**a, "values": tuple(a["values"])}) for a in data["axes"]]
+    return Sweep(name=data["name"], storage=storage, base=base, axes=axes, search=data["search"],
+                 samples=data["samples"], objective=data["objective"], inception=data["inception"],
+                 fid_samples=data["fid_samples"], scheduler=data["scheduler"], patience=data["patience"],
+                 concurrent=data["concurrent"])
+
+
+def check_sweep(sweep: Sweep) -> None:
+    """The sweep's own settings; the axes were checked when parsed (cluster/search_space.py)."""
+    if sweep.search not in SEARCHES:
+        raise ConfigError(f"--search must be one of {', '.join(SEARCHES)}, got {sweep.search!r}")
+    if sweep.scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {sweep.scheduler!r}")
+    if sweep.samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {sweep.samples}")
+    if sweep.patience < 0:
+        raise ConfigError(f"--patience must be >= 0 (0: the watchdog never stops a trial), got {sweep.patience}")
+    if sweep.search == "grid":
+        for axis in sweep.axes:
+            axis.domain("grid")  # a range on a grid is one line, here, not when Tune starts
+    if sweep.objective == "auto":
+        sweep.objective = "iou" if sweep.base.data.eval else ("fid" if sweep.inception else "health")
+    if sweep.objective not in OBJECTIVES:
+        raise ConfigError(f"--objective must be auto or one of {', '.join(OBJECTIVES)}, got {sweep.objective!r}")
+    if sweep.objective == "iou" and not sweep.base.data.eval:
+        raise ConfigError("the iou objective needs labelled shards in data.eval; without labels use "
+                          "--objective health (or fid with --inception)")
+    if sweep.objective == "fid" and not sweep.inception:
+        raise ConfigError("the fid objective needs --inception PATH_OR_URL (StyleGAN2-ADA's inception-2015-12-05.pt)")
+    if sweep.search == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise ConfigError("--search optuna needs Optuna: pip install 'ds-comgan[tune]' (or pip install optuna)") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# One trial
+
+
+def trial_config(base: dict, params: dict, trial_id: str, runs_url: str) -> Config:
+    """The base config with this trial's values, run as <sweep>/runs/<trial id>."""
+    cfg = config_from_dict(copy.deepcopy(base))
+    for key, value in params.items():
+        set_key(cfg, key, value if isinstance(value, str) else json.dumps(value))
+    cfg.run.name, cfg.run.storage = trial_id, runs_url
+    validate(cfg)
+    return cfg
+
+
+def run_trial(params: dict, sweep: dict) -> None:
+    """The function trainable: the whole pipeline of one trial, then its objective."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .pipeline import run_pipeline
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(sweep["base"], params, trial_id, sweep["runs"])
+    summary = run_pipeline(cfg, callbacks=(TuneReportCallback(),))
+    layout = RunLayout(cfg.run.storage, cfg.run.name)
+    result = {"objective": objective_value(sweep, cfg, layout, summary), "trial/finished": 1,
+              PROGRESS: cfg.stage1.steps * cfg.stage1.batch_size + cfg.stage2.steps * cfg.stage2.batch_size}
+    tune.report(result)
+
+
+def objective_value(sweep: dict, cfg: Config, layout: RunLayout, summary: dict) -> float:
+    kind = sweep["objective"]
+    if kind == "iou":
+        return float(summary["eval"]["segmenter"]["iou_strict"])
+    if kind == "fid":
+        from .fidelity import fidelity
+
+        return float(fidelity(layout.generator, cfg.data.train, sweep["inception"], num_generated=sweep["fid_samples"],
+                              num_real=sweep["fid_samples"], batch=cfg.run.inference_batch)["fid"])
+    from comgan.artifacts import from_bytes, load_generator
+    from comgan.watchdog import health_score, measure
+
+    generator, _ = load_generator(from_bytes(read_bytes(layout.generator), layout.generator), cfg.model,
+                                  what=layout.generator)
+    return health_score(measure(generator, cfg.model, cfg.run.watch_samples, cfg.run.inference_batch))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tune's parts
+
+
+def watchdog_stopper(patience: int):
+    from ray.tune.stopper import Stopper
+
+    class WatchdogStopper(Stopper):
+        """Stops a trial whose watchdog found a trivial solution `patience` checks in a row."""
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return patience > 0 and result.get("watch/trivial_checks", 0) >= patience
+
+        def stop_all(self) -> bool:
+            return False
+
+    return WatchdogStopper()
+
+
+def progress_callback(sweep: Sweep, total: int | None):
+    """One line per trial event, instead of Tune's result tables (every report would print one)."""
+    from ray.tune import Callback
+
+    from .pipeline import log
+
+    keys = [axis.key for axis in sweep.axes]
+
+    class SweepProgress(Callback):
+        def __init__(self):
+            self.ended = 0
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            values = ", ".join(f"{k}={_cell(trial.config.get(k))}" for k in keys)
+            log(f"trial {trial.trial_id} started: {values}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.ended += 1
+            last = trial.last_result or {}
+            how = stop_reason(sweep, last, None)
+            if how == "finished":
+                how = f"finished, {sweep.objective} {last['objective']:.4f}"
+            log(f"trial {trial.trial_id} {how} after {last.get('time_total_s', 0):.0f}s "
+                f"({self.ended}{f'/{total}' if total else ''} trials ended)")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.ended += 1
+            log(f"trial {trial.trial_id} failed: see its log above ({self.ended}{f'/{total}' if total else ''} "
+                "trials ended)")
+
+    return SweepProgress()
+
+
+def planned_trials(sweep: Sweep) -> int | None:
+    """How many trials the sweep runs (grid: every combination, times samples)."""
+    if sweep.search != "grid":
+        return sweep.samples
+    return sweep.samples * math.prod(len(axis.values) for axis in sweep.axes)
+
+
+def searcher(sweep: Sweep, at_once: int):
+    if sweep.search != "optuna":
+        return None  # Tune's BasicVariantGenerator: grid_search and random sampling from the space
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    class FinalResultOptuna(OptunaSearch):
+        """Optuna (TPE) on the trial's final objective: the stages' progress reports carry no
+        objective yet, and OptunaSearch would fail on them."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+    return ConcurrencyLimiter(FinalResultOptuna(metric="objective", mode=sweep.mode, seed=sweep.base.run.seed),
+                              max_concurrent=at_once)
+
+
+def scheduler(sweep: Sweep):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if sweep.scheduler == "fifo":
+        return FIFOScheduler()
+    cfg = sweep.base
+    total = cfg.stage1.steps * cfg.stage1.batch_size
+    first_check = max(cfg.run.watch_every, 1) * cfg.stage1.batch_size
+    # Rungs on stage 1's health: the first at the second watchdog check, the last at the end of stage 1.
+    return ASHAScheduler(time_attr=PROGRESS, metric="watch/health", mode="max", max_t=max(total, 2 * first_check),
+                         grace_period=min(2 * first_check, total), reduction_factor=2)
+
+
+def trials_at_once(sweep: Sweep, cpus: int, gpus: int) -> int:
+    """Trials whose workers all fit the cluster at the same time (at least 1)."""
+    if sweep.concurrent:
+        return sweep.concurrent
+    r = sweep.base.run
+    fit = cpus // (r.workers * max(r.cpus_per_worker, 1))
+    if r.use_gpu:
+        fit = min(fit, gpus // r.workers)
+    return max(1, fit)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+
+
+def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
+    """Run (or, with `resume`, continue) the sweep; returns the results table's rows."""
+    import ray
+    from ray import tune
+
+    from . import pipeline
+
+    check_sweep(sweep)
+    cfg = sweep.base
+    configure_storage(cfg)
+    cfg.data.train = absolute_url(cfg.data.train)
+    cfg.data.eval = absolute_url(cfg.data.eval) if cfg.data.eval else ""
+    filesystem, root = _arrow(sweep)
+    experiment = root.rstrip("/") + "/" + sweep.name
+    exists = tune.Tuner.can_restore(experiment, storage_filesystem=filesystem)
+    if exists and not resume:
+        raise ConfigError(f"sweep {sweep.root} exists: add --resume to continue it, or give a new --name")
+    if resume and not exists:
+        raise ConfigError(f"no sweep to resume at {sweep.root}")
+    pipeline.check_fault_spec()
+    pipeline.ensure_data(cfg)  # once, here: concurrent trials must not all write the synthetic set
+    fixed = pipeline.init_ray()
+    nodes = pipeline.alive_nodes()
+    cfg.run.cpus_per_worker = resolve_cpus(sweep, nodes)
+    pipeline.check_placement(cfg, cfg.run.cpus_per_worker, nodes, fixed)
+    # Only a trial's last report carries its objective; the stages' reports before it do not.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    resources = ray.cluster_resources()
+    at_once = trials_at_once(sweep, int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
+    settings = {"base": cfg.to_dict(), "runs": sweep.path("runs"), "objective": sweep.objective,
+                "inception": sweep.inception, "fid_samples": sweep.fid_samples}
+    # The trial actor only drives: its stages' workers hold the CPUs and GPUs (in the placement group
+    # each stage's Train controller creates), and the evaluation it runs itself comes after they
+    # have finished. Tune refuses an all-zero request, so it reserves a little memory instead.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=settings), TRIAL_DRIVER)
+    if not resume:
+        write_bytes(sweep.path(SETTINGS), (json.dumps(sweep_settings(sweep), indent=2) + "\n").encode())
+    pipeline.log(f"sweep {sweep.name}: {sweep.root} ({sweep.search} search, objective {sweep.objective} "
+                 f"({sweep.mode}), {at_once} trial(s) at once, {cfg.run.workers} worker(s) x "
+                 f"{cfg.run.cpus_per_worker} CPU each)")
+    started = time.time()
+    if resume:
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=filesystem)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={axis.key: axis.domain("random" if sweep.search != "grid" else "grid") for axis in sweep.axes},
+            tune_config=tune.TuneConfig(num_samples=sweep.samples, search_alg=searcher(sweep, at_once),
+                                        scheduler=scheduler(sweep), max_concurrent_trials=at_once,
+                                        trial_dirname_creator=lambda trial: trial.trial_id),
+            run_config=tune.RunConfig(name=sweep.name, storage_path=root, storage_filesystem=filesystem,
+                                      stop=watchdog_stopper(sweep.patience), verbose=0,
+                                      callbacks=[progress_callback(sweep, planned_trials(sweep))],
+                                      failure_config=tune.FailureConfig(max_failures=0)))
+    grid = tuner.fit()
+    rows = [table_row(sweep, result) for result in grid]
+    write_results(sweep, rows)
+    pipeline.log(f"sweep finished in {time.time() - started:.0f}s")
+    return rows
+
+
+def resolve_cpus(sweep: Sweep, nodes) -> int:
+    """CPUs per worker: as set, or (0, auto) all of the biggest node's for one worker per trial, so
+    that trials run one after another on a laptop, each as fast as a single run."""
+    from .pipeline import worker_resources
+
+    return worker_resources(sweep.base, nodes)
+
+
+def _arrow(sweep: Sweep):
+    from data_shards.io import arrow_filesystem
+
+    return arrow_filesystem(absolute_url(sweep.storage))
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def stop_reason(sweep: Sweep, metrics: dict, error) -> str:
+    if error is not None:
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        return f"error: {first[:200]}"
+    if "objective" in metrics:
+        return "finished"
+    if sweep.patience and metrics.get("watch/trivial_checks", 0) >= sweep.patience:
+        return f"watchdog at step {metrics.get('step')}: {metrics.get('watch/reason', 'trivial solution')}"
+    if sweep.scheduler == "asha":
+        return f"ASHA at {metrics.get(PROGRESS, 0)} images"
+    return "not finished"
+
+
+def table_row(sweep: Sweep, result) -> dict:
+    metrics = dict(result.metrics or {})
+    trial_id = metrics.get("trial_id") or os.path.basename(result.path.rstrip("/"))
+    run = RunLayout(sweep.path("runs"), trial_id)
+    row = {"trial": trial_id}
+    row.update({axis.key: (result.config or {}).get(axis.key) for axis in sweep.axes})
+    objective = metrics.get("objective")
+    row.update({
+        "objective": None if objective is None or (isinstance(objective, float) and math.isnan(objective))
+        else float(objective),
+        "stop": stop_reason(sweep, metrics, result.error),
+        "images": metrics.get(PROGRESS),
+        "wall_s": round(float(metrics.get("time_total_s", 0.0)), 1),
+        "health": metrics.get("watch/health"),
+        "run": run.root,
+        "generator": run.generator if url_exists(run.generator) else "",
+        "segmenter": run.segmenter if url_exists(run.segmenter) else "",
+    })
+    return row
+
+
+def best_row(sweep: Sweep, rows: list[dict]) -> dict | None:
+    scored = [r for r in rows if r["objective"] is not None]
+    if not scored:
+        return None
+    pick = max if sweep.mode == "max" else min
+    return pick(scored, key=lambda r: r["objective"])
+
+
+def write_results(sweep: Sweep, rows: list[dict]) -> None:
+    """results.csv / results.json, best/ and the TensorBoard hparams; printed as a table."""
+    rows = sorted(rows, key=lambda r: r["trial"])
+    best = best_row(sweep, rows)
+    document = {"sweep": sweep.root, "objective": sweep.objective, "mode": sweep.mode, "search": sweep.search,
+                "space": [axis.__dict__ for axis in sweep.axes], "best": best, "trials": rows}
+    write_bytes(sweep.path("results.json"), (json.dumps(document, indent=2, default=str) + "\n").encode())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(sweep.path("results.csv"), text.getvalue().encode())
+    if best:
+        for name in ("generator", "segmenter"):
+            if best[name]:
+                write_bytes(sweep.path("best", f"{name}.pt"), read_bytes(best[name]))
+        write_bytes(sweep.path("best", "trial.json"), (json.dumps(best, indent=2, default=str) + "\n").encode())
+    write_hparams(sweep, rows)
+    print(format_table(sweep, rows, best), flush=True)
+
+
+def write_hparams(sweep: Sweep, rows: list[dict]) -> None:
+    """One TensorBoard hparams entry per trial (rewritten whole: a resumed sweep has no duplicates)."""
+    from .tensorboard import RunWriter
+
+    url = sweep.path("tensorboard")
+    remove_tree(url)
+    writer = RunWriter(url)
+    for row in rows:
+        params = {axis.key: row[axis.key] for axis in sweep.axes}
+        metrics = {"objective": row["objective"] if row["objective"] is not None else float("nan"),
+                   "wall_seconds": row["wall_s"]}
+        writer.hparams(params, metrics, row["trial"])
+    writer.close()
+
+
+def format_table(sweep: Sweep, rows: list[dict], best: dict | None) -> str:
+    keys = [axis.key for axis in sweep.axes]
+    header = ["trial", *keys, sweep.objective, "wall s", "stop"]
+    lines = [[r["trial"], *(_cell(r[k]) for k in keys), _cell(r["objective"]), f"{r['wall_s']:.0f}", r["stop"]]
+             for r in rows]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
+    out = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *lines]]
+    if best:
+        out.append(f"best: {best['trial']} ({sweep.objective} {best['objective']:.4f}, {sweep.mode}imised); "
+                   f"its artifacts are copied to {sweep.path('best')}")
+    else:
+        out.append("no trial finished with an objective")
+    out.append(f"table: {sweep.path('results.csv')}, {sweep.path('results.json')}; "
+               f"compare trials: tensorboard --logdir {sweep.path('tensorboard')}")
+    return "\n".join(out)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
