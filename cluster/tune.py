@@ -160,9 +160,12 @@ def run_trial(params: dict, sweep: dict) -> None:
     cfg = trial_config(sweep["base"], params, trial_id, sweep["runs"])
     summary = run_pipeline(cfg, callbacks=(TuneReportCallback(),))
     layout = RunLayout(cfg.run.storage, cfg.run.name)
-    result = {"objective": objective_value(sweep, cfg, layout, summary), "trial/finished": 1,
-              PROGRESS: cfg.stage1.steps * cfg.stage1.batch_size + cfg.stage2.steps * cfg.stage2.batch_size}
-    tune.report(result)
+    tune.report({"objective": objective_value(sweep, cfg, layout, summary), PROGRESS: planned_images(cfg)})
+
+
+def planned_images(cfg: Config) -> int:
+    """The training images a whole run of `cfg` sees (both stages): where progress/images ends."""
+    return cfg.stage1.steps * cfg.stage1.batch_size + cfg.stage2.steps * cfg.stage2.batch_size
 
 
 def objective_value(sweep: dict, cfg: Config, layout: RunLayout, summary: dict) -> float:
@@ -345,7 +348,7 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
     grid = tuner.fit()
     rows = [table_row(sweep, result) for result in grid]
     write_results(sweep, rows)
-    pipeline.log(f"sweep finished in {time.time() - started:.0f}s")
+    pipeline.log(f"sweep ended after {time.time() - started:.0f}s")
     return rows
 
 
@@ -384,14 +387,15 @@ def table_row(sweep: Sweep, result) -> dict:
     metrics = dict(result.metrics or {})
     trial_id = metrics.get("trial_id") or os.path.basename(result.path.rstrip("/"))
     run = RunLayout(sweep.path("runs"), trial_id)
-    row = {"trial": trial_id}
-    row.update({axis.key: (result.config or {}).get(axis.key) for axis in sweep.axes})
+    params = {axis.key: (result.config or {}).get(axis.key) for axis in sweep.axes}
+    row = {"trial": trial_id, **params}
     objective = metrics.get("objective")
     row.update({
         "objective": None if objective is None or (isinstance(objective, float) and math.isnan(objective))
         else float(objective),
         "stop": stop_reason(sweep, metrics, result.error),
         "images": metrics.get(PROGRESS),
+        "planned_images": planned_images(trial_config(sweep.base.to_dict(), params, trial_id, sweep.path("runs"))),
         "wall_s": round(float(metrics.get("time_total_s", 0.0)), 1),
         "health": metrics.get("watch/health"),
         "run": run.root,
@@ -439,8 +443,9 @@ def write_hparams(sweep: Sweep, rows: list[dict]) -> None:
     writer = RunWriter(url)
     for row in rows:
         params = {axis.key: row[axis.key] for axis in sweep.axes}
-        metrics = {"objective": row["objective"] if row["objective"] is not None else float("nan"),
-                   "wall_seconds": row["wall_s"]}
+        metrics = {"wall_seconds": row["wall_s"]}
+        if row["objective"] is not None:  # a stopped trial has none (NaN would be dropped with a warning)
+            metrics["objective"] = row["objective"]
         writer.hparams(params, metrics, row["trial"])
     writer.close()
 
@@ -452,6 +457,12 @@ def format_table(sweep: Sweep, rows: list[dict], best: dict | None) -> str:
              for r in rows]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
     out = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *lines]]
+    stopped = [r for r in rows if r["stop"].startswith("watchdog")]
+    if stopped:
+        saved = sum(r["planned_images"] - (r["images"] or 0) for r in stopped)
+        share = saved / sum(r["planned_images"] for r in stopped)
+        out.append(f"the watchdog stopped {len(stopped)} trial(s), sparing {saved} of their training images "
+                   f"({share:.0%})")
     if best:
         out.append(f"best: {best['trial']} ({sweep.objective} {best['objective']:.4f}, {sweep.mode}imised); "
                    f"its artifacts are copied to {sweep.path('best')}")

@@ -52,6 +52,12 @@ class Stage1Config:
     # DiffAugment policy for every D_z input, real and fake alike (comgan/augment.py): a comma list
     # of color, translation, cutout; "" = off. Small photo sets need it: D_z memorises them.
     augment: str = ""
+    # Weight of layer-swapped composites that D_z learns to reject and G to pass (not in the paper:
+    # 0). Each sample's mask and one of its layers are combined with the other layer of another
+    # sample (half the batch swaps x_b, half x_f, so either orientation counts): a layer that draws
+    # objects it should not (one style painted by the background branch) makes such composites
+    # show two objects or a hole, which D_z can tell apart from real photos.
+    swap_weight: float = 0.0
     ema_decay: float = 0.999    # G_ema decay, ramped up from 0 over the first steps
     bn_recalibration_batches: int = 20  # re-estimate G_ema's BatchNorm statistics before export
     orient_mask: bool = True    # at export, swap F/B if the mask covers the border (the background)
@@ -209,6 +215,8 @@ def validate(cfg: ComGANConfig) -> None:
             parse_policy(policy)
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
+    if s1.swap_weight < 0:
+        raise ConfigError(f"stage1.swap_weight must be >= 0, got {s1.swap_weight}")
     if s2.adv_weight < 0:
         raise ConfigError(f"stage2.adv_weight must be >= 0, got {s2.adv_weight}")
     if s2.lam < 0:

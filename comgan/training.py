@@ -125,11 +125,16 @@ class Stage1Step(_Step):
         def aug(x):  # D_z sees every image, real or fake, through the same random augmentation
             return diff_augment(x, policy=policy)
 
-        # Phase Dz: real -> 1, composite and global-feature image -> 0.
+        swap_weight = c.stage1.swap_weight
+        swapped = layer_swapped(out) if swap_weight else None
+
+        # Phase Dz: real -> 1, composite and global-feature image (and layer-swapped composites) -> 0.
         s.D_z.requires_grad_(True)
         opt_D.zero_grad(set_to_none=True)
         d_real, d_fake, d_global = D_z(aug(real)), D_z(aug(out.image.detach())), D_z(aug(out.global_image.detach()))
         loss_d = losses.bce_real(d_real) + losses.bce_fake(d_fake) + losses.bce_fake(d_global)
+        if swap_weight:
+            loss_d = loss_d + swap_weight * losses.bce_fake(D_z(aug(swapped.detach())))
         self.backward(loss_d)
         opt_D.step()
 
@@ -137,6 +142,8 @@ class Stage1Step(_Step):
         s.D_z.requires_grad_(False)
         opt_G.zero_grad(set_to_none=True)
         adv = losses.bce_real(s.D_z(aug(out.image))) + losses.bce_real(s.D_z(aug(out.global_image)))
+        if swap_weight:
+            adv = adv + swap_weight * losses.bce_real(s.D_z(aug(swapped)))
         info_f = losses.info_loss(D_f(out.fg), f_idx)
         info_b = losses.info_loss(D_b(out.bg), b_idx)
         entropy = losses.binary_entropy(out.mask)
@@ -157,6 +164,17 @@ class Stage1Step(_Step):
             **mask_statistics(out.mask),
         }
         return {k: v.detach() for k, v in stats.items()}
+
+
+def layer_swapped(out) -> torch.Tensor:
+    """Composites of each sample's mask with one of its own layers and the other layer of the
+    previous sample in the batch: even samples take the previous x_b, odd ones the previous x_f."""
+    n = out.mask.shape[0]
+    previous = torch.arange(n, device=out.mask.device).roll(1)
+    swap_bg = (torch.arange(n, device=out.mask.device) % 2 == 0).view(n, 1, 1, 1)
+    fg = torch.where(swap_bg, out.fg, out.fg[previous])
+    bg = torch.where(swap_bg, out.bg[previous], out.bg)
+    return out.mask * fg + (1 - out.mask) * bg
 
 
 @dataclass

@@ -77,6 +77,8 @@ def test_watchdog_stops_the_forced_trial_the_healthy_one_finishes_and_the_table_
     assert forced["stop"].startswith("watchdog at step") and "mask collapsed (full)" in forced["stop"], forced
     assert forced["objective"] == "" and forced["segmenter"] == ""
     assert int(forced["images"]) < 60 * 8, "stopped before the end of stage 1"
+    assert int(forced["planned_images"]) == 60 * 8 + 4 * 8 == int(healthy["images"])
+    assert "the watchdog stopped 1 trial(s)" in out
 
     # The best trial's artifacts at a stable path, and the JSON table agrees with the CSV.
     best = json.loads((sweep / "best" / "trial.json").read_text())

@@ -429,3 +429,43 @@ def test_iou_dice_by_hand_including_empty_masks():
         single = segmentation_scores(p, g)
         for k in scores:
             assert single[k].item() == pytest.approx(scores[k][i].item()), (name, k)
+
+
+def test_layer_swapped_composites_take_the_other_layer_from_the_previous_sample():
+    from comgan.training import layer_swapped
+
+    n, r = 4, 2
+    value = torch.arange(1, n + 1, dtype=torch.float32).view(n, 1, 1, 1)
+    out = GeneratorOutput(image=None, mask=torch.full((n, 1, r, r), 0.25), fg=value.expand(n, 3, r, r) * 10,
+                          bg=value.expand(n, 3, r, r) * 100, global_image=None)
+    got = layer_swapped(out)[:, 0, 0, 0]
+    # sample 0 keeps x_f 10 and takes x_b of sample 3 (400); sample 1 keeps x_b 200 and takes x_f of sample 0 (10)
+    want = [0.25 * 10 + 0.75 * 400, 0.25 * 10 + 0.75 * 200, 0.25 * 30 + 0.75 * 200, 0.25 * 30 + 0.75 * 400]
+    assert got.tolist() == pytest.approx(want)
+
+
+def test_swap_weight_adds_swapped_composites_to_both_phases(cfg):
+    """With stage1.swap_weight = w, D_z also rejects the swapped composite in its phase and G is also
+    scored on passing it (the stub's layers are equal across samples, so it equals x_bar here)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.stage1.swap_weight = 0.5
+    log, phase = [], Phase()
+    G = StubGenerator(cfg.model.resolution)
+    n_cat = cfg.model.num_categories
+    D_z, D_f, D_b = (RecordingD("D_z", 1, log, phase), RecordingD("D_f", n_cat, log, phase),
+                     RecordingD("D_b", n_cat, log, phase))
+    state = Stage1State(G, D_z, D_f, D_b, copy.deepcopy(G).requires_grad_(False),
+                        torch.optim.Adam(D_z.parameters(), lr=1e-3),
+                        torch.optim.Adam([*G.parameters(), *D_f.parameters(), *D_b.parameters()], lr=1e-3))
+    real = real_batch(cfg, 8)
+    stats = Stage1Step(state, cfg, backward=phase.backward)(real)
+    out = G.outputs[-1][0]
+    refs = {"real": real, "x_bar": out.image, "x_bar_z": out.global_image}
+    assert_discriminator_inputs(log, refs, "D_z", False, ["real", "x_bar", "x_bar", "x_bar_z"],
+                                ["x_bar", "x_bar", "x_bar_z"])
+    d0 = [c.out for c in calls_of(log, "D_z", 0)]
+    d1 = [c.out for c in calls_of(log, "D_z", 1)]
+    one, zero = torch.ones(8), torch.zeros(8)
+    bce = F.binary_cross_entropy_with_logits
+    assert_close(stats["loss/D_z"], bce(d0[0], one) + bce(d0[1], zero) + bce(d0[2], zero) + 0.5 * bce(d0[3], zero))
+    assert_close(stats["loss/G_adv"], bce(d1[0], one) + bce(d1[1], one) + 0.5 * bce(d1[2], one))

@@ -15,10 +15,12 @@ class Layers(torch.nn.Module):
     """A 'generator' drawing a disc whose position follows z, a foreground colour per f and a
     background colour per b; the flags break one property each."""
 
-    def __init__(self, empty_share=0.0, constant=False, same_layers=False, blank_category=None, full=False):
+    def __init__(self, empty_share=0.0, constant=False, same_layers=False, blank_category=None, full=False,
+                 soft_share=0.0):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(()))  # measure() finds the device through it
         self.empty_share, self.constant, self.same_layers = empty_share, constant, same_layers
+        self.soft_share = soft_share
         self.blank_category, self.full = blank_category, full
 
     def forward(self, z, f, b):
@@ -29,6 +31,8 @@ class Layers(torch.nn.Module):
         mask = (((y - cy[:, None, None]) ** 2 + (x - cx[:, None, None]) ** 2) < 16).float()[:, None]
         empty = torch.sigmoid(z[:, 2] * 3) < self.empty_share  # a z-dependent share of the samples
         mask = torch.where(empty[:, None, None, None], torch.zeros_like(mask), mask)
+        soft = torch.sigmoid(z[:, 3] * 3) < self.soft_share  # a faint mask over the object, as on seed 0
+        mask = torch.where(soft[:, None, None, None], 0.3 * mask, mask)
         if self.full:
             mask = torch.ones_like(mask)
         palette = torch.linspace(-1, 1, f.shape[1])
@@ -49,6 +53,7 @@ class Layers(torch.nn.Module):
     (Layers(same_layers=True), "no decomposition"),
     (Layers(empty_share=0.3), "partial collapse"),
     (Layers(blank_category=1), "foreground category"),
+    (Layers(soft_share=0.25), "faint masks"),
 ])
 def test_each_trivial_solution_is_named(cfg, layers, words):
     stats = measure(layers, cfg.model, samples=64, chunk=16)
@@ -64,13 +69,14 @@ def test_each_trivial_solution_is_named(cfg, layers, words):
 def test_health_rewards_binary_varied_masks_and_present_categories():
     healthy = {"watch/mask_degenerate": 0.0, "watch/mask_empty": 0.0, "watch/mask_full": 0.0,
                "watch/mask_binary": 1.0, "watch/mask_diversity": 0.3, "watch/layer_gap": 0.5,
-               "watch/fg_gap_min_ratio": 0.9}
+               "watch/fg_gap_min_ratio": 0.9, "watch/mask_soft": 0.0}
     assert health_score(healthy) == 1.0
     # Each measure lowers the score on its own: soft masks, less variety, a weak category, degenerate samples.
     assert health_score({**healthy, "watch/mask_binary": 0.5}) == pytest.approx(0.5)
     assert health_score({**healthy, "watch/mask_diversity": 0.075}) == pytest.approx(0.5)
     assert health_score({**healthy, "watch/fg_gap_min_ratio": 0.25}) == pytest.approx(0.5)
     assert health_score({**healthy, "watch/mask_degenerate": 0.1, "watch/mask_empty": 0.1}) == pytest.approx(0.9)
+    assert health_score({**healthy, "watch/mask_soft": 0.05}) == pytest.approx(0.95)
 
 
 def test_the_real_generator_with_its_mask_forced_to_zero_is_caught(cfg):
@@ -93,3 +99,27 @@ def test_measures_use_fixed_codes_any_chunk_and_leave_the_mode_alone(cfg):
     assert {f"watch/fg_gap/{k}" for k in range(n)} <= set(first)
     z, f, b, f_idx = watch_codes(cfg.model, 2 * n)
     assert f_idx.tolist() == list(range(n)) * 2, "every foreground category equally often"
+
+
+def test_the_soft_share_counts_faint_masks_only(cfg):
+    crisp = measure(Layers(), cfg.model, samples=128, chunk=32)
+    faint = measure(Layers(soft_share=0.25), cfg.model, samples=128, chunk=32)
+    z = watch_codes(cfg.model, 128)[0]
+    expected = (torch.sigmoid(z[:, 3] * 3) < 0.25).float().mean().item()
+    assert crisp["watch/mask_soft"] == 0.0
+    assert faint["watch/mask_soft"] == pytest.approx(expected) and 0.1 < expected < 0.9
+    # F and B swapped (the mask is the complement): the same samples count as faint.
+    flipped = measure(Flipped(Layers(soft_share=0.25)), cfg.model, samples=128, chunk=32)
+    assert flipped["watch/mask_soft"] == faint["watch/mask_soft"]
+
+
+class Flipped(torch.nn.Module):
+    """The same layers with F and B exchanged, as a run that draws the scene with its F branch."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, z, f, b):
+        out = self.layers(z, f, b)
+        return GeneratorOutput(out.image, 1 - out.mask, out.bg, out.fg, out.global_image)
