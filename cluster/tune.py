@@ -377,7 +377,8 @@ def stop_reason(sweep: Sweep, metrics: dict, error) -> str:
     if "objective" in metrics:
         return "finished"
     if sweep.patience and metrics.get("watch/trivial_checks", 0) >= sweep.patience:
-        return f"watchdog at step {metrics.get('step')}: {metrics.get('watch/reason', 'trivial solution')}"
+        reason = metrics.get("watch/now") or metrics.get("watch/reason") or "trivial solution"
+        return f"watchdog at step {metrics.get('step')}: {reason}"
     if sweep.scheduler == "asha":
         return f"ASHA at {metrics.get(PROGRESS, 0)} images"
     return "not finished"

@@ -251,8 +251,8 @@ class StageRun:
         # How many checks in a row found a trivial solution: a sweep stops a trial on a streak, not
         # on one check early in training, when masks are still settling.
         streak = self.watched.get("watch/trivial_checks", 0) + 1 if reason else 0
-        stats.update({"watch/health": health_score(stats), "watch/trivial_checks": streak})
-        self.writer.scalars(stats, step)
+        stats.update({"watch/health": health_score(stats), "watch/trivial_checks": streak, "watch/now": reason or ""})
+        self.writer.scalars({k: v for k, v in stats.items() if k != "watch/now"}, step)
         self.watched = stats
         if reason and not self.trivial:
             self.trivial = {"watch/reason": reason, "watch/trivial_at_step": step}

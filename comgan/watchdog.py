@@ -45,7 +45,11 @@ MAX_DEGENERATE = 0.5    # more samples than this with empty or full masks: colla
 # not separate the runs below it: seed 1 (strict IoU 0.83, every style found) ends at 6 %, seed 0
 # (0.62, most objects of one style missed) at 9 %; a finer measure of that failure is still to come.
 MIN_PARTIAL = 0.15
-MAX_SOFT = 0.1          # more samples than this with faint masks: partial collapse (calibration below)
+# More samples than this with faint masks (but not most of them: early in training every mask is
+# still soft): partial collapse. Measured on the default job at steps 500 / 750 / 800: seed 0, one
+# style drawn by the background branch, 24-28 % / 28 % / 19-26 % (4 runs); seed 1 (strict IoU
+# 0.83, every style found) 14 / 10 / 9 %, seed 2 (0.78) 4 / 4 / 2 %.
+MAX_SOFT = 0.16
 MIN_DIVERSITY = 0.02    # mean per-pixel std of the mask across samples below this: constant mask
 MIN_LAYER_GAP = 0.03    # mask-weighted |x_f - x_b| / 2 below this: no decomposition
 MIN_FG_GAP_RATIO = 0.2  # a category's layer gap under this share of the median: it shows nothing
@@ -115,7 +119,7 @@ def trivial_reason(stats: dict[str, float]) -> str | None:
     if degenerate > MIN_PARTIAL:
         return (f"partial collapse: one branch draws the whole image in {degenerate:.0%} of samples "
                 "(some objects are drawn by the branch that draws the scene)")
-    if stats["watch/mask_soft"] > MAX_SOFT:
+    if MAX_SOFT < stats["watch/mask_soft"] <= MAX_DEGENERATE:  # most samples soft: not yet binary, early on
         return (f"partial collapse: faint masks in {stats['watch/mask_soft']:.0%} of samples (their objects "
                 "are drawn by the background branch, the mask only tints them)")
     if stats["watch/fg_gap_min_ratio"] < MIN_FG_GAP_RATIO:
