@@ -268,11 +268,13 @@ def scheduler(sweep: Sweep):
     if sweep.scheduler == "fifo":
         return FIFOScheduler()
     cfg = sweep.base
-    total = cfg.stage1.steps * cfg.stage1.batch_size
+    stage1 = cfg.stage1.steps * cfg.stage1.batch_size
     first_check = max(cfg.run.watch_every, 1) * cfg.stage1.batch_size
-    # Rungs on stage 1's health: the first at the second watchdog check, the last at the end of stage 1.
-    return ASHAScheduler(time_attr=PROGRESS, metric="watch/health", mode="max", max_t=max(total, 2 * first_check),
-                         grace_period=min(2 * first_check, total), reduction_factor=2)
+    # Rungs on stage 1's health from the second watchdog check on (stage 2 reports no health: its
+    # rungs let every trial through). ASHA ends a trial that reaches max_t, so max_t lies beyond
+    # the trial's last report, which then always comes from the evaluation, not from ASHA.
+    return ASHAScheduler(time_attr=PROGRESS, metric="watch/health", mode="max", max_t=planned_images(cfg) + 1,
+                         grace_period=max(1, min(2 * first_check, stage1)), reduction_factor=2)
 
 
 def trials_at_once(sweep: Sweep, cpus: int, gpus: int) -> int:
