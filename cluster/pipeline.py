@@ -172,6 +172,11 @@ def check_placement(cfg: Config, cpus: int, nodes: list[Node], fixed_cluster: bo
         f"without an autoscaler this waits forever (Ctrl-C, then lower run.workers or run.cpus_per_worker)")
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error from Ray (whose messages carry whole tracebacks)."""
+    return next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
 def restarts_allowed(cfg: Config) -> str:
     n = cfg.run.max_failures
     return "unlimited restarts" if n < 0 else f"{n} restart{'s' if n != 1 else ''}"
@@ -208,9 +213,8 @@ def run_stage(stage: str, cfg: Config, layout: RunLayout, artifact: str, generat
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
-        first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise StageFailed(
-            f"{stage} failed after {restarts_allowed(cfg)}: {first_line[:300]} (worker logs above). "
+            f"{stage} failed after {restarts_allowed(cfg)}: {first_line(e)[:300]} (worker logs above). "
             f"Its checkpoints are kept in {layout.stage_dir(stage)}: run the same command again to resume"
         ) from None
     return dict(result.metrics or {})
@@ -236,23 +240,35 @@ def run_pipeline(cfg: Config, stage1_only: bool = False, callbacks: tuple = ()) 
 
 def prepare_run(cfg: Config) -> RunLayout:
     """Everything that can fail on a user mistake, checked before any worker starts."""
-    configure_storage(cfg)
-    # Workers may run in another folder or on another node: local paths must be absolute.
-    cfg.data.train = absolute_url(cfg.data.train)
-    cfg.data.eval = absolute_url(cfg.data.eval) if cfg.data.eval else ""
+    resolve_urls(cfg)
     layout = RunLayout(absolute_url(cfg.run.storage), cfg.run_name)
     log(f"run {cfg.run_name}: {layout.root}")
     check_fault_spec()
     if cfg.stage2.generator:
-        cfg.stage2.generator = absolute_url(cfg.stage2.generator)
         check_generator(cfg.stage2.generator, cfg)
     ensure_data(cfg)
     check_run_config(cfg, layout)
+    place_workers(cfg)
+    return layout
+
+
+def resolve_urls(cfg: Config) -> None:
+    """Storage options for this process, and absolute input URLs: workers (and Tune trials) may
+    run in another folder or on another node."""
+    configure_storage(cfg)
+    cfg.data.train = absolute_url(cfg.data.train)
+    cfg.data.eval = absolute_url(cfg.data.eval) if cfg.data.eval else ""
+    if cfg.stage2.generator:
+        cfg.stage2.generator = absolute_url(cfg.stage2.generator)
+
+
+def place_workers(cfg: Config) -> None:
+    """Connect to (or start) Ray, resolve run.cpus_per_worker to what each worker gets, and refuse
+    a request this cluster can never place."""
     fixed_cluster = init_ray()
     nodes = alive_nodes()
-    cfg.run.cpus_per_worker = worker_resources(cfg, nodes)  # resolved: what the workers get
+    cfg.run.cpus_per_worker = worker_resources(cfg, nodes)
     check_placement(cfg, cfg.run.cpus_per_worker, nodes, fixed_cluster)
-    return layout
 
 
 def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tuple = ()) -> str:

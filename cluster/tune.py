@@ -45,8 +45,8 @@ from comgan.config import ConfigError, set_key
 
 from .config import Config, config_from_dict, validate
 from .search_space import Axis
-from .storage import RunLayout, absolute_url, configure_storage
-from data_shards.io import join_url, read_bytes, remove_tree, url_exists, write_bytes
+from .storage import RunLayout, absolute_url
+from data_shards.io import arrow_filesystem, read_bytes, remove_tree, url_exists, write_bytes
 
 OBJECTIVES = {"iou": "max", "health": "max", "fid": "min"}
 SEARCHES = ("grid", "random", "optuna")
@@ -74,10 +74,15 @@ class Sweep:
 
     @property
     def root(self) -> str:
-        return join_url(absolute_url(self.storage), self.name)
+        return self.folder.root
 
     def path(self, *parts: str) -> str:
-        return join_url(self.root, *parts)
+        return self.folder.path(*parts)
+
+    @property
+    def folder(self) -> RunLayout:
+        """<storage>/<name>: a sweep's folder is laid out under the same URL rules as a run's."""
+        return RunLayout(self.storage, self.name)
 
     @property
     def mode(self) -> str:
@@ -94,9 +99,10 @@ def sweep_settings(sweep: Sweep) -> dict:
 
 def load_sweep(storage: str, name: str) -> Sweep:
     """The sweep started under <storage>/<name>, as its sweep.json recorded it."""
-    url = join_url(absolute_url(storage), name, SETTINGS)
+    folder = RunLayout(storage, name)
+    url = folder.path(SETTINGS)
     if not url_exists(url):
-        raise ConfigError(f"no sweep to resume at {join_url(absolute_url(storage), name)} ({SETTINGS} is missing)")
+        raise ConfigError(f"no sweep to resume at {folder.root} ({SETTINGS} is missing)")
     data = json.loads(read_bytes(url))
     base = config_from_dict({**data["base"], "preset": data.get("preset", "default")})
     axes = [Axis(**{**a, "values": tuple(a["values"])}) for a in data["axes"]]
@@ -301,10 +307,8 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
 
     check_sweep(sweep)
     cfg = sweep.base
-    configure_storage(cfg)
-    cfg.data.train = absolute_url(cfg.data.train)
-    cfg.data.eval = absolute_url(cfg.data.eval) if cfg.data.eval else ""
-    filesystem, root = _arrow(sweep)
+    pipeline.resolve_urls(cfg)
+    filesystem, root = arrow_filesystem(absolute_url(sweep.storage))
     experiment = root.rstrip("/") + "/" + sweep.name
     exists = tune.Tuner.can_restore(experiment, storage_filesystem=filesystem)
     if exists and not resume:
@@ -313,10 +317,9 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
         raise ConfigError(f"no sweep to resume at {sweep.root}")
     pipeline.check_fault_spec()
     pipeline.ensure_data(cfg)  # once, here: concurrent trials must not all write the synthetic set
-    fixed = pipeline.init_ray()
-    nodes = pipeline.alive_nodes()
-    cfg.run.cpus_per_worker = resolve_cpus(sweep, nodes)
-    pipeline.check_placement(cfg, cfg.run.cpus_per_worker, nodes, fixed)
+    # Auto CPUs give one worker per trial all of the biggest node's: on a laptop trials run one
+    # after another, each as fast as a single run.
+    pipeline.place_workers(cfg)
     # Only a trial's last report carries its objective; the stages' reports before it do not.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     resources = ray.cluster_resources()
@@ -354,28 +357,15 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
     return rows
 
 
-def resolve_cpus(sweep: Sweep, nodes) -> int:
-    """CPUs per worker: as set, or (0, auto) all of the biggest node's for one worker per trial, so
-    that trials run one after another on a laptop, each as fast as a single run."""
-    from .pipeline import worker_resources
-
-    return worker_resources(sweep.base, nodes)
-
-
-def _arrow(sweep: Sweep):
-    from data_shards.io import arrow_filesystem
-
-    return arrow_filesystem(absolute_url(sweep.storage))
-
-
 # ---------------------------------------------------------------------------------------------
 # Results
 
 
 def stop_reason(sweep: Sweep, metrics: dict, error) -> str:
     if error is not None:
-        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        return f"error: {first[:200]}"
+        from .pipeline import first_line
+
+        return f"error: {first_line(error)[:200]}"
     if "objective" in metrics:
         return "finished"
     if sweep.patience and metrics.get("watch/trivial_checks", 0) >= sweep.patience:
