@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
+from comgan import speed
 from comgan.artifacts import from_bytes, load_generator, to_bytes
 from comgan.stages import PREVIEW_COUNT, STAGES, StageSpec
 from comgan.training import Snapshot
@@ -81,6 +82,7 @@ def setup_worker(job: StageJob) -> Config:
     # setting (RunConfig.logging_config) misses; keep warnings (ours and Ray's), drop the chatter.
     logging.getLogger().setLevel(logging.WARNING)
     torch.set_num_threads(max(1, int(job.cpus_per_worker)))  # more threads than cores thrash
+    speed.set_backend_flags(cfg.speed)
     configure_storage(cfg)
     return cfg
 
@@ -98,7 +100,9 @@ def replicas_in_sync(accelerator: Accelerator, module: torch.nn.Module) -> bool:
 
 def load_frozen_generator(job: StageJob, cfg: Config, device) -> torch.nn.Module:
     generator, _ = load_generator(from_bytes(read_bytes(job.generator), job.generator), cfg.model, what=job.generator)
-    return generator.to(device)
+    generator = generator.to(device)
+    speed.prepare_networks([generator], cfg.speed)
+    return generator
 
 
 def prepare(accelerator: Accelerator, state: Snapshot) -> dict:

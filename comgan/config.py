@@ -1,7 +1,7 @@
 """The model's and the two stages' settings, and the typed loading every config section shares.
 
-Defaults here are the laptop default (32 px, CPU, 5-15 minutes). comgan owns only what decides
-the mathematics (model, stage1, stage2); the run config that adds data, storage and run settings,
+Defaults here are the laptop default (32 px, CPU, 5-15 minutes). comgan owns what decides
+the mathematics (model, stage1, stage2) and how its steps compute it (speed); the run config that adds data, storage and run settings,
 the presets and `load_config` live in cluster/config.py. The helpers below (`apply_mapping`,
 `set_key`) fill any nested dataclass from YAML mappings and dotted `key=value` overrides with type
 checks and one-line errors.
@@ -86,12 +86,35 @@ class Stage2Config:
 
 
 @dataclass
+class SpeedConfig:
+    """How steps are computed, never what (comgan/speed.py; measured by benchmarks/speed.py).
+    All off is the plain formulation the equivalence tests compare against."""
+    # NHWC tensors for every convolution: 1.75x on a 3x3 conv of the paper's width on a 2-core CPU.
+    channels_last: bool = True
+    # F's and B's first conv takes the one-hot code as a per-sample bias (plus the zero padding's
+    # border corrections) instead of N tiled input channels: at N = 200 that is 3/4 of the conv.
+    code_as_bias: bool = True
+    fused_optimizer: bool = True  # Adam as one fused kernel (CPU and CUDA)
+    compile: bool = False         # torch.compile every trained network (slow to start; see README)
+    tf32: bool = False            # GPU: TF32 matmuls and convolutions (10-bit mantissa products)
+    cudnn_benchmark: bool = True  # GPU: let cuDNN time its algorithms once per input shape
+
+    @classmethod
+    def plain(cls) -> "SpeedConfig":
+        """Every switch off: today's reference formulation."""
+        return cls(channels_last=False, code_as_bias=False, fused_optimizer=False, compile=False,
+                   tf32=False, cudnn_benchmark=False)
+
+
+@dataclass
 class ComGANConfig:
-    """The model and both training stages: everything that decides what is computed. The run
-    config (cluster/config.py) extends it with where data and runs live and how workers run."""
+    """The model and both training stages: everything that decides what is computed, and the
+    speed switches that decide only how. The run config (cluster/config.py) extends it with where
+    data and runs live and how workers run."""
     model: ModelConfig = field(default_factory=ModelConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -19,7 +19,7 @@ from typing import Callable, ClassVar
 import torch
 import torch.nn as nn
 
-from . import losses
+from . import losses, speed
 from .augment import diff_augment, parse_policy
 from .config import ComGANConfig
 from .ema import ema_decay_at, make_ema, update_ema
@@ -31,8 +31,11 @@ def plain_backward(loss: torch.Tensor) -> None:
     loss.backward()
 
 
-def adam(params, stage_cfg) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=stage_cfg.lr, betas=(stage_cfg.adam_beta1, stage_cfg.adam_beta2))
+def build_networks(build, cfg: ComGANConfig) -> dict[str, nn.Module]:
+    """A stage's networks in the layout and code path cfg.speed asks for."""
+    nets = build(cfg.model)
+    speed.prepare_networks(nets.values(), cfg.speed)
+    return nets
 
 
 class Snapshot:
@@ -56,6 +59,8 @@ class Snapshot:
     def load_state_dict(self, saved: dict) -> None:
         for name in self.TRAINED + self.CARRIED + self.OPTIMIZERS:
             getattr(self, name).load_state_dict(saved[name])
+        for optimizer in self.optimizers().values():
+            speed.match_optimizer_layouts(optimizer)
         self.step = int(saved["step"])
 
 
@@ -76,10 +81,13 @@ class Stage1State(Snapshot):
 
     @classmethod
     def create(cls, cfg: ComGANConfig) -> "Stage1State":
-        nets = build_stage1_networks(cfg.model)
+        nets = build_networks(build_stage1_networks, cfg)
+        g_ema = make_ema(nets["G"])  # before compiling: G_ema only runs no-grad passes
+        speed.compile_networks(nets, cfg.speed)
         g_params = [p for name in ("G", "D_f", "D_b") for p in nets[name].parameters()]
-        return cls(nets["G"], nets["D_z"], nets["D_f"], nets["D_b"], make_ema(nets["G"]),
-                   adam(nets["D_z"].parameters(), cfg.stage1), adam(g_params, cfg.stage1))
+        return cls(nets["G"], nets["D_z"], nets["D_f"], nets["D_b"], g_ema,
+                   speed.adam(nets["D_z"].parameters(), cfg.stage1, cfg.speed),
+                   speed.adam(g_params, cfg.stage1, cfg.speed))
 
 
 @dataclass
@@ -95,9 +103,10 @@ class Stage2State(Snapshot):
 
     @classmethod
     def create(cls, cfg: ComGANConfig) -> "Stage2State":
-        nets = build_stage2_networks(cfg.model)
-        return cls(nets["S"], nets["D_m"], adam(nets["S"].parameters(), cfg.stage2),
-                   adam(nets["D_m"].parameters(), cfg.stage2))
+        nets = build_networks(build_stage2_networks, cfg)
+        speed.compile_networks(nets, cfg.speed)
+        return cls(nets["S"], nets["D_m"], speed.adam(nets["S"].parameters(), cfg.stage2, cfg.speed),
+                   speed.adam(nets["D_m"].parameters(), cfg.stage2, cfg.speed))
 
 
 @dataclass
@@ -118,6 +127,7 @@ class Stage1Step(_Step):
         s, c = self.state, self.cfg
         G, D_z, D_f, D_b = self.use("G"), self.use("D_z"), self.use("D_f"), self.use("D_b")
         opt_D, opt_G = self.use("opt_D"), self.use("opt_G")
+        real = speed.as_input(real, c.speed)
         z, f, b, f_idx, b_idx = sample_codes(real.shape[0], c.model, device=real.device)
         out = G(z, f, b)
         policy = parse_policy(c.stage1.augment)
@@ -191,6 +201,7 @@ class Stage2Step(_Step):
     def __call__(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         s, c = self.state, self.cfg
         S, D_m, opt_S, opt_Dm = self.use("S"), self.use("D_m"), self.use("opt_S"), self.use("opt_Dm")
+        real = speed.as_input(real, c.speed)
         fake_img, fake_mask = self.generate(real.shape[0], real.device)
         fake_img, fake_mask = diff_augment(fake_img, fake_mask, policy=parse_policy(c.stage2.augment))
         # One S call on generated and real images: one DDP forward, shared BatchNorm statistics.

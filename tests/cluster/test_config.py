@@ -47,12 +47,13 @@ def test_storage_options_hold_no_credentials():
 
 
 def test_comgan_keeps_only_the_model_and_stage_settings():
-    """comgan's config is the mathematics; data, storage and run settings belong to their layers."""
+    """comgan's config is the mathematics (and how its steps compute it); data, storage and run
+    settings belong to their layers."""
     import dataclasses
 
     from comgan.config import ComGANConfig
 
-    assert [f.name for f in dataclasses.fields(ComGANConfig)] == ["model", "stage1", "stage2"]
+    assert [f.name for f in dataclasses.fields(ComGANConfig)] == ["model", "stage1", "stage2", "speed"]
     assert {"data", "storage", "run"} <= {f.name for f in dataclasses.fields(load_config("tiny"))}
 
 
@@ -60,3 +61,13 @@ def test_a_config_written_before_the_aux_head_was_retired_still_loads():
     old = load_config("tiny").to_dict()
     old["model"]["dz_aux_logits"] = 20
     assert config_from_dict(old).model.num_categories == 3
+
+
+def test_speed_switches_and_configs_written_before_they_existed():
+    cfg = load_config("tiny", ["speed.channels_last=false", "speed.compile=true"])
+    assert not cfg.speed.channels_last and cfg.speed.compile and cfg.speed.code_as_bias
+    old = load_config("tiny").to_dict()
+    del old["speed"]  # checkpoints and run folders written before issue 12
+    assert config_from_dict(old).speed == load_config("tiny").speed
+    with pytest.raises(ConfigError, match="speed.channels_last must be true or false"):
+        load_config("tiny", ["speed.channels_last=3"])

@@ -1,0 +1,70 @@
+"""How a step is computed, never what: the speed switches of `SpeedConfig` (comgan/config.py).
+
+Every switch keeps the mathematics: tests/comgan/test_speed.py compares the losses and gradients
+of a step with all of them on against the plain formulation (all off: the authors' way, tiled code
+channels and NCHW tensors) on the same weights and inputs. benchmarks/speed.py measures what each
+one buys; the figures are in benchmarks/results/speed_*.json and the README there.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .config import SpeedConfig
+
+
+def memory_format(speed: SpeedConfig) -> torch.memory_format:
+    return torch.channels_last if speed.channels_last else torch.contiguous_format
+
+
+def prepare_networks(modules, speed: SpeedConfig) -> None:
+    """Set each network's layout and code path in place. Parameters keep their names and values,
+    so checkpoints and artifacts are the same files whatever the switches."""
+    for module in modules:
+        # channels_last: oneDNN (and cuDNN) run 3x3 convolutions in NHWC without reordering each
+        # call; it measured 1.75x on this project's widest conv on a 2-core CPU (issue 12).
+        module.to(memory_format=memory_format(speed))
+        for sub in module.modules():
+            if hasattr(sub, "code_as_bias"):
+                sub.code_as_bias = speed.code_as_bias
+
+
+def as_input(x: torch.Tensor, speed: SpeedConfig) -> torch.Tensor:
+    """A batch in the networks' layout (a 3-channel image batch is cheap to reorder)."""
+    return x.contiguous(memory_format=memory_format(speed))
+
+
+def adam(params, stage_cfg, speed: SpeedConfig) -> torch.optim.Adam:
+    """Adam with one fused kernel over all parameters where the switch asks for it (CPU and CUDA
+    both have one): the same update as the per-parameter loop, up to rounding."""
+    return torch.optim.Adam(params, lr=stage_cfg.lr, betas=(stage_cfg.adam_beta1, stage_cfg.adam_beta2),
+                            fused=True if speed.fused_optimizer else None)
+
+
+def match_optimizer_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (Adam's moments) its parameter's strides. A state
+    saved from networks of another layout (a checkpoint written with channels_last off) pairs NHWC
+    parameters with NCHW moments: PyTorch's Adam still pairs the right entries (tested), but
+    every update then walks the two tensors in different orders."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+def compile_networks(modules: dict[str, nn.Module], speed: SpeedConfig) -> None:
+    """torch.compile each network in place (nn.Module.compile keeps parameter names, so
+    state_dict() and checkpoints do not change)."""
+    if speed.compile:
+        for module in modules.values():
+            module.compile()
+
+
+def set_backend_flags(speed: SpeedConfig) -> None:
+    """Process-wide GPU switches (no effect on CPU): TF32 matmuls/convs and cuDNN autotuning.
+    TF32 rounds products to 10 mantissa bits, so it is off unless asked for."""
+    torch.backends.cuda.matmul.allow_tf32 = speed.tf32
+    torch.backends.cudnn.allow_tf32 = speed.tf32
+    torch.backends.cudnn.benchmark = speed.cudnn_benchmark

@@ -1,0 +1,171 @@
+"""The speed switches (comgan/speed.py) change how a step computes, never what: each stage's step
+with every switch on is compared with the plain formulation (all off) on the same weights, codes
+and inputs, in fp32: losses, every gradient, and the weights after the optimisers' update."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from comgan import speed
+from comgan.config import SpeedConfig
+from comgan.networks import Generator, conv_with_constant_channels, sample_codes
+from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
+
+FAST = SpeedConfig()  # the defaults: channels_last, code as bias, fused Adam (no compile: slow to start)
+PLAIN = SpeedConfig.plain()
+
+
+def with_speed(cfg, speed):
+    cfg = copy.deepcopy(cfg)
+    cfg.speed = copy.deepcopy(speed)
+    return cfg
+
+
+@pytest.fixture
+def small(cfg):
+    """The tiny preset at 32 px with an augmented D_z, so every code path of a step runs."""
+    cfg.model.resolution = 32
+    cfg.model.num_categories = 7
+    cfg.stage1.augment = "color,translation,cutout"
+    cfg.stage1.swap_weight = 0.5
+    return cfg
+
+
+def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+
+
+def assert_same(reference: dict, other: dict, what: str, tol: float) -> None:
+    assert reference.keys() == other.keys(), what
+    gaps = {k: relative_gap(reference[k], other[k]) for k in reference}
+    worst = max(gaps, key=gaps.get)
+    assert gaps[worst] < tol, f"{what}: {worst} differs by {gaps[worst]:.2e} (relative)"
+
+
+def assert_same_update(before: dict, reference: dict, other: dict, what: str, tol: float = 1e-3) -> None:
+    """The weights after the optimisers' update agree up to entries whose gradient is within
+    rounding of zero (Adam's first steps move each weight by about lr * sign(grad), so such an
+    entry may move the other way): the mean difference is measured against the mean update."""
+    for k in reference:
+        moved = (reference[k] - before[k]).abs().mean()
+        gap = (reference[k] - other[k]).abs().mean()
+        assert gap <= tol * moved + 1e-12, f"{what}: {k} differs by {float(gap / moved):.2e} of its update"
+
+
+def grads(state) -> dict:
+    return {f"{name}.{k}": p.grad.clone() for name, net in state.trained().items()
+            for k, p in net.named_parameters() if p.grad is not None}
+
+
+def weights(state) -> dict:
+    return {f"{name}.{k}": v.detach().clone() for name, net in state.trained().items()
+            for k, v in net.state_dict().items() if v.is_floating_point()}
+
+
+def loaded(state_cls, cfg, saved):
+    state = state_cls.create(cfg)
+    state.load_state_dict(copy.deepcopy(saved))  # Adam keeps the moments it is given and updates them
+    return state
+
+
+def run_steps(state_cls, step_cls, cfg, saved, real, steps=1, **step_kwargs):
+    """`steps` steps from the saved state; the losses and gradients of the last, and the weights."""
+    state = loaded(state_cls, cfg, saved)
+    step = step_cls(state, cfg, **step_kwargs)
+    torch.manual_seed(7)  # the same codes and augmentations for both formulations
+    for _ in range(steps):
+        stats = step(real)
+    return state, stats
+
+
+def test_stage1_step_fast_equals_plain(small):
+    torch.manual_seed(0)
+    saved = Stage1State.create(with_speed(small, PLAIN)).state_dict()
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    plain, plain_stats = run_steps(Stage1State, Stage1Step, with_speed(small, PLAIN), saved, real)
+    fast, fast_stats = run_steps(Stage1State, Stage1Step, with_speed(small, FAST), saved, real)
+    assert fast.G.fg_net.code_as_bias and not plain.G.fg_net.code_as_bias
+    assert fast.G.fg_net.body[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert_same(plain_stats, fast_stats, "losses", 1e-5)
+    assert_same(grads(plain), grads(fast), "gradients", 1e-4)
+    before = loaded(Stage1State, with_speed(small, PLAIN), saved)
+    assert_same_update(weights(before), weights(plain), weights(fast), "weights after the update")
+
+
+def fast_and_plain_generators(cfg):
+    generator = Stage1State.create(with_speed(cfg, PLAIN)).G_ema
+    fast = copy.deepcopy(generator)
+    speed.prepare_networks([fast], FAST)
+    return generator, fast
+
+
+def test_stage2_step_fast_equals_plain(small):
+    torch.manual_seed(0)
+    generator, fast_generator = fast_and_plain_generators(small)
+    saved = Stage2State.create(with_speed(small, PLAIN)).state_dict()
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    plain, plain_stats = run_steps(Stage2State, Stage2Step, with_speed(small, PLAIN), saved, real, generator=generator)
+    fast, fast_stats = run_steps(Stage2State, Stage2Step, with_speed(small, FAST), saved, real,
+                                 generator=fast_generator)
+    assert_same(plain_stats, fast_stats, "losses", 1e-5)
+    assert_same(grads(plain), grads(fast), "gradients", 1e-4)
+    before = loaded(Stage2State, with_speed(small, PLAIN), saved)
+    assert_same_update(weights(before), weights(plain), weights(fast), "weights after the update")
+
+
+def test_training_does_not_drift_apart(small):
+    """Several steps: the rounding differences (and an occasional Adam sign flip on a gradient
+    within rounding of zero) stay at the level of rounding in the losses."""
+    torch.manual_seed(0)
+    saved = Stage1State.create(with_speed(small, PLAIN)).state_dict()
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    _, plain_stats = run_steps(Stage1State, Stage1Step, with_speed(small, PLAIN), saved, real, steps=4)
+    _, fast_stats = run_steps(Stage1State, Stage1Step, with_speed(small, FAST), saved, real, steps=4)
+    assert_same(plain_stats, fast_stats, "losses after 4 steps", 1e-3)
+
+
+def test_a_plain_checkpoint_resumes_in_the_fast_layout(small):
+    """Adam's moments saved from NCHW networks meet NHWC parameters on resume: they take the
+    parameters' layout, and the fused update pairs each moment with its own parameter's entries."""
+    torch.manual_seed(0)
+    plain_cfg, fast_cfg = with_speed(small, PLAIN), with_speed(small, FAST)
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    state = Stage1State.create(plain_cfg)
+    Stage1Step(state, plain_cfg)(real)
+    saved = copy.deepcopy(state.state_dict())
+    saved_weights = weights(state)
+    plain, _ = run_steps(Stage1State, Stage1Step, plain_cfg, saved, real, steps=1)
+    fast, _ = run_steps(Stage1State, Stage1Step, fast_cfg, saved, real, steps=1)
+    moments = fast.opt_G.state[fast.G.fg_net.body[0][0].weight]["exp_avg"]
+    assert moments.is_contiguous(memory_format=torch.channels_last)
+    assert_same_update(saved_weights, weights(plain), weights(fast), "weights after a resumed update")
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_code_as_bias_equals_tiled_channels(layout):
+    """Exact in float64, at every border pixel and for any constant (not only one-hot) codes."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(7 + 5, 6, 3, 1, 1, bias=False).double().to(memory_format=layout)
+    x = torch.randn(3, 5, 9, 6, dtype=torch.float64, requires_grad=True)
+    code = torch.randn(3, 7, dtype=torch.float64)
+    tiled = conv(torch.cat([code[:, :, None, None].expand(-1, -1, 9, 6), x], dim=1))
+    fast = conv_with_constant_channels(conv, code, x.contiguous(memory_format=layout))
+    assert torch.allclose(tiled, fast, rtol=0, atol=1e-12)
+    g = torch.randn_like(tiled)
+    grad_tiled = torch.autograd.grad(tiled, [conv.weight, x], g)
+    grad_fast = torch.autograd.grad(fast, [conv.weight, x], g)
+    for a, b in zip(grad_tiled, grad_fast):
+        assert torch.allclose(a, b, rtol=0, atol=1e-11)
+
+
+def test_generator_outputs_do_not_depend_on_the_code_path(cfg):
+    torch.manual_seed(0)
+    g = Generator(cfg.model).eval()
+    codes = sample_codes(4, cfg.model)[:3]
+    with torch.no_grad():
+        fast = g(*codes)
+        g.fg_net.code_as_bias = g.bg_net.code_as_bias = False
+        plain = g(*codes)
+    for name in ("image", "mask", "fg", "bg"):
+        assert torch.allclose(getattr(plain, name), getattr(fast, name), atol=1e-6), name
