@@ -11,8 +11,9 @@ What it does, on whatever machine it runs (CPU, or one CUDA GPU with --device cu
    matmuls, forward and backward) and divides by the measured time: achieved GFLOP/s next to the
    roof. "Useful" GFLOP/s divides the plain formulation's work by each variant's time, so the
    variants compare on the same work.
-4. With --memory, runs each variant once more in a fresh process and reads its peak memory (peak
-   resident set on CPU; torch.cuda.max_memory_allocated on a GPU).
+4. With --memory, runs two steps of each variant once more in a fresh process and reports the
+   peak memory they add to what the process held before them (resident set on Linux CPUs;
+   torch.cuda.max_memory_allocated on a GPU).
 
 Data loading is not in the timed loop: one fixed batch is reused (in training, DataLoader worker
 processes decode the next batches while a step runs). On a GPU every timed region is bracketed by
@@ -71,7 +72,10 @@ DEFAULT_VARIANTS = ("plain", "channels_last", "code_as_bias", "fused_adam", "fas
 
 
 def conv_roof(device: str, repeats: int) -> dict[str, float]:
-    """GFLOP/s of one 3x3 conv (128 -> 256 ch, 128x128, batch 8), forward + backward."""
+    """GFLOP/s of one 3x3 conv (128 -> 256 ch, 128x128, batch 8), forward + backward, in fp32
+    (on a GPU: cuDNN autotuned, TF32 off)."""
+    speed.set_backend_flags(replace(PLAIN, cudnn_benchmark=True))
+    torch.backends.cudnn.allow_tf32 = False
     x = torch.randn(8, 128, 128, 128, device=device, requires_grad=True)
     w = torch.randn(256, 128, 3, 3, device=device, requires_grad=True)
     flop = 3 * 2 * 8 * 256 * 128 * 9 * 128 * 128   # forward, grad input, grad weight
@@ -129,11 +133,13 @@ class Bench:
             getattr(self.state, name).to(self.device)
 
     def __call__(self) -> None:
+        speed.set_backend_flags(self.cfg.speed)  # process-wide: every variant sets its own
         ctx = torch.autocast(self.device, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
         with ctx:
             self.step(self.real)
 
     def timed(self, steps: int) -> float:
+        speed.set_backend_flags(self.cfg.speed)
         sync(self.device)
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -195,25 +201,30 @@ def peak_memory_mb(stage: str, variant: str, a) -> float:
 
 
 def memory_child(stage: str, variant: str, a) -> None:
+    """Prints the memory two steps take beyond what the process held before them (weights,
+    optimiser state after the first step, activations, the frozen generator's in stage 2)."""
     cfg = build_config(a)
     b = Bench(stage, cfg, variant, a.device, a.batch)
     if a.device == "cuda":
-        b()
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         b()
-        print(torch.cuda.max_memory_allocated() / 2 ** 20)
+        b()
+        print((torch.cuda.max_memory_allocated() - before) / 2 ** 20)
         return
+    before = resident_mb()
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak (VmHWM) to the current RSS
     b()
     b()
-    print(resident_peak_mb())
+    print(resident_mb("VmHWM:") - before)
 
 
-def resident_peak_mb() -> float:
+def resident_mb(field: str = "VmRSS:") -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    raise RuntimeError("--memory on CPU needs Linux (/proc/self/status)")
 
 
 # ---------------------------------------------------------------------------------------------

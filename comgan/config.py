@@ -93,10 +93,11 @@ class SpeedConfig:
     channels_last: bool = True
     # F's and B's first conv takes the one-hot code as a per-sample bias (plus the zero padding's
     # border corrections) instead of N tiled input channels: at N = 200 that is 3/4 of the conv.
+    # (Generators loaded from artifacts for evaluation or generation always take this path.)
     code_as_bias: bool = True
     fused_optimizer: bool = True  # Adam as one fused kernel (CPU and CUDA)
     compile: bool = False         # torch.compile every trained network (slow to start; see README)
-    tf32: bool = False            # GPU: TF32 matmuls and convolutions (10-bit mantissa products)
+    tf32: bool = False            # GPU: TF32 in matmuls too (PyTorch allows it in convolutions by default)
     cudnn_benchmark: bool = True  # GPU: let cuDNN time its algorithms once per input shape
 
     @classmethod

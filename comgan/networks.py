@@ -131,6 +131,12 @@ def conv_with_constant_channels(conv: nn.Conv2d, const: torch.Tensor, x: torch.T
     concatenation, as in the weights' input-channel order. Costs one conv over x's channels plus
     a (B, C) x (C, 9 * out) product, instead of a conv over C + x's channels (at N = 200 and 64
     feature channels: a quarter of the work, forward and backward)."""
+    # The border corrections below hold for a stride-1, zero-padded, 'same'-size convolution.
+    k = conv.weight.shape[2:]
+    if (conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros"
+            or conv.padding != (k[0] // 2, k[1] // 2) or k[0] % 2 == 0 or k[1] % 2 == 0):
+        raise ValueError(f"conv_with_constant_channels needs an odd-kernel, stride-1, zero-padded 'same' "
+                         f"convolution, got {conv}")
     c_const = const.shape[1]
     w_const, w_x = conv.weight.split([c_const, conv.weight.shape[1] - c_const], dim=1)
     out = F.conv2d(x, w_x, conv.bias, conv.stride, conv.padding)

@@ -12,6 +12,8 @@ import torch.nn as nn
 
 from .config import SpeedConfig
 
+TORCH_DEFAULT_CUDNN_TF32 = torch.backends.cudnn.allow_tf32  # True: PyTorch lets cuDNN convs use TF32
+
 
 def memory_format(speed: SpeedConfig) -> torch.memory_format:
     return torch.channels_last if speed.channels_last else torch.contiguous_format
@@ -19,7 +21,8 @@ def memory_format(speed: SpeedConfig) -> torch.memory_format:
 
 def prepare_networks(modules, speed: SpeedConfig) -> None:
     """Set each network's layout and code path in place. Parameters keep their names and values,
-    so checkpoints and artifacts are the same files whatever the switches."""
+    so checkpoints and artifacts load into networks of either layout (torch.save keeps strides, so
+    the files' bytes differ)."""
     for module in modules:
         # channels_last: oneDNN (and cuDNN) run 3x3 convolutions in NHWC without reordering each
         # call; it measured 1.75x on this project's widest conv on a 2-core CPU (issue 12).
@@ -63,8 +66,11 @@ def compile_networks(modules: dict[str, nn.Module], speed: SpeedConfig) -> None:
 
 
 def set_backend_flags(speed: SpeedConfig) -> None:
-    """Process-wide GPU switches (no effect on CPU): TF32 matmuls/convs and cuDNN autotuning.
-    TF32 rounds products to 10 mantissa bits, so it is off unless asked for."""
+    """Process-wide GPU switches (no effect on CPU). TF32 rounds products to 10 mantissa bits:
+    PyTorch's default allows it in cuDNN convolutions but not in matmuls, which `tf32` adds.
+    cuDNN autotuning may pick other algorithms after a restart, so a resumed GPU run is not bit
+    for bit the uninterrupted one with it on (CPU runs are)."""
     torch.backends.cuda.matmul.allow_tf32 = speed.tf32
-    torch.backends.cudnn.allow_tf32 = speed.tf32
+    torch.backends.cudnn.allow_tf32 = True if speed.tf32 else TORCH_DEFAULT_CUDNN_TF32
     torch.backends.cudnn.benchmark = speed.cudnn_benchmark
+

@@ -169,3 +169,20 @@ def test_generator_outputs_do_not_depend_on_the_code_path(cfg):
         plain = g(*codes)
     for name in ("image", "mask", "fg", "bg"):
         assert torch.allclose(getattr(plain, name), getattr(fast, name), atol=1e-6), name
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(5, 4, 3, stride=2, padding=1), nn.Conv2d(5, 4, 3, padding=0),
+                                  nn.Conv2d(5, 4, 3, padding=2, dilation=2), nn.Conv2d(5, 4, 4, padding=2),
+                                  nn.Conv2d(5, 4, 3, padding=1, padding_mode="reflect")])
+def test_code_as_bias_refuses_convolutions_its_border_rule_does_not_fit(conv):
+    with pytest.raises(ValueError, match="stride-1, zero-padded 'same'"):
+        conv_with_constant_channels(conv, torch.ones(2, 2), torch.ones(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_augmentation_keeps_the_layout_it_is_given(layout):
+    from comgan.augment import diff_augment, parse_policy
+
+    x = torch.rand(4, 3, 16, 16).contiguous(memory_format=layout)
+    out = diff_augment(x, policy=parse_policy("color,translation,cutout"))
+    assert out.is_contiguous(memory_format=layout)
