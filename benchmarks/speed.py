@@ -57,6 +57,7 @@ VARIANTS = {
     "plain": (PLAIN, None),
     "channels_last": (replace(PLAIN, channels_last=True), None),
     "code_as_bias": (replace(PLAIN, code_as_bias=True), None),
+    "fused_glu": (replace(PLAIN, fused_glu=True), None),
     "fused_adam": (replace(PLAIN, fused_optimizer=True), None),
     "fast": (FAST, None),
     "fast+compile": (replace(FAST, compile=True), None),
@@ -64,7 +65,7 @@ VARIANTS = {
     "fast+bf16": (FAST, torch.bfloat16),                           # autocast, as run.mixed_precision=bf16
 }
 GPU_ONLY = ("fast+tf32",)
-DEFAULT_VARIANTS = ("plain", "channels_last", "code_as_bias", "fused_adam", "fast")
+DEFAULT_VARIANTS = ("plain", "channels_last", "code_as_bias", "fused_glu", "fused_adam", "fast")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,12 +89,13 @@ class Stage2Config:
 class SpeedConfig:
     """How steps are computed, never what (comgan/speed.py; measured by benchmarks/speed.py).
     All off is the plain formulation the equivalence tests compare against."""
-    # NHWC tensors for every convolution: 1.75x on a 3x3 conv of the paper's width on a 2-core CPU.
+    # NHWC tensors for every convolution (oneDNN and cuDNN prefer it; see benchmarks/results).
     channels_last: bool = True
     # F's and B's first conv takes the one-hot code as a per-sample bias (plus the zero padding's
     # border corrections) instead of N tiled input channels: at N = 200 that is 3/4 of the conv.
     # (Generators loaded from artifacts for evaluation or generation always take this path.)
     code_as_bias: bool = True
+    fused_glu: bool = True        # GLU by F.glu / chunk instead of two slices (see networks.GLU)
     fused_optimizer: bool = True  # Adam as one fused kernel (CPU and CUDA)
     compile: bool = False         # torch.compile every trained network (slow to start; see README)
     tf32: bool = False            # GPU: TF32 in matmuls too (PyTorch allows it in convolutions by default)
@@ -103,8 +104,8 @@ class SpeedConfig:
     @classmethod
     def plain(cls) -> "SpeedConfig":
         """Every switch off: today's reference formulation."""
-        return cls(channels_last=False, code_as_bias=False, fused_optimizer=False, compile=False,
-                   tf32=False, cudnn_benchmark=False)
+        return cls(channels_last=False, code_as_bias=False, fused_glu=False, fused_optimizer=False,
+                   compile=False, tf32=False, cudnn_benchmark=False)
 
 
 @dataclass

@@ -19,11 +19,24 @@ from .config import ModelConfig
 
 
 class GLU(nn.Module):
-    """Gated linear unit over channels: halves them, x[:c] * sigmoid(x[c:])."""
+    """Gated linear unit over channels: halves them, x[:c] * sigmoid(x[c:]).
+
+    `fused` (SpeedConfig.fused_glu) picks how, with the same values. Off: the authors' two slices,
+    whose backward builds a zeroed NCHW gradient and copies each half in. On: F.glu's kernel in
+    NCHW; under channels_last, chunk, whose backward (a cat of the halves' gradients) keeps the
+    layout, where F.glu's backward returns NCHW gradients and makes BatchNorm's backward 7x slower.
+    (BatchNorm + GLU forward and backward at the paper's widest shape, 2-core CPU: slices 0.20 s,
+    F.glu 0.12 s in NCHW; channels_last: chunk 0.18 s, slices 0.55 s, F.glu 0.53 s.)"""
+    fused = True
 
     def forward(self, x):
-        c = x.shape[1] // 2
-        return x[:, :c] * torch.sigmoid(x[:, c:])
+        if not self.fused:
+            c = x.shape[1] // 2
+            return x[:, :c] * torch.sigmoid(x[:, c:])
+        if x.is_contiguous():
+            return F.glu(x, dim=1)
+        a, b = x.chunk(2, dim=1)
+        return a * torch.sigmoid(b)
 
 
 def conv3x3(c_in, c_out, bias=False):

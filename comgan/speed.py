@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from .config import SpeedConfig
+from .networks import GLU
 
 TORCH_DEFAULT_CUDNN_TF32 = torch.backends.cudnn.allow_tf32  # True: PyTorch lets cuDNN convs use TF32
 
@@ -30,6 +31,8 @@ def prepare_networks(modules, speed: SpeedConfig) -> None:
         for sub in module.modules():
             if hasattr(sub, "code_as_bias"):
                 sub.code_as_bias = speed.code_as_bias
+            if isinstance(sub, GLU):
+                sub.fused = speed.fused_glu
 
 
 def as_input(x: torch.Tensor, speed: SpeedConfig) -> torch.Tensor:

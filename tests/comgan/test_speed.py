@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from comgan import speed
 from comgan.config import SpeedConfig
-from comgan.networks import Generator, conv_with_constant_channels, sample_codes
+from comgan.networks import GLU, Generator, conv_with_constant_channels, sample_codes
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
 
 FAST = SpeedConfig()  # the defaults: channels_last, code as bias, fused Adam (no compile: slow to start)
@@ -87,6 +87,8 @@ def test_stage1_step_fast_equals_plain(small):
     fast, fast_stats = run_steps(Stage1State, Stage1Step, with_speed(small, FAST), saved, real)
     assert fast.G.fg_net.code_as_bias and not plain.G.fg_net.code_as_bias
     assert fast.G.fg_net.body[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(m.fused for m in fast.G.modules() if isinstance(m, GLU))
+    assert not any(m.fused for m in plain.G.modules() if isinstance(m, GLU))
     assert_same(plain_stats, fast_stats, "losses", 1e-5)
     assert_same(grads(plain), grads(fast), "gradients", 1e-4)
     before = loaded(Stage1State, with_speed(small, PLAIN), saved)
