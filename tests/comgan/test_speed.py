@@ -188,3 +188,27 @@ def test_augmentation_keeps_the_layout_it_is_given(layout):
     x = torch.rand(4, 3, 16, 16).contiguous(memory_format=layout)
     out = diff_augment(x, policy=parse_policy("color,translation,cutout"))
     assert out.is_contiguous(memory_format=layout)
+
+
+def test_the_speed_benchmark_runs_and_reports_every_variant(tmp_path):
+    """benchmarks/speed.py on the tiny preset: its report holds every variant's figures (not a
+    timing test: the figures are only checked to exist and be consistent)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
+    out = tmp_path / "speed.json"
+    subprocess.run([sys.executable, str(script), "--preset", "tiny", "--batch", "4", "--steps", "1", "--rounds", "2",
+                    "--variants", "plain", "fast", "--out", str(out)], check=True, capture_output=True, timeout=300)
+    report = json.loads(out.read_text())
+    assert set(report["conv_roof_gflop_s"]) == {"nchw", "channels_last"}
+    for stage in ("stage1", "stage2"):
+        plain, fast = report["stages"][stage]["plain"], report["stages"][stage]["fast"]
+        assert plain["speedup"] == 1 and len(fast["rounds_s"]) == 2
+        assert fast["gflop_per_image"] < plain["gflop_per_image"]  # the code no longer costs conv input channels
+        assert fast["useful_gflop_s"] > fast["achieved_gflop_s"] > 0
+    bad = subprocess.run([sys.executable, str(script), "--preset", "tiny", "--variants", "fast+tf32"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "only means something on a GPU" in bad.stderr
