@@ -220,7 +220,7 @@ def sample_codes(batch: int, cfg: ModelConfig, device=None, generator: torch.Gen
     n = cfg.num_categories
     f_idx = torch.randint(n, (batch,), device=device, generator=generator)
     b_idx = torch.randint(n, (batch,), device=device, generator=generator)
-    return z, F.one_hot(f_idx, n).float(), F.one_hot(b_idx, n).float(), f_idx, b_idx
+    return z, F.one_hot(f_idx, n).to(z.dtype), F.one_hot(b_idx, n).to(z.dtype), f_idx, b_idx
 
 
 # ---------------------------------------------------------------------------------------------
