@@ -251,7 +251,7 @@ class StageRun:
         the last measures, to the stage's final metrics (summary.json)."""
         run = self.cfg.run
         stats = self.spec.watch(self.state, self.cfg, run.watch_samples, run.inference_batch)
-        reason = trivial_reason(stats)
+        reason = trivial_reason(stats, final=step == self.spec.settings(self.cfg).steps)
         # How many checks in a row found a trivial solution: a sweep stops a trial on a streak, not
         # on one check early in training, when masks are still settling.
         streak = self.watched.get("watch/trivial_checks", 0) + 1 if reason else 0

@@ -123,3 +123,12 @@ class Flipped(torch.nn.Module):
     def forward(self, z, f, b):
         out = self.layers(z, f, b)
         return GeneratorOutput(out.image, 1 - out.mask, out.bg, out.fg, out.global_image)
+
+
+def test_masks_still_soft_at_the_end_of_training_are_named_then_only():
+    unsettled = {"watch/mask_degenerate": 0.0, "watch/mask_empty": 0.0, "watch/mask_full": 0.0,
+                 "watch/mask_binary": 0.8, "watch/mask_diversity": 0.3, "watch/layer_gap": 0.2,
+                 "watch/fg_gap_min_ratio": 0.9, "watch/mask_soft": 0.62}
+    assert trivial_reason(unsettled) is None  # early in training every mask is soft
+    assert "masks never settled: faint in 62%" in trivial_reason(unsettled, final=True)
+    assert trivial_reason({**unsettled, "watch/mask_soft": 0.09}, final=True) is None
