@@ -15,8 +15,10 @@ def bce_fake(logits: torch.Tensor) -> torch.Tensor:
 
 
 def binary_entropy(mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Mean pixel-wise H2(p) = -p log2 p - (1-p) log2 (1-p): 1 for grey masks, 0 for binary ones."""
-    p = mask.clamp(eps, 1 - eps)
+    """Mean pixel-wise H2(p) = -p log2 p - (1-p) log2 (1-p): 1 for grey masks, 0 for binary ones.
+    In fp32 whatever the mask's dtype: under bf16 autocast 1 - 1e-6 rounds to 1, and a saturated
+    pixel gave 0 * log2(0) = NaN (a bf16 default run turned NaN within its first ticks)."""
+    p = mask.float().clamp(eps, 1 - eps)
     return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p)).mean()
 
 

@@ -33,6 +33,8 @@ realistic their images are (that is FID's job).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -110,6 +112,8 @@ def trivial_reason(stats: dict[str, float], final: bool = False) -> str | None:
     """Why the measured generator is a trivial solution, in one line; None when it is not.
     `final`: the check at the end of training, when masks that are still soft in most samples
     no longer mean "early on" but a run whose masks never settled."""
+    if not all(math.isfinite(v) for k, v in stats.items() if isinstance(v, float)):
+        return "diverged: the generator's outputs hold NaN or infinity"
     degenerate = stats["watch/mask_degenerate"]
     if degenerate > MAX_DEGENERATE:
         side = "empty" if stats["watch/mask_empty"] >= stats["watch/mask_full"] else "full"

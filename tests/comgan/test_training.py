@@ -86,6 +86,14 @@ def test_mask_area_hinge_weights_only_degenerate_masks(cfg):
     torch.testing.assert_close(st["loss/G_total"] - l0, 100.0 * st["loss/mask_area_hinge"], rtol=1e-4, atol=1e-4)
 
 
+def test_binary_entropy_of_saturated_bf16_masks_is_finite():
+    """Under bf16 autocast masks arrive in bf16, where 1 - 1e-6 rounds to 1."""
+    mask = torch.tensor([0.0, 1.0, 0.5, 1.0], dtype=torch.bfloat16)
+    h = binary_entropy(mask)
+    assert torch.isfinite(h) and h.dtype == torch.float32
+    assert h.item() == pytest.approx(0.25, abs=1e-3)
+
+
 def test_binary_entropy_values():
     assert binary_entropy(torch.full((4,), 0.5)).item() == pytest.approx(1.0, abs=1e-5)
     assert binary_entropy(torch.tensor([0.0, 1.0])).item() < 1e-4

@@ -132,3 +132,12 @@ def test_masks_still_soft_at_the_end_of_training_are_named_then_only():
     assert trivial_reason(unsettled) is None  # early in training every mask is soft
     assert "masks never settled: faint in 62%" in trivial_reason(unsettled, final=True)
     assert trivial_reason({**unsettled, "watch/mask_soft": 0.09}, final=True) is None
+
+
+def test_a_diverged_generator_is_named():
+    healthy = {"watch/mask_degenerate": 0.0, "watch/mask_empty": 0.0, "watch/mask_full": 0.0,
+               "watch/mask_binary": 1.0, "watch/mask_diversity": 0.3, "watch/layer_gap": 0.5,
+               "watch/fg_gap_min_ratio": 0.9, "watch/mask_soft": 0.0}
+    assert trivial_reason(healthy) is None
+    assert trivial_reason({**healthy, "watch/layer_gap": float("nan")}).startswith("diverged")
+    assert health_score({**healthy, "watch/mask_diversity": float("nan")}) == 0.0
