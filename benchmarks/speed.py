@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT))
 from cluster.config import load_config  # noqa: E402
 from comgan import speed  # noqa: E402
 from comgan.config import ConfigError, SpeedConfig  # noqa: E402
+from comgan.ema import make_ema  # noqa: E402
+from comgan.networks import Generator  # noqa: E402
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step  # noqa: E402
 
 PLAIN = SpeedConfig.plain()
@@ -111,8 +113,7 @@ class Bench:
 
     def __init__(self, stage: str, cfg, variant: str, device: str, batch: int):
         switches, self.autocast = VARIANTS[variant]
-        cfg = copy.deepcopy(cfg)
-        cfg.speed = copy.deepcopy(switches)
+        cfg = with_speed(cfg, switches)
         speed.set_backend_flags(cfg.speed)
         self.device, self.cfg = device, cfg
         torch.manual_seed(0)  # the same weights for every variant
@@ -123,11 +124,11 @@ class Bench:
             self._to_device()
             self.step = Stage1Step(self.state, cfg)
         else:
-            plain_g = Stage1State.create(replace_speed(cfg, PLAIN)).G_ema
-            speed.prepare_networks([plain_g], cfg.speed)
+            frozen = make_ema(Generator(cfg.model))  # eval mode, no gradients: as stage 2 loads it
+            speed.prepare_networks([frozen], cfg.speed)
             self.state = Stage2State.create(cfg)
             self._to_device()
-            self.step = Stage2Step(self.state, cfg, generator=plain_g.to(device))
+            self.step = Stage2Step(self.state, cfg, generator=frozen.to(device))
 
     def _to_device(self):
         for name in self.state.TRAINED + self.state.CARRIED:
@@ -154,7 +155,7 @@ class Bench:
         return counter.get_total_flops() / self.real.shape[0]
 
 
-def replace_speed(cfg, switches):
+def with_speed(cfg, switches):
     cfg = copy.deepcopy(cfg)
     cfg.speed = copy.deepcopy(switches)
     return cfg

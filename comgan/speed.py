@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from .config import SpeedConfig
-from .networks import GLU
+from .networks import GLU, Subnet
 
 TORCH_DEFAULT_CUDNN_TF32 = torch.backends.cudnn.allow_tf32  # True: PyTorch lets cuDNN convs use TF32
 
@@ -29,7 +29,7 @@ def prepare_networks(modules, speed: SpeedConfig) -> None:
         # benchmarks/results it pays only together with fused_glu (stage 1: 0.85x alone).
         module.to(memory_format=memory_format(speed))
         for sub in module.modules():
-            if hasattr(sub, "code_as_bias"):
+            if isinstance(sub, Subnet):
                 sub.code_as_bias = speed.code_as_bias
             if isinstance(sub, GLU):
                 sub.fused = speed.fused_glu
