@@ -43,3 +43,13 @@ def info_loss(logits: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
 def consistency_loss(pred_mask: torch.Tensor, gen_mask: torch.Tensor) -> torch.Tensor:
     """L_cons (eq. 10): L1 between S(x_bar) and the generator's own mask x_bar_m."""
     return (pred_mask - gen_mask).abs().mean()
+
+
+def pseudo_label_loss(pred_mask: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                      eps: float = 1e-6) -> torch.Tensor:
+    """Binary cross-entropy of S's mask against a binary pseudo-label over the pixels where
+    `weight` is 1 (the teacher's confident ones): their mean, 0 when there are none. Written out
+    in fp32: F.binary_cross_entropy refuses autocast, and 1 - 1e-6 rounds to 1 in bf16."""
+    p, t, w = pred_mask.float().clamp(eps, 1 - eps), target.float(), weight.float()
+    bce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))
+    return (bce * w).sum() / w.sum().clamp(min=1)

@@ -3,7 +3,8 @@
 Stage 1, one step: phase Dz (update D_z on real, x_bar and x_bar_z), then phase Gmain (update G,
 D_f and D_b together: fool D_z, recover f and b, sharpen the mask by beta * H2). Stage 2, one
 step: phase Dm (D_m: real = generated masks, fake = S(x_bar), S(x)), then phase S (consistency
-lambda * |S(x_bar) - x_bar_m| plus fooling D_m on both S outputs).
+lambda * |S(x_bar) - x_bar_m| plus fooling D_m on both S outputs, plus, once self-training has
+begun, learning the EMA teacher's confident masks of the real batch).
 
 A state holds the plain networks and optimisers and snapshots itself with `state_dict()` /
 `load_state_dict()`. A step may be given `prepared` versions of them (wrapped for data
@@ -92,21 +93,30 @@ class Stage1State(Snapshot):
 
 @dataclass
 class Stage2State(Snapshot):
-    """The segmenter S and its mask discriminator D_m; the frozen generator is an input, not state."""
+    """The segmenter S, its mask discriminator D_m and S's EMA teacher for self-training; the
+    frozen generator is an input, not state."""
     S: nn.Module
     D_m: nn.Module
+    S_teacher: nn.Module
     opt_S: torch.optim.Optimizer
     opt_Dm: torch.optim.Optimizer
     step: int = 0
     TRAINED: ClassVar = ("S", "D_m")
+    CARRIED: ClassVar = ("S_teacher",)
     OPTIMIZERS: ClassVar = ("opt_S", "opt_Dm")
 
     @classmethod
     def create(cls, cfg: ComGANConfig) -> "Stage2State":
         nets = build_networks(build_stage2_networks, cfg)
+        teacher = make_ema(nets["S"])  # before compiling: the teacher only runs no-grad passes
         speed.compile_networks(nets, cfg.speed)
-        return cls(nets["S"], nets["D_m"], speed.adam(nets["S"].parameters(), cfg.stage2, cfg.speed),
+        return cls(nets["S"], nets["D_m"], teacher, speed.adam(nets["S"].parameters(), cfg.stage2, cfg.speed),
                    speed.adam(nets["D_m"].parameters(), cfg.stage2, cfg.speed))
+
+    def load_state_dict(self, saved: dict) -> None:
+        if "S_teacher" not in saved:  # a checkpoint from before self-training: the teacher starts as S
+            saved = {**saved, "S_teacher": saved["S"]}
+        super().load_state_dict(saved)
 
 
 @dataclass
@@ -204,6 +214,9 @@ class Stage2Step(_Step):
         real = speed.as_input(real, c.speed)
         fake_img, fake_mask = self.generate(real.shape[0], real.device)
         fake_img, fake_mask = diff_augment(fake_img, fake_mask, policy=parse_policy(c.stage2.augment))
+        self_training = c.stage2.self_train_weight > 0 and s.step >= c.stage2.self_train_start
+        if self_training:
+            real, pseudo, confident = self.pseudo_labels(real)
         # One S call on generated and real images: one DDP forward, shared BatchNorm statistics.
         pred_fake, pred_real = S(torch.cat([fake_img, real])).chunk(2)
 
@@ -221,11 +234,29 @@ class Stage2Step(_Step):
         cons = losses.consistency_loss(pred_fake, fake_mask)
         adv = losses.bce_real(s.D_m(pred_fake)) + losses.bce_real(s.D_m(pred_real))
         loss_s = c.stage2.lam * cons + c.stage2.adv_weight * adv
+        stats = {}
+        if self_training:
+            self_loss = losses.pseudo_label_loss(pred_real, pseudo, confident)
+            loss_s = loss_s + c.stage2.self_train_weight * self_loss
+            stats = {"loss/S_self_train": self_loss, "seg/confident_share": confident.mean()}
         self.backward(loss_s)
         opt_S.step()
         s.D_m.requires_grad_(True)
 
         s.step += 1
-        stats = {"loss/D_m": loss_dm, "loss/S_consistency": cons, "loss/S_adv": adv, "loss/S_total": loss_s,
-                 "seg/pred_real_mean": pred_real.mean(), "seg/pred_fake_mean": pred_fake.mean()}
+        update_ema(s.S_teacher, s.S, c.stage2.self_train_ema)  # from step 0: ready when self-training starts
+        stats.update({"loss/D_m": loss_dm, "loss/S_consistency": cons, "loss/S_adv": adv, "loss/S_total": loss_s,
+                      "seg/pred_real_mean": pred_real.mean(), "seg/pred_fake_mean": pred_fake.mean()})
         return {k: v.detach() for k, v in stats.items()}
+
+    @torch.no_grad()
+    def pseudo_labels(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(augmented real, binary pseudo-label, confident-pixel weight), all three through the
+        same colour + translation: the teacher sees the plain photo (and its mirror image), so its
+        labels do not depend on the augmentation S must learn to see through."""
+        teacher = self.state.S_teacher
+        probs = (teacher(real) + teacher(real.flip(-1)).flip(-1)) / 2
+        margin = self.cfg.stage2.self_train_confidence - 0.5
+        pseudo = (probs > 0.5).to(real.dtype)
+        confident = ((probs - 0.5).abs() > margin).to(real.dtype)
+        return diff_augment(real, pseudo, confident, policy=("color", "translation"))

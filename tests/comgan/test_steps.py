@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from comgan.ema import make_ema
 from comgan.metrics import iou_dice, segmentation_scores
 from comgan.networks import GeneratorOutput
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
@@ -286,7 +287,8 @@ def test_stage2_loss_terms_see_the_right_tensors(cfg, wrapped):
     log, phase = [], Phase()
     gen, S = StubMaskGenerator(res, n).eval(), StubSegmenter()
     D_m = RecordingD("D_m", 1, log, phase)
-    state = Stage2State(S, D_m, torch.optim.Adam(S.parameters(), lr=1e-3), torch.optim.Adam(D_m.parameters(), lr=1e-3))
+    state = Stage2State(S, D_m, make_ema(S), torch.optim.Adam(S.parameters(), lr=1e-3),
+                        torch.optim.Adam(D_m.parameters(), lr=1e-3))
     extra = {"prepared": {"D_m": RecordingWrapper(D_m)}} if wrapped else {}
     S0 = copy.deepcopy(S)  # S as the step sees it (it is only updated at the end)
     torch.manual_seed(5)
@@ -374,6 +376,89 @@ def test_stage2_adv_weight_zero_removes_dm_from_s_gradient(cfg):
     _, g1 = run_stage2(cfg, 2.0, 1.0)
     _, g1_other = run_stage2(cfg, 2.0, 1.0, perturb_dm=True)
     assert any(not torch.equal(g1[k], g1_other[k]) for k in g1), "control: with adv_weight 1, D_m matters"
+
+
+def self_training_step(cfg, start: int, step: int = 0, perturb_teacher: bool = False):
+    """One stage-2 step with self-training configured to begin at `start`, taken at `step`;
+    returns its stats and S's gradient from phase S (as run_stage2)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.stage2.self_train_weight, cfg.stage2.self_train_start = 1.0, start
+    cfg.stage2.self_train_confidence = 0.5  # an untrained teacher is nowhere confident: learn every pixel
+    torch.manual_seed(0)
+    gen = Stage1State.create(cfg).G_ema
+    state = Stage2State.create(cfg)
+    state.step = step
+    if perturb_teacher:  # a teacher unlike S; its own random stream leaves the global one untouched
+        g = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for p in state.S_teacher.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    grads, calls = {}, []
+
+    def backward(loss):
+        loss.backward()
+        calls.append(1)
+        if len(calls) == 2:
+            grads.update({k: p.grad.clone() for k, p in state.S.named_parameters() if p.grad is not None})
+
+    torch.manual_seed(1)
+    stats = Stage2Step(state=state, cfg=cfg, generator=gen, backward=backward)(real_batch(cfg))
+    return stats, grads, state
+
+
+def test_self_training_starts_at_its_step_and_learns_from_the_teacher(cfg):
+    """Before self_train_start S's update ignores the teacher (bit for bit); from it on the
+    teacher's labels change S's gradient and the term is reported and added to S's total."""
+    _, before, _ = self_training_step(cfg, start=5, step=4)
+    _, before_other, _ = self_training_step(cfg, start=5, step=4, perturb_teacher=True)
+    for k in before:
+        torch.testing.assert_close(before[k], before_other[k], rtol=0, atol=0, msg=f"teacher used early at {k}")
+    stats, after, _ = self_training_step(cfg, start=5, step=5)
+    _, after_other, _ = self_training_step(cfg, start=5, step=5, perturb_teacher=True)
+    assert any(not torch.equal(after[k], after_other[k]) for k in after), "the teacher did not reach S"
+    assert stats["loss/S_self_train"] > 0 and 0 < stats["seg/confident_share"] <= 1
+    torch.testing.assert_close(stats["loss/S_total"], 2.0 * stats["loss/S_consistency"] + stats["loss/S_adv"]
+                               + stats["loss/S_self_train"])
+
+
+def test_teacher_is_an_ema_of_s_from_the_first_step(cfg):
+    cfg = copy.deepcopy(cfg)
+    cfg.stage2.self_train_ema = 0.9
+    torch.manual_seed(0)
+    gen = Stage1State.create(cfg).G_ema
+    state = Stage2State.create(cfg)
+    teacher_before = copy.deepcopy(state.S_teacher.state_dict())
+    Stage2Step(state=state, cfg=cfg, generator=gen)(real_batch(cfg))
+    for name, p in state.S.named_parameters():
+        expected = teacher_before[name].lerp(p.detach(), 0.1)
+        torch.testing.assert_close(state.S_teacher.state_dict()[name], expected)
+    assert not any(p.requires_grad for p in state.S_teacher.parameters()) and not state.S_teacher.training
+
+
+def test_stage2_checkpoint_without_a_teacher_still_loads(cfg):
+    """Checkpoints written before self-training existed hold no S_teacher: it starts as S."""
+    torch.manual_seed(0)
+    old = Stage2State.create(cfg)
+    saved = old.state_dict()
+    assert "S_teacher" in saved
+    del saved["S_teacher"]
+    torch.manual_seed(1)
+    new = Stage2State.create(cfg)
+    new.load_state_dict(saved)
+    for (name, a), b in zip(new.S_teacher.state_dict().items(), old.S.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_pseudo_label_loss_counts_only_confident_pixels():
+    from comgan.losses import pseudo_label_loss
+    pred = torch.tensor([0.9, 0.2, 0.5, 0.5]).view(1, 1, 2, 2)
+    target = torch.tensor([1.0, 0.0, 1.0, 0.0]).view(1, 1, 2, 2)
+    weight = torch.tensor([1.0, 1.0, 0.0, 0.0]).view(1, 1, 2, 2)
+    expected = -(math.log(0.9) + math.log(0.8)) / 2  # the two unweighted pixels would add log(0.5)s
+    assert pseudo_label_loss(pred, target, weight).item() == pytest.approx(expected, rel=1e-6)
+    assert pseudo_label_loss(pred, target, torch.zeros_like(weight)).item() == 0.0
+    saturated = pseudo_label_loss(torch.zeros(1, 1, 2, 2, dtype=torch.bfloat16), torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+    assert math.isfinite(saturated.item()) and saturated.dtype == torch.float32
 
 
 # ---------------------------------------------------------------------------------------------
