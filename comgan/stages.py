@@ -117,7 +117,7 @@ STAGE2 = StageSpec(
     name="stage2", checkpoint_kind="comgan.stage2_checkpoint", needs_generator=True,
     create=Stage2State.create,
     make_step=_stage2_step, previews=_stage2_previews, export=_stage2_export,
-    progress_keys=("loss/D_m", "loss/S_consistency", "loss/S_adv", "seg/pred_real_mean"),
+    progress_keys=("loss/D_m", "loss/S_consistency", "loss/S_adv", "loss/S_self_train", "seg/pred_real_mean"),
 )
 
 STAGES = {spec.name: spec for spec in (STAGE1, STAGE2)}

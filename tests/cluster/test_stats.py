@@ -37,6 +37,8 @@ def rank_stats(rank: int, step: int) -> dict[str, torch.Tensor]:
     stats = {"loss/a": torch.tensor(1.0 + 10 * rank + step),          # r0: 1, 2, 3   r1: 11, 12, 13
              "loss/b": torch.tensor(-2.0 * (rank + 1) * step),        # r0: 0, -2, -4 r1: 0, -4, -8
              "count": torch.tensor(rank + step)}                       # int64; r0: 0, 1, 2  r1: 1, 2, 3
+    if step == 2:  # a term that starts mid-tick (stage 2's self-training): r0 5, r1 7
+        stats["loss/late"] = torch.tensor(5.0 + 2 * rank)
     return stats if rank == 0 else dict(reversed(list(stats.items())))
 
 
@@ -70,8 +72,8 @@ def test_stats_ticker_means_over_steps_and_ranks(tmp_path):
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     # Mean over 3 steps and 2 ranks, by hand:
     #   loss/a: (1 + 2 + 3 + 11 + 12 + 13) / 6 = 7;  loss/b: (0 - 2 - 4 + 0 - 4 - 8) / 6 = -3;
-    #   count: (0 + 1 + 2 + 1 + 2 + 3) / 6 = 1.5.
-    expected_first = {"loss/a": 7.0, "loss/b": -3.0, "count": 1.5}
+    #   count: (0 + 1 + 2 + 1 + 2 + 3) / 6 = 1.5; loss/late over the one step that had it: (5 + 7) / 2.
+    expected_first = {"loss/a": 7.0, "loss/b": -3.0, "count": 1.5, "loss/late": 6.0}
     for r, res in enumerate(results):
         assert res["first"] == pytest.approx(expected_first), f"rank {r}"
         assert res["second"] == pytest.approx({"loss/a": 150.0}), f"rank {r}: the tick starts afresh"
