@@ -49,6 +49,11 @@ class Stage1Config:
     mask_area_weight: float = 20.0  # weight of a hinge keeping each mask's area in [min, max] (not in the paper: 0)
     mask_area_min: float = 0.05    # the hinge's bounds: by default they forbid only (nearly) empty
     mask_area_max: float = 0.95    # or full masks; a lower max says "objects are the smaller part"
+    # Weight of a prior that one layer owns the frame's outer ring (`mask_border_ring` of the side
+    # wide), whichever layer that is (losses.mask_border_loss; not in the paper: 0). Photos whose
+    # object sits inside the frame (horses) otherwise split into top (sky + object) and bottom.
+    mask_border_weight: float = 0.0
+    mask_border_ring: float = 0.0625
     # DiffAugment policy for every D_z input, real and fake alike (comgan/augment.py): a comma list
     # of color, translation, cutout; "" = off. Small photo sets need it: D_z memorises them.
     augment: str = ""
@@ -252,6 +257,9 @@ def validate(cfg: ComGANConfig) -> None:
             raise ConfigError(f"{key}: {e}") from None
     if s1.swap_weight < 0:
         raise ConfigError(f"stage1.swap_weight must be >= 0, got {s1.swap_weight}")
+    if s1.mask_border_weight < 0 or not 0 < s1.mask_border_ring < 0.5:
+        raise ConfigError(f"stage1.mask_border_weight must be >= 0 and stage1.mask_border_ring in (0, 0.5), got "
+                          f"{s1.mask_border_weight} and {s1.mask_border_ring}")
     if s2.adv_weight < 0:
         raise ConfigError(f"stage2.adv_weight must be >= 0, got {s2.adv_weight}")
     if s2.self_train_weight < 0 or s2.self_train_start < 0:

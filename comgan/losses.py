@@ -35,6 +35,27 @@ def mask_area_hinge(mask: torch.Tensor, min_area: float, max_area: float | None 
     return (F.relu(min_area - area) + F.relu(area - max_area)).mean()
 
 
+def mask_border_share(mask: torch.Tensor, ring: float) -> torch.Tensor:
+    """Per image, the mean of the mask over the frame's outer ring, `ring` of the side wide (at least
+    one pixel): [B]."""
+    h, w = mask.shape[-2:]
+    k = max(1, round(ring * min(h, w)))
+    inner = mask[..., k:h - k, k:w - k].flatten(1).sum(1)
+    return (mask.flatten(1).sum(1) - inner) / (h * w - (h - 2 * k) * (w - 2 * k))
+
+
+def mask_border_loss(mask: torch.Tensor, ring: float) -> torch.Tensor:
+    """Mean over images of min(s, 1 - s), s the mask's share of the frame's outer ring: 0 when one
+    layer owns the whole ring, 0.5 when they split it.
+
+    Not in the paper. The background prior of saliency detection (what touches the frame is
+    mostly background), written so that it does not care which layer is the object: F and B stay
+    interchangeable, as the export's orientation (border coverage) expects. Seen on the horses
+    without it: one layer draws the horse and the sky, the other the ground and the legs."""
+    share = mask_border_share(mask.float(), ring)
+    return torch.minimum(share, 1 - share).mean()
+
+
 def info_loss(logits: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
     """InfoGAN-style code recovery: cross-entropy of D_f / D_b against the sampled category."""
     return F.cross_entropy(logits, target_idx)

@@ -5,7 +5,7 @@ import torch
 
 from comgan.ema import ema_decay_at, make_ema, update_ema
 from comgan.export import recalibrate_batchnorm
-from comgan.losses import binary_entropy, mask_area_hinge
+from comgan.losses import binary_entropy, mask_area_hinge, mask_border_loss, mask_border_share
 from comgan.metrics import centred_box_baseline, segmentation_scores
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
 
@@ -84,6 +84,31 @@ def test_mask_area_hinge_weights_only_degenerate_masks(cfg):
     st = Stage1Step(s1, cfg)(real_batch(cfg))
     assert st["loss/mask_area_hinge"] > 0
     torch.testing.assert_close(st["loss/G_total"] - l0, 100.0 * st["loss/mask_area_hinge"], rtol=1e-4, atol=1e-4)
+
+
+def test_mask_border_loss_is_orientation_free_and_weighted(cfg):
+    """The ring's share by hand on 8x8 masks (ring 1/8: one pixel, 28 of the 64 pixels), then the
+    step adds exactly weight x the term."""
+    inside = torch.zeros(1, 8, 8)
+    inside[:, 1:7, 1:7] = 1  # an object inside the frame: the ring is all background
+    top = torch.zeros(1, 8, 8)
+    top[:, :4] = 1  # the top half: the ring is split, 8 + 3 + 3 = 14 of its 28 pixels
+    masks = torch.stack([inside, 1 - inside, top])
+    torch.testing.assert_close(mask_border_share(masks, 0.125), torch.tensor([0.0, 1.0, 0.5]))
+    assert mask_border_loss(masks[:2], 0.125).item() == 0  # either layer may own the frame
+    assert mask_border_loss(masks, 0.125).item() == pytest.approx(0.5 / 3)
+    assert mask_border_share(masks, 0.01).tolist() == [0.0, 1.0, 0.5]  # at least one pixel wide
+    torch.manual_seed(0)
+    s0 = Stage1State.create(cfg)
+    torch.manual_seed(1)
+    l0 = Stage1Step(s0, cfg)(real_batch(cfg))["loss/G_total"]
+    cfg.stage1.mask_border_weight = 50.0
+    torch.manual_seed(0)
+    s1 = Stage1State.create(cfg)
+    torch.manual_seed(1)
+    st = Stage1Step(s1, cfg)(real_batch(cfg))
+    assert st["loss/mask_border"] > 0
+    torch.testing.assert_close(st["loss/G_total"] - l0, 50.0 * st["loss/mask_border"], rtol=1e-4, atol=1e-4)
 
 
 def test_binary_entropy_of_saturated_bf16_masks_is_finite():
