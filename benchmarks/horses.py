@@ -54,6 +54,13 @@ VARIANTS = {
     "no-orient": ["stage1.orient_mask=false"],
     "area50": ["stage1.mask_area_max=0.5"],  # a prior that the object is the smaller part
     "32px": ["model.resolution=32", "model.ngf=16", "model.subnet_width=16", "model.seg_depth=3"],
+    # stage 2 adapted to the photos: 1000 steps on generated pairs, then 600 with self-training
+    "self-train": ["stage2.adv_weight=0.1", "stage2.steps=1600", "stage2.self_train_weight=1",
+                   "stage2.self_train_start=1000"],
+    # one layer owns the frame (the horse otherwise shares its layer with the sky), bf16 (this CPU
+    # has avx512_bf16) to fit 60 minutes, and stage 2 with 600 steps of self-training
+    "border-st-bf16": ["stage1.mask_border_weight=2", "run.mixed_precision=bf16", "stage2.adv_weight=0.1",
+                       "stage2.steps=1200", "stage2.self_train_weight=1", "stage2.self_train_start=600"],
 }
 
 
