@@ -92,8 +92,8 @@ class Stage2Config:
     # on real photos its masks are blobs (the generated images are blurrier than photos). From step
     # self_train_start on, S also learns the confident pixels of its EMA teacher's masks of the
     # real batch (teacher: flip-averaged, unaugmented input; S: colour + translation), which
-    # adapts it to the photos' domain. On the horses: 0.472 -> 0.586 strict IoU in 600 steps on
-    # one generator (benchmarks/results/README.md). 0 = off.
+    # adapts it to the photos' domain. On the horses, one generator: strict IoU 0.367 after 1000
+    # steps without it, 0.464 after 500 more with it (benchmarks/results/README.md). 0 = off.
     self_train_weight: float = 0.0
     self_train_start: int = 0          # first step with self-training (S should be useful by then)
     self_train_confidence: float = 0.8  # pixels the teacher gives > this or < 1 - this are learnt
