@@ -323,17 +323,19 @@ def test_stage2_loss_terms_see_the_right_tensors(cfg, wrapped):
 # 3. lambda and adv_weight (real tiny networks)
 
 
-def run_stage2(cfg, lam: float, adv_weight: float, perturb_dm: bool = False):
-    """One stage-2 step from fixed seeds; returns its stats and S's gradient from phase S."""
+def run_stage2(cfg, lam: float = 2.0, adv_weight: float = 1.0, perturb: str | None = None, step: int = 0):
+    """One stage-2 step from fixed seeds, taken at `step`; returns its stats and S's gradient from
+    phase S. `perturb` names a network of the state ("D_m", "S_teacher") to replace by one unlike it."""
     cfg = copy.deepcopy(cfg)
     cfg.stage2.lam, cfg.stage2.adv_weight = lam, adv_weight
     torch.manual_seed(0)
     gen = Stage1State.create(cfg).G_ema
     state = Stage2State.create(cfg)
-    if perturb_dm:  # a different D_m; its own random stream leaves the global one untouched
+    state.step = step
+    if perturb:  # its own random stream leaves the global one untouched
         g = torch.Generator().manual_seed(7)
         with torch.no_grad():
-            for p in state.D_m.parameters():
+            for p in getattr(state, perturb).parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 0.5)
     grads, calls = {}, []
 
@@ -369,52 +371,32 @@ def test_stage2_adv_weight_zero_removes_dm_from_s_gradient(cfg):
     """With adv_weight = 0, S's update does not depend on D_m at all (checked on the gradient
     S actually gets, not on the reported total); with adv_weight = 1 it does (control)."""
     _, g0 = run_stage2(cfg, 2.0, 0.0)
-    _, g0_other = run_stage2(cfg, 2.0, 0.0, perturb_dm=True)
+    _, g0_other = run_stage2(cfg, 2.0, 0.0, perturb="D_m")
     assert g0.keys() == {k for k, _ in Stage2State.create(cfg).S.named_parameters()}
     for k in g0:
         torch.testing.assert_close(g0[k], g0_other[k], rtol=0, atol=0, msg=f"D_m changed S's gradient at {k}")
     _, g1 = run_stage2(cfg, 2.0, 1.0)
-    _, g1_other = run_stage2(cfg, 2.0, 1.0, perturb_dm=True)
+    _, g1_other = run_stage2(cfg, 2.0, 1.0, perturb="D_m")
     assert any(not torch.equal(g1[k], g1_other[k]) for k in g1), "control: with adv_weight 1, D_m matters"
 
 
-def self_training_step(cfg, start: int, step: int = 0, perturb_teacher: bool = False):
-    """One stage-2 step with self-training configured to begin at `start`, taken at `step`;
-    returns its stats and S's gradient from phase S (as run_stage2)."""
+def self_training_step(cfg, start: int, step: int, perturb_teacher: bool = False):
+    """run_stage2 with self-training configured to begin at `start`, taken at `step`."""
     cfg = copy.deepcopy(cfg)
     cfg.stage2.self_train_weight, cfg.stage2.self_train_start = 1.0, start
     cfg.stage2.self_train_confidence = 0.5  # an untrained teacher is nowhere confident: learn every pixel
-    torch.manual_seed(0)
-    gen = Stage1State.create(cfg).G_ema
-    state = Stage2State.create(cfg)
-    state.step = step
-    if perturb_teacher:  # a teacher unlike S; its own random stream leaves the global one untouched
-        g = torch.Generator().manual_seed(7)
-        with torch.no_grad():
-            for p in state.S_teacher.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.5)
-    grads, calls = {}, []
-
-    def backward(loss):
-        loss.backward()
-        calls.append(1)
-        if len(calls) == 2:
-            grads.update({k: p.grad.clone() for k, p in state.S.named_parameters() if p.grad is not None})
-
-    torch.manual_seed(1)
-    stats = Stage2Step(state=state, cfg=cfg, generator=gen, backward=backward)(real_batch(cfg))
-    return stats, grads, state
+    return run_stage2(cfg, perturb="S_teacher" if perturb_teacher else None, step=step)
 
 
 def test_self_training_starts_at_its_step_and_learns_from_the_teacher(cfg):
     """Before self_train_start S's update ignores the teacher (bit for bit); from it on the
     teacher's labels change S's gradient and the term is reported and added to S's total."""
-    _, before, _ = self_training_step(cfg, start=5, step=4)
-    _, before_other, _ = self_training_step(cfg, start=5, step=4, perturb_teacher=True)
+    _, before = self_training_step(cfg, start=5, step=4)
+    _, before_other = self_training_step(cfg, start=5, step=4, perturb_teacher=True)
     for k in before:
         torch.testing.assert_close(before[k], before_other[k], rtol=0, atol=0, msg=f"teacher used early at {k}")
-    stats, after, _ = self_training_step(cfg, start=5, step=5)
-    _, after_other, _ = self_training_step(cfg, start=5, step=5, perturb_teacher=True)
+    stats, after = self_training_step(cfg, start=5, step=5)
+    _, after_other = self_training_step(cfg, start=5, step=5, perturb_teacher=True)
     assert any(not torch.equal(after[k], after_other[k]) for k in after), "the teacher did not reach S"
     assert stats["loss/S_self_train"] > 0 and 0 < stats["seg/confident_share"] <= 1
     torch.testing.assert_close(stats["loss/S_total"], 2.0 * stats["loss/S_consistency"] + stats["loss/S_adv"]

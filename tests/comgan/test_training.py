@@ -53,17 +53,19 @@ def test_stage2_step_changes_only_s_and_dm(cfg):
     assert not changed(gen_before, gen), "the frozen generator must not change in stage 2"
 
 
+def stage1_step_stats(cfg, **stage1) -> dict:
+    """The stats of one stage-1 step from fixed seeds, with the given stage1 settings."""
+    for key, value in stage1.items():
+        setattr(cfg.stage1, key, value)
+    torch.manual_seed(0)
+    state = Stage1State.create(cfg)
+    torch.manual_seed(1)
+    return Stage1Step(state, cfg)(real_batch(cfg))
+
+
 def test_beta_weights_binary_entropy(cfg):
-    torch.manual_seed(0)
-    cfg.stage1.beta = 0.0
-    s0 = Stage1State.create(cfg)
-    torch.manual_seed(1)
-    l0 = Stage1Step(s0, cfg)(real_batch(cfg))["loss/G_total"]
-    cfg.stage1.beta = 10.0
-    torch.manual_seed(0)
-    s1 = Stage1State.create(cfg)
-    torch.manual_seed(1)
-    st = Stage1Step(s1, cfg)(real_batch(cfg))
+    l0 = stage1_step_stats(cfg, beta=0.0)["loss/G_total"]
+    st = stage1_step_stats(cfg, beta=10.0)
     torch.testing.assert_close(st["loss/G_total"] - l0, 10.0 * st["loss/binary_entropy"], rtol=1e-4, atol=1e-4)
 
 
@@ -72,16 +74,8 @@ def test_mask_area_hinge_weights_only_degenerate_masks(cfg):
     assert mask_area_hinge(masks, 0.05).item() == pytest.approx((0.05 + 0 + 0.05) / 3)
     assert mask_area_hinge(masks[1:2], 0.05).item() == 0  # any plausible area is free
     assert mask_area_hinge(masks[1:2], 0.05, 0.2).item() == pytest.approx(0.1)  # a lower max bites
-    cfg.stage1.mask_area_weight = 0.0
-    torch.manual_seed(0)
-    s0 = Stage1State.create(cfg)
-    torch.manual_seed(1)
-    l0 = Stage1Step(s0, cfg)(real_batch(cfg))["loss/G_total"]
-    cfg.stage1.mask_area_weight, cfg.stage1.mask_area_min, cfg.stage1.mask_area_max = 100.0, 0.499, 0.501
-    torch.manual_seed(0)
-    s1 = Stage1State.create(cfg)
-    torch.manual_seed(1)
-    st = Stage1Step(s1, cfg)(real_batch(cfg))
+    l0 = stage1_step_stats(cfg, mask_area_weight=0.0)["loss/G_total"]
+    st = stage1_step_stats(cfg, mask_area_weight=100.0, mask_area_min=0.499, mask_area_max=0.501)
     assert st["loss/mask_area_hinge"] > 0
     torch.testing.assert_close(st["loss/G_total"] - l0, 100.0 * st["loss/mask_area_hinge"], rtol=1e-4, atol=1e-4)
 
@@ -98,15 +92,8 @@ def test_mask_border_loss_is_orientation_free_and_weighted(cfg):
     assert mask_border_loss(masks[:2], 0.125).item() == 0  # either layer may own the frame
     assert mask_border_loss(masks, 0.125).item() == pytest.approx(0.5 / 3)
     assert mask_border_share(masks, 0.01).tolist() == [0.0, 1.0, 0.5]  # at least one pixel wide
-    torch.manual_seed(0)
-    s0 = Stage1State.create(cfg)
-    torch.manual_seed(1)
-    l0 = Stage1Step(s0, cfg)(real_batch(cfg))["loss/G_total"]
-    cfg.stage1.mask_border_weight = 50.0
-    torch.manual_seed(0)
-    s1 = Stage1State.create(cfg)
-    torch.manual_seed(1)
-    st = Stage1Step(s1, cfg)(real_batch(cfg))
+    l0 = stage1_step_stats(cfg)["loss/G_total"]
+    st = stage1_step_stats(cfg, mask_border_weight=50.0)
     assert st["loss/mask_border"] > 0
     torch.testing.assert_close(st["loss/G_total"] - l0, 50.0 * st["loss/mask_border"], rtol=1e-4, atol=1e-4)
 
