@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .metrics import border_mean
+
 
 def bce_real(logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
@@ -38,10 +40,7 @@ def mask_area_hinge(mask: torch.Tensor, min_area: float, max_area: float | None 
 def mask_border_share(mask: torch.Tensor, ring: float) -> torch.Tensor:
     """Per image, the mean of the mask over the frame's outer ring, `ring` of the side wide (at least
     one pixel): [B]."""
-    h, w = mask.shape[-2:]
-    k = max(1, round(ring * min(h, w)))
-    inner = mask[..., k:h - k, k:w - k].flatten(1).sum(1)
-    return (mask.flatten(1).sum(1) - inner) / (h * w - (h - 2 * k) * (w - 2 * k))
+    return border_mean(mask, max(1, round(ring * min(mask.shape[-2:]))))
 
 
 def mask_border_loss(mask: torch.Tensor, ring: float) -> torch.Tensor:
