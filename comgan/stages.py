@@ -110,7 +110,8 @@ def _stage2_previews(state: Stage2State, cfg, generator, real) -> dict:
 
 
 def _stage2_export(state: Stage2State, cfg, chunk: int) -> tuple[dict, dict]:
-    return segmenter_artifact(state.S, cfg.model, {"step": state.step}), {}
+    network = "S_teacher" if cfg.stage2.export_teacher else "S"
+    return segmenter_artifact(getattr(state, network), cfg.model, {"step": state.step, "network": network}), {}
 
 
 STAGE2 = StageSpec(

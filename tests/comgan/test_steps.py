@@ -417,6 +417,22 @@ def test_teacher_is_an_ema_of_s_from_the_first_step(cfg):
     assert not any(p.requires_grad for p in state.S_teacher.parameters()) and not state.S_teacher.training
 
 
+def test_stage2_exports_the_teacher_when_asked(cfg):
+    from comgan.stages import STAGE2
+    torch.manual_seed(0)
+    gen = Stage1State.create(cfg).G_ema
+    state = Stage2State.create(cfg)
+    Stage2Step(state=state, cfg=cfg, generator=gen)(real_batch(cfg))  # S moves; its EMA lags behind
+    for export_teacher, chosen, other in ((False, state.S, state.S_teacher), (True, state.S_teacher, state.S)):
+        cfg = copy.deepcopy(cfg)
+        cfg.stage2.export_teacher = export_teacher
+        artifact, _ = STAGE2.export(state, cfg, 4)
+        assert artifact["network"] == ("S_teacher" if export_teacher else "S")
+        for name, value in artifact["state_dict"].items():
+            torch.testing.assert_close(value, chosen.state_dict()[name], rtol=0, atol=0)
+        assert any(not torch.equal(v, other.state_dict()[k]) for k, v in artifact["state_dict"].items())
+
+
 def test_stage2_checkpoint_without_a_teacher_still_loads(cfg):
     """Checkpoints written before self-training existed hold no S_teacher: it starts as S."""
     torch.manual_seed(0)
