@@ -5,6 +5,11 @@ once per seed, each as its own run, and prints one table from the runs' summary.
 
     python benchmarks/default_job.py --seeds 0 1 2
     python benchmarks/default_job.py --seeds 0 -- stage1.steps=1000   # extra job arguments
+    python benchmarks/default_job.py --seeds 0 --prefix st --generator benchmarks/out/runs/bench-default-seed0/stage1/generator.pt \
+        -- stage2.self_train_weight=1                                 # stage 2 only (jobs/segment.py), one generator
+
+With --generator, each seed trains stage 2 only on that stage-1 artifact: stage-2 settings are
+compared on one and the same generator, as stage-1 runs differ a lot from seed to seed.
 """
 from __future__ import annotations
 
@@ -24,12 +29,14 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--storage", default=str(ROOT / "benchmarks" / "out" / "runs"))
     p.add_argument("--prefix", default="bench-default")
+    p.add_argument("--generator", help="train stage 2 only, on this stage-1 generator.pt (jobs/segment.py)")
     p.add_argument("job_args", nargs="*", help="extra arguments for jobs/train.py (after --)")
     a = p.parse_args()
     rows = []
     for seed in a.seeds:
         name = f"{a.prefix}-seed{seed}"
-        cmd = [sys.executable, str(ROOT / "jobs" / "train.py"), f"--storage={a.storage}", f"--name={name}",
+        job = ["segment.py", f"--generator={a.generator}"] if a.generator else ["train.py"]
+        cmd = [sys.executable, str(ROOT / "jobs" / job[0]), *job[1:], f"--storage={a.storage}", f"--name={name}",
                f"run.seed={seed}", *a.job_args]
         print("$", " ".join(cmd), flush=True)
         t0 = time.time()

@@ -48,6 +48,14 @@ class RunConfig:
     # watch/ in TensorBoard, and the first trivial solution found is named in the log and summary.
     watch_every: int = 250
     watch_samples: int = 256
+    # Stage 1 begun again on a trivial solution: when the watchdog finds one at watch_patience
+    # checks in a row, or at its last check, the attempt is set aside under
+    # <run>/stage1_collapsed/attempt<k>/ (its TensorBoard under tensorboard/stage1_collapsed<k>)
+    # and stage 1 starts over with run.seed + 1000 * k, up to collapse_restarts times; the last
+    # attempt always runs to the end. On the default job one seed in three lost an object style
+    # this way (benchmarks/results/README.md). 0: never (Tune sweeps never restart a trial).
+    collapse_restarts: int = 1
+    watch_patience: int = 2
 
 
 @dataclass
@@ -133,6 +141,9 @@ def validate(cfg: Config) -> None:
     if r.watch_every < 0 or r.watch_samples < 2:
         raise ConfigError(f"run.watch_every must be >= 0 (0: off) and run.watch_samples >= 2, got "
                           f"{r.watch_every} and {r.watch_samples}")
+    if r.collapse_restarts < 0 or r.watch_patience < 1:
+        raise ConfigError(f"run.collapse_restarts must be >= 0 (0: never) and run.watch_patience >= 1, got "
+                          f"{r.collapse_restarts} and {r.watch_patience}")
     if r.max_failures < -1:
         raise ConfigError(f"run.max_failures must be >= 0 (or -1: retry forever), got {r.max_failures}")
     if r.mixed_precision not in MIXED_PRECISION:

@@ -9,6 +9,7 @@ artifact, after the driver has checked that it fits the config.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from ray.train.torch import TorchTrainer
 
 from comgan.artifacts import ArtifactError, from_bytes, load_generator
 from data_shards.index import holds_shards
-from data_shards.io import arrow_filesystem, read_bytes, url_exists, write_bytes
+from data_shards.io import arrow_filesystem, join_url, move_tree, read_bytes, remove_tree, url_exists, write_bytes
 from data_shards.reader import check_usable, read_manifest
 from data_shards.writer import write_synthetic
 
@@ -31,6 +32,10 @@ from .config import Config, ConfigError, config_from_dict
 from .storage import RunLayout, absolute_url, configure_storage
 from .tensorboard import RunWriter
 from .worker import StageJob, stage_worker
+
+
+COLLAPSE_SEED_STRIDE = 1000  # attempt k of stage 1 runs with run.seed + k * this: far from the next seeds a user tries
+ATTEMPT_FILE = "attempt.json"
 
 
 class StageFailed(RuntimeError):
@@ -183,12 +188,12 @@ def restarts_allowed(cfg: Config) -> str:
 
 
 def run_stage(stage: str, cfg: Config, layout: RunLayout, artifact: str, generator: str = "",
-              callbacks: tuple = ()) -> dict:
+              callbacks: tuple = (), stop_when_trivial: bool = False) -> dict:
     """One stage on its own TorchTrainer; `callbacks` are Ray Train callbacks (a Tune trial passes
     the one that forwards every report to Tune)."""
     job = StageJob(stage=stage, config=cfg.to_dict(), cpus_per_worker=cfg.run.cpus_per_worker,
                    stage_dir=layout.stage_dir(stage), tensorboard=layout.tensorboard(stage), artifact=artifact,
-                   generator=generator, fault=os.environ.get(faults.ENV, ""))
+                   generator=generator, fault=os.environ.get(faults.ENV, ""), stop_when_trivial=stop_when_trivial)
     cpus = job.cpus_per_worker
     resources = {"CPU": cpus, **({"GPU": 1} if cfg.run.use_gpu else {})}
     # Ray Train persists checkpoints through pyarrow; hand it the same fsspec filesystem (and
@@ -277,15 +282,66 @@ def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tu
         log(f"stage1: skipped, stage 2 learns from {cfg.stage2.generator}")
         summary["generator"] = cfg.stage2.generator
         return cfg.stage2.generator
+    collapsed = collapsed_attempts(layout)
+    if collapsed:
+        summary["stage1_collapsed"] = collapsed
     if url_exists(layout.generator):
         log(f"stage1: {layout.generator} exists, not retraining")
         return layout.generator
-    m = run_stage("stage1", cfg, layout, artifact=layout.generator, callbacks=callbacks)
-    summary["stage1"] = m
+    while True:
+        attempt = len(collapsed)
+        may_restart = attempt < cfg.run.collapse_restarts
+        attempt_cfg = with_seed(cfg, cfg.run.seed + COLLAPSE_SEED_STRIDE * attempt)
+        m = run_stage("stage1", attempt_cfg, layout, artifact=layout.generator, callbacks=callbacks,
+                      stop_when_trivial=may_restart)
+        reason = m.get("watch/now") or ""  # the last check's finding: at the end, or where it stopped
+        if not (may_restart and reason):
+            break
+        collapsed.append(set_attempt_aside(layout, attempt + 1, {
+            "seed": attempt_cfg.run.seed, "step": m.get("step"), "reason": reason,
+            "first_trivial_at_step": m.get("watch/trivial_at_step"), "seconds": m.get("perf/seconds")}))
+        summary["stage1_collapsed"] = collapsed
+        log(f"stage1: trivial solution at step {m.get('step')} ({reason}); attempt set aside in "
+            f"{layout.collapsed(attempt + 1)}, starting again with run.seed={cfg.run.seed + COLLAPSE_SEED_STRIDE * (attempt + 1)} "
+            f"(restart {attempt + 1} of {cfg.run.collapse_restarts})")
+    if reason:
+        log(f"stage1: the watchdog still finds a trivial solution ({reason}) and no restart is left "
+            f"(run.collapse_restarts={cfg.run.collapse_restarts}): stage 2 learns from it anyway")
+    summary["stage1"] = {**m, "seed": attempt_cfg.run.seed}
     log(f"stage1: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s, "
         f"{m.get('perf/images_per_s', 0):.0f} img/s, mask mean {m.get('mask/mean', float('nan')):.2f}, "
         f"empty masks {100 * m.get('mask/empty_fraction', float('nan')):.1f} %")
     return layout.generator
+
+
+def with_seed(cfg: Config, seed: int) -> Config:
+    if seed == cfg.run.seed:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.run.seed = seed
+    return cfg
+
+
+def collapsed_attempts(layout: RunLayout) -> list[dict]:
+    """The stage-1 attempts set aside so far (a resumed run counts them to pick its seed)."""
+    found, attempt = [], 1
+    while url_exists(join_url(layout.collapsed(attempt), ATTEMPT_FILE)):
+        found.append(json.loads(read_bytes(join_url(layout.collapsed(attempt), ATTEMPT_FILE))))
+        attempt += 1
+    return found
+
+
+def set_attempt_aside(layout: RunLayout, attempt: int, record: dict) -> dict:
+    """Move a trivial stage-1 attempt (checkpoints, any generator.pt, TensorBoard) out of the way
+    of the next one; its record is written last, so an interrupted move is simply redone."""
+    target = layout.collapsed(attempt)
+    for leftover in (target, layout.tensorboard(f"stage1_collapsed{attempt}")):  # of an interrupted move
+        remove_tree(leftover)
+    move_tree(layout.stage_dir("stage1"), join_url(target, "stage1"))
+    move_tree(layout.tensorboard("stage1"), layout.tensorboard(f"stage1_collapsed{attempt}"))
+    record = {"attempt": attempt, **record}
+    write_bytes(join_url(target, ATTEMPT_FILE), (json.dumps(record, indent=2) + "\n").encode())
+    return record
 
 
 def train_segmenter(cfg: Config, layout: RunLayout, generator: str, summary: dict, callbacks: tuple = ()) -> None:

@@ -1,7 +1,8 @@
 """What a run directory contains, in one place (DESIGN.md section 6), on any fsspec URL.
 
 <storage>/<run>/config.yaml, stage1/ (Ray Train checkpoints + generator.pt), stage2/
-(checkpoints + segmenter.pt), tensorboard/, eval.json, eval_grid.png, summary.json.
+(checkpoints + segmenter.pt), tensorboard/, eval.json, eval_grid.png, summary.json, and
+stage1_collapsed/attempt<k>/ for stage-1 attempts the watchdog found trivial (run.collapse_restarts).
 """
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ class RunLayout:
 
     def tensorboard(self, stage: str) -> str:
         return self.path("tensorboard", stage)
+
+    def collapsed(self, attempt: int) -> str:
+        """Where stage-1 attempt `attempt` (1, 2, ...) is set aside once the watchdog found it trivial."""
+        return self.path("stage1_collapsed", f"attempt{attempt}")
 
     @property
     def eval_json(self) -> str:

@@ -151,6 +151,9 @@ def trial_config(base: dict, params: dict, trial_id: str, runs_url: str) -> Conf
     for key, value in params.items():
         set_key(cfg, key, value if isinstance(value, str) else json.dumps(value))
     cfg.run.name, cfg.run.storage = trial_id, runs_url
+    # A sweep measures how often a recipe goes trivial, and its watchdog stopper ends such trials:
+    # a trial never restarts stage 1 on another seed.
+    cfg.run.collapse_restarts = 0
     validate(cfg)
     return cfg
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import ray.train
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, broadcast
 
 from comgan import speed
 from comgan.artifacts import from_bytes, load_generator, to_bytes
@@ -51,6 +51,9 @@ class StageJob:
     artifact: str               # what the stage exports: generator.pt or segmenter.pt
     generator: str = ""         # stage 2: the generator.pt it learns from
     fault: str = ""             # COMGAN_FAULT for the fault tests; empty in normal runs
+    # Stop early, without exporting, once the watchdog has found a trivial solution
+    # run.watch_patience checks in a row: the driver then starts the stage over with another seed.
+    stop_when_trivial: bool = False
 
 
 def say(message: str) -> None:
@@ -140,6 +143,7 @@ class StageRun:
     preview: torch.Tensor | None = None
     watched: dict = field(default_factory=dict)  # the watchdog's last measures
     trivial: dict = field(default_factory=dict)  # its first finding: watch/reason, watch/trivial_at_step
+    abandoned: bool = False           # stopped early on the watchdog (job.stop_when_trivial)
 
     @classmethod
     def start(cls, job: StageJob) -> "StageRun":
@@ -205,6 +209,9 @@ class StageRun:
             watch_now = self.spec.watch and run.watch_every and (step % run.watch_every == 0 or step == settings.steps)
             if watch_now and self.writer:
                 self.watch(step)
+            if watch_now and self.job.stop_when_trivial and step < settings.steps and self.trivial_for_too_long():
+                self.abandoned = True
+                break
             if step % run.checkpoint_every == 0 and step < settings.steps:
                 if self.writer:
                     self.writer.flush()
@@ -215,6 +222,15 @@ class StageRun:
                 ray.train.report(self.progress(step, last))
         last["perf/seconds"] = time.time() - t_start
         return {**last, **self.watched, **self.trivial}
+
+    def trivial_for_too_long(self) -> bool:
+        """Rank 0's watchdog decides and every rank follows (a broadcast), so that no rank stops
+        while the others wait for it in a collective."""
+        streak = self.watched.get("watch/trivial_checks", 0) if self.writer else 0
+        stop = torch.tensor([float(streak >= self.cfg.run.watch_patience)], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            stop = broadcast(stop, from_process=0)
+        return bool(stop.item())
 
     def progress(self, step: int, last: dict) -> dict:
         """What every report carries: the step, the training images the whole job has seen (stage 2
@@ -229,8 +245,13 @@ class StageRun:
         acc, state = self.accelerator, self.state
         in_sync = all([replicas_in_sync(acc, module) for module in state.trained().values()])  # all collectives
         final = {**self.progress(state.step, last), "num_processes": acc.num_processes,
-                 "replicas_in_sync": in_sync, "resumed_from": self.resumed_from}
-        if acc.is_main_process:
+                 "replicas_in_sync": in_sync, "resumed_from": self.resumed_from,
+                 "watch/abandoned": float(self.abandoned)}
+        if acc.is_main_process and self.abandoned:
+            self.writer.close()
+            say(f"[{self.spec.name}] stopped at step {state.step}: the watchdog found a trivial solution "
+                f"{self.cfg.run.watch_patience} checks in a row ({self.watched.get('watch/now')})")
+        elif acc.is_main_process:
             artifact, metrics = self.spec.export(state, self.cfg, self.cfg.run.inference_batch)
             write_bytes(self.job.artifact, to_bytes(artifact))
             final.update(metrics)  # summary.json: e.g. the mask statistics of what is handed to stage 2

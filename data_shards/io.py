@@ -221,6 +221,22 @@ def remove_tree(url: str) -> None:
         fs.rm(path, recursive=True)
 
 
+@_user_errors
+def move_tree(src: str, dst: str) -> None:
+    """Move a folder (or prefix) to a new URL on the same filesystem: a rename locally, copy then
+    delete on an object store. Nothing happens if `src` does not exist."""
+    fs, path = filesystem(src)
+    _, target = filesystem(dst)
+    if not fs.exists(path):
+        return
+    if _is_local(fs):
+        _make_parent(fs, target)
+        os.replace(path, target)
+        return
+    fs.copy(path.rstrip("/") + "/", target.rstrip("/") + "/", recursive=True)
+    fs.rm(path, recursive=True)
+
+
 def arrow_filesystem(url: str):
     """(pyarrow filesystem, path) for libraries that take one (Ray Train's run storage): the same
     fsspec filesystem and options as everything else, wrapped. Local paths give (None, path)."""

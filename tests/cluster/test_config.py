@@ -24,6 +24,8 @@ def test_overrides_and_round_trip():
     ("stage2.self_train_confidence=1", "stage2.self_train_confidence must be in [0.5, 1)"),
     ("run.workers=0", "run.workers must be >= 1, got 0"),
     ("run.inference_batch=0", "run.inference_batch must be >= 1"),
+    ("run.collapse_restarts=-1", "run.collapse_restarts must be >= 0"),
+    ("run.watch_patience=0", "run.watch_patience >= 1"),
     ("beta", "not of the form key=value"),
 ])
 def test_bad_values_are_one_line_errors(override, message):

@@ -69,16 +69,37 @@ def test_two_workers_end_to_end(local_ray, tiny_shards, tmp_path, capsys):
     assert again["eval"]["segmenter"] == results["segmenter"]
 
 
-def test_the_watchdog_names_a_run_forced_into_full_masks(local_ray, tiny_shards, tmp_path, capsys):
+def test_the_watchdog_names_a_run_forced_into_full_masks_and_stage1_starts_again(
+        local_ray, tiny_shards, tmp_path, capsys):
     """An area hinge that demands masks over 99 % of the image: within a few steps the
-    foreground branch draws everything, and the run's log and summary say so."""
+    foreground branch draws everything, and the run's log and summary say so. With one collapse
+    restart, the first attempt stops at the second trivial check in a row and is set aside; the
+    second (another seed, as trivial) runs to the end, as no restart is left."""
     from cluster.pipeline import run_pipeline
 
     cfg = load_config("tiny", [f"data.train={tiny_shards / 'train'}", "data.eval=", "data.synthetic=false",
-                               f"run.storage={tmp_path}", "run.name=full", "stage1.steps=40", "run.watch_every=10",
+                               f"run.storage={tmp_path}", "run.name=full", "stage1.steps=50", "run.watch_every=10",
                                "stage1.mask_area_min=0.995", "stage1.mask_area_max=1", "stage1.mask_area_weight=1000",
-                               "stage1.lr=0.005"])
+                               "stage1.lr=0.005", "run.collapse_restarts=1", "run.watch_patience=2", "run.seed=3"])
     summary = run_pipeline(cfg, stage1_only=True)
-    assert "mask collapsed" in summary["stage1"]["watch/reason"]
-    assert summary["stage1"]["watch/trivial_at_step"] in (10, 20, 30, 40)
-    assert "watchdog at step" in capsys.readouterr().out
+    run = tmp_path / "full"
+    out = capsys.readouterr().out
+    assert "watchdog at step" in out and "starting again with run.seed=1003" in out, out
+
+    [first] = summary["stage1_collapsed"]
+    assert first["attempt"] == 1 and first["seed"] == 3 and "mask collapsed" in first["reason"]
+    assert first["step"] == first["first_trivial_at_step"] + 10 < 50, "stopped at the second trivial check"
+    aside = run / "stage1_collapsed" / "attempt1"
+    assert json.loads((aside / "attempt.json").read_text()) == first
+    assert any(p.name.startswith("checkpoint") for p in (aside / "stage1").iterdir())
+    assert not (aside / "stage1" / "generator.pt").exists(), "a stopped attempt exports nothing"
+    assert "watch/mask_empty" in tensorboard_tags(run / "tensorboard" / "stage1_collapsed1")["scalars"]
+
+    last = summary["stage1"]
+    assert last["seed"] == 1003 and last["step"] == 50 and last["watch/abandoned"] == 0
+    assert "mask collapsed" in last["watch/reason"] and last["watch/trivial_at_step"] in (10, 20, 30, 40, 50)
+    assert (run / "stage1" / "generator.pt").is_file()
+    assert "no restart is left" in out
+
+    again = run_pipeline(cfg, stage1_only=True)  # resumed: the finished attempt is kept, the record too
+    assert "stage1" not in again and again["stage1_collapsed"] == [first]

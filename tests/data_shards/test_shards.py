@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_shards.io import join_url, list_urls, read_bytes, url_exists, write_bytes
+from data_shards.io import join_url, list_tree, list_urls, move_tree, read_bytes, url_exists, write_bytes
 from data_shards.reader import (DatasetError, eval_batches, read_manifest, shards_for_rank, steps_per_epoch,
                                 train_loader)
 from data_shards.synthetic import render_sample, synthetic_samples
@@ -88,6 +88,19 @@ def test_io_urls(tmp_path):
     assert list_urls(join_url(base, "d"), ".tar") == [f"{base}/d/one.tar", f"{base}/d/two.tar"]
     assert list_urls(join_url(str(tmp_path), "d"), ".tar") == [f"{tmp_path}/d/one.tar", f"{tmp_path}/d/two.tar"]
     assert read_bytes(f"{base}/d/two.tar") == b"22"
+    assert_moves_a_tree(base)
+
+
+def assert_moves_a_tree(base: str) -> None:
+    """move_tree: the whole folder arrives under a new parent, nothing is left behind, and a
+    missing source is no error (an interrupted run moves what is there)."""
+    write_bytes(join_url(base, "run", "stage1", "ckpt", "state.pt"), b"s")
+    write_bytes(join_url(base, "run", "stage1", "generator.pt"), b"g")
+    move_tree(join_url(base, "run", "stage1"), join_url(base, "run", "aside", "attempt1", "stage1"))
+    assert list_tree(join_url(base, "run", "aside", "attempt1", "stage1")) == ["ckpt/state.pt", "generator.pt"]
+    assert not url_exists(join_url(base, "run", "stage1", "generator.pt"))
+    move_tree(join_url(base, "run", "nothing"), join_url(base, "run", "elsewhere"))
+    assert not url_exists(join_url(base, "run", "elsewhere"))
 
 
 def test_write_then_read_round_trip(tmp_path):
@@ -231,3 +244,4 @@ def test_s3_round_trip(s3_bucket):
     want = torch.tensor(np.stack([s["image"] for s in synthetic_samples(24, 16, 2, seed=9)]))
     assert torch.allclose(images, want.permute(0, 3, 1, 2).float() / 127.5 - 1, atol=1e-6)
     assert next(iter(train_loader(url, 8, num_workers=0))).images.shape == (8, 3, 16, 16)
+    assert_moves_a_tree(s3_bucket)
