@@ -25,7 +25,7 @@ from comgan import speed
 from comgan.artifacts import from_bytes, load_generator, to_bytes
 from comgan.stages import PREVIEW_COUNT, STAGES, StageSpec
 from comgan.training import Snapshot
-from comgan.watchdog import health_score, trivial_reason
+from comgan.watchdog import counts_toward_streak, health_score, trivial_reason
 from data_shards.io import read_bytes, write_bytes
 from data_shards.progress import format_duration
 from data_shards.reader import PROBLEM_KINDS, LoaderCursor, TrainBatch, train_loader
@@ -273,9 +273,11 @@ class StageRun:
         run = self.cfg.run
         stats = self.spec.watch(self.state, self.cfg, run.watch_samples, run.inference_batch)
         reason = trivial_reason(stats, final=step == self.spec.settings(self.cfg).steps)
-        # How many checks in a row found a trivial solution: a sweep stops a trial on a streak, not
-        # on one check early in training, when masks are still settling.
-        streak = self.watched.get("watch/trivial_checks", 0) + 1 if reason else 0
+        # How many checks in a row found a trivial solution: a sweep stops a trial (and a run starts
+        # stage 1 over) on a streak, not on one check early in training; faint masks that are
+        # still getting fewer fast do not count (watchdog.SETTLING).
+        counts = counts_toward_streak(reason, stats, self.watched or None)
+        streak = self.watched.get("watch/trivial_checks", 0) + 1 if counts else 0
         stats.update({"watch/health": health_score(stats), "watch/trivial_checks": streak, "watch/now": reason or ""})
         self.writer.scalars({k: v for k, v in stats.items() if k != "watch/now"}, step)
         self.watched = stats
