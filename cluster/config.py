@@ -52,8 +52,9 @@ class RunConfig:
     # checks in a row, or at its last check, the attempt is set aside under
     # <run>/stage1_collapsed/attempt<k>/ (its TensorBoard under tensorboard/stage1_collapsed<k>)
     # and stage 1 starts over with run.seed + 1000 * k, up to collapse_restarts times; the last
-    # attempt always runs to the end. On the default job one seed in three lost an object style
-    # this way (benchmarks/results/README.md). 0: never (Tune sweeps never restart a trial).
+    # attempt always runs to the end, and if it is trivial too, the healthiest attempt that ran to
+    # the end is handed on. On the default job one seed in three lost an object style this way
+    # (benchmarks/results/README.md). 0: never (Tune sweeps never restart a trial).
     collapse_restarts: int = 1
     watch_patience: int = 2
 

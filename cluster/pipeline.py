@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from comgan.artifacts import ArtifactError, from_bytes, load_generator
+from comgan.watchdog import health_score
 from data_shards.index import holds_shards
 from data_shards.io import arrow_filesystem, join_url, move_tree, read_bytes, remove_tree, url_exists, write_bytes
 from data_shards.reader import check_usable, read_manifest
@@ -292,26 +294,57 @@ def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tu
         attempt = len(collapsed)
         may_restart = attempt < cfg.run.collapse_restarts
         attempt_cfg = with_seed(cfg, cfg.run.seed + COLLAPSE_SEED_STRIDE * attempt)
-        m = run_stage("stage1", attempt_cfg, layout, artifact=layout.generator, callbacks=callbacks,
-                      stop_when_trivial=may_restart)
+        m = {**run_stage("stage1", attempt_cfg, layout, artifact=layout.generator, callbacks=callbacks,
+                         stop_when_trivial=may_restart), "seed": attempt_cfg.run.seed}
         reason = m.get("watch/now") or ""  # the last check's finding: at the end, or where it stopped
         if not (may_restart and reason):
             break
-        collapsed.append(set_attempt_aside(layout, attempt + 1, {
-            "seed": attempt_cfg.run.seed, "step": m.get("step"), "reason": reason,
-            "first_trivial_at_step": m.get("watch/trivial_at_step"), "seconds": m.get("perf/seconds")}))
+        collapsed.append(set_attempt_aside(layout, attempt + 1, attempt_record(m, cfg)))
         summary["stage1_collapsed"] = collapsed
         log(f"stage1: trivial solution at step {m.get('step')} ({reason}); attempt set aside in "
             f"{layout.collapsed(attempt + 1)}, starting again with run.seed={cfg.run.seed + COLLAPSE_SEED_STRIDE * (attempt + 1)} "
             f"(restart {attempt + 1} of {cfg.run.collapse_restarts})")
     if reason:
-        log(f"stage1: the watchdog still finds a trivial solution ({reason}) and no restart is left "
-            f"(run.collapse_restarts={cfg.run.collapse_restarts}): stage 2 learns from it anyway")
-    summary["stage1"] = {**m, "seed": attempt_cfg.run.seed}
+        m = keep_the_healthiest_attempt(cfg, layout, m, collapsed)
+        log(f"stage1: the watchdog still finds a trivial solution ({m.get('watch/now')}) and no restart is "
+            f"left (run.collapse_restarts={cfg.run.collapse_restarts}): stage 2 learns from it anyway")
+    summary["stage1"] = m
     log(f"stage1: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s, "
         f"{m.get('perf/images_per_s', 0):.0f} img/s, mask mean {m.get('mask/mean', float('nan')):.2f}, "
         f"empty masks {100 * m.get('mask/empty_fraction', float('nan')):.1f} %")
     return layout.generator
+
+
+def attempt_record(m: dict, cfg: Config) -> dict:
+    """What is kept of a stage-1 attempt set aside: its seed, where and why it was found trivial,
+    its health by the watchdog's measures (ungated, so trivial attempts still rank) and, when it
+    ran to the end, its final metrics (its generator.pt is then kept beside them)."""
+    exported = m.get("step") == cfg.stage1.steps and not m.get("watch/abandoned")
+    return {"seed": m["seed"], "step": m.get("step"), "reason": m.get("watch/now"),
+            "first_trivial_at_step": m.get("watch/trivial_at_step"), "seconds": m.get("perf/seconds"),
+            "health": raw_health(m), "metrics": m if exported else None}
+
+
+def raw_health(m: dict) -> float:
+    try:
+        value = health_score(m, gated=False)
+    except KeyError:  # no watchdog measures (run.watch_every=0)
+        return -1.0
+    return value if math.isfinite(value) else -1.0
+
+
+def keep_the_healthiest_attempt(cfg: Config, layout: RunLayout, m: dict, collapsed: list[dict]) -> dict:
+    """When every attempt ended trivial, hand stage 2 the healthiest finished one: a restart must
+    not leave a run worse off than its first attempt. Returns that attempt's final metrics."""
+    finished = [a for a in collapsed if a.get("metrics")]
+    best = max(finished, key=lambda a: a["health"], default=None)
+    if best is None or best["health"] <= raw_health(m):
+        return m
+    collapsed.append(set_attempt_aside(layout, len(collapsed) + 1, attempt_record(m, cfg)))
+    write_bytes(layout.generator, read_bytes(join_url(layout.collapsed(best["attempt"]), "stage1", "generator.pt")))
+    log(f"stage1: attempt {best['attempt']} (run.seed={best['seed']}) was the healthiest "
+        f"({best['health']:.3f} against {raw_health(m):.3f} of the last): its generator.pt is handed on")
+    return {**best["metrics"], "attempt": best["attempt"]}
 
 
 def with_seed(cfg: Config, seed: int) -> Config:
@@ -340,7 +373,7 @@ def set_attempt_aside(layout: RunLayout, attempt: int, record: dict) -> dict:
     move_tree(layout.stage_dir("stage1"), join_url(target, "stage1"))
     move_tree(layout.tensorboard("stage1"), layout.tensorboard(f"stage1_collapsed{attempt}"))
     record = {"attempt": attempt, **record}
-    write_bytes(join_url(target, ATTEMPT_FILE), (json.dumps(record, indent=2) + "\n").encode())
+    write_bytes(join_url(target, ATTEMPT_FILE), (json.dumps(record, indent=2, default=str) + "\n").encode())
     return record
 
 

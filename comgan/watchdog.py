@@ -157,9 +157,10 @@ def counts_toward_streak(reason: str | None, stats: dict[str, float], previous: 
     return not (settling and reason.startswith(FAINT_REASONS))
 
 
-def health_score(stats: dict[str, float]) -> float:
-    """The measures as one number in [0, 1], higher is healthier; 0 for a trivial solution."""
-    if trivial_reason(stats):
+def health_score(stats: dict[str, float], gated: bool = True) -> float:
+    """The measures as one number in [0, 1], higher is healthier; 0 for a trivial solution unless
+    not `gated` (to rank trivial solutions among themselves)."""
+    if gated and trivial_reason(stats):
         return 0.0
     diversity = min(1.0, stats["watch/mask_diversity"] / HEALTHY_DIVERSITY)
     categories = min(1.0, stats["watch/fg_gap_min_ratio"] / HEALTHY_FG_GAP_RATIO)

@@ -103,3 +103,38 @@ def test_the_watchdog_names_a_run_forced_into_full_masks_and_stage1_starts_again
 
     again = run_pipeline(cfg, stage1_only=True)  # resumed: the finished attempt is kept, the record too
     assert "stage1" not in again and again["stage1_collapsed"] == [first]
+
+
+def test_when_every_attempt_is_trivial_the_healthiest_finished_one_is_handed_on(tmp_path):
+    from cluster.pipeline import attempt_record, keep_the_healthiest_attempt, set_attempt_aside
+    from cluster.storage import RunLayout
+
+    cfg = load_config("tiny", ["run.collapse_restarts=1"])
+    layout = RunLayout(str(tmp_path), "run")
+    measures = {"watch/mask_degenerate": 0.0, "watch/mask_empty": 0.0, "watch/mask_full": 0.0,
+                "watch/mask_binary": 0.9, "watch/mask_diversity": 0.3, "watch/layer_gap": 0.2,
+                "watch/fg_gap_min_ratio": 0.9}
+    steps = cfg.stage1.steps
+
+    def finish_attempt(seed: int, faint: float, generator: bytes) -> dict:
+        (tmp_path / "run" / "stage1").mkdir(parents=True)
+        (tmp_path / "run" / "stage1" / "generator.pt").write_bytes(generator)
+        return {**measures, "watch/mask_soft": faint, "watch/now": "partial collapse: faint masks",
+                "step": steps, "seed": seed, "watch/abandoned": 0.0}
+
+    first = finish_attempt(0, 0.25, b"first")  # fewer faint masks: healthier
+    collapsed = [set_attempt_aside(layout, 1, attempt_record(first, cfg))]
+    last = finish_attempt(1000, 0.32, b"last")
+    kept = keep_the_healthiest_attempt(cfg, layout, last, collapsed)
+    assert kept["seed"] == 0 and kept["attempt"] == 1
+    assert (tmp_path / "run" / "stage1" / "generator.pt").read_bytes() == b"first"
+    assert [a["attempt"] for a in collapsed] == [1, 2]
+    assert (tmp_path / "run" / "stage1_collapsed" / "attempt2" / "stage1" / "generator.pt").read_bytes() == b"last"
+
+    # The last attempt is kept when it is the healthier one, or when no earlier attempt finished.
+    (tmp_path / "run2" / "stage1").mkdir(parents=True)
+    layout2 = RunLayout(str(tmp_path), "run2")
+    assert keep_the_healthiest_attempt(cfg, layout2, {**first, "watch/mask_soft": 0.2}, collapsed[:1]) \
+        ["watch/mask_soft"] == 0.2
+    stopped = {**collapsed[0], "metrics": None}
+    assert keep_the_healthiest_attempt(cfg, layout2, last, [stopped]) is last
