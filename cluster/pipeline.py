@@ -299,13 +299,13 @@ def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tu
         reason = m.get("watch/now") or ""  # the last check's finding: at the end, or where it stopped
         if not (may_restart and reason):
             break
-        collapsed.append(set_attempt_aside(layout, attempt + 1, attempt_record(m, cfg)))
+        collapsed.append(set_attempt_aside(layout, attempt + 1, attempt_record(m)))
         summary["stage1_collapsed"] = collapsed
         log(f"stage1: trivial solution at step {m.get('step')} ({reason}); attempt set aside in "
             f"{layout.collapsed(attempt + 1)}, starting again with run.seed={cfg.run.seed + COLLAPSE_SEED_STRIDE * (attempt + 1)} "
             f"(restart {attempt + 1} of {cfg.run.collapse_restarts})")
     if reason:
-        m = keep_the_healthiest_attempt(cfg, layout, m, collapsed)
+        m = keep_the_healthiest_attempt(layout, m, collapsed)
         log(f"stage1: the watchdog still finds a trivial solution ({m.get('watch/now')}) and no restart is "
             f"left (run.collapse_restarts={cfg.run.collapse_restarts}): stage 2 learns from it anyway")
     summary["stage1"] = m
@@ -315,14 +315,13 @@ def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tu
     return layout.generator
 
 
-def attempt_record(m: dict, cfg: Config) -> dict:
+def attempt_record(m: dict) -> dict:
     """What is kept of a stage-1 attempt set aside: its seed, where and why it was found trivial,
     its health by the watchdog's measures (ungated, so trivial attempts still rank) and, when it
     ran to the end, its final metrics (its generator.pt is then kept beside them)."""
-    exported = m.get("step") == cfg.stage1.steps and not m.get("watch/abandoned")
     return {"seed": m["seed"], "step": m.get("step"), "reason": m.get("watch/now"),
             "first_trivial_at_step": m.get("watch/trivial_at_step"), "seconds": m.get("perf/seconds"),
-            "health": raw_health(m), "metrics": m if exported else None}
+            "health": raw_health(m), "metrics": None if m.get("watch/abandoned") else m}
 
 
 def raw_health(m: dict) -> float:
@@ -333,17 +332,18 @@ def raw_health(m: dict) -> float:
     return value if math.isfinite(value) else -1.0
 
 
-def keep_the_healthiest_attempt(cfg: Config, layout: RunLayout, m: dict, collapsed: list[dict]) -> dict:
+def keep_the_healthiest_attempt(layout: RunLayout, m: dict, collapsed: list[dict]) -> dict:
     """When every attempt ended trivial, hand stage 2 the healthiest finished one: a restart must
     not leave a run worse off than its first attempt. Returns that attempt's final metrics."""
     finished = [a for a in collapsed if a.get("metrics")]
     best = max(finished, key=lambda a: a["health"], default=None)
-    if best is None or best["health"] <= raw_health(m):
+    last = attempt_record(m)
+    if best is None or best["health"] <= last["health"]:
         return m
-    collapsed.append(set_attempt_aside(layout, len(collapsed) + 1, attempt_record(m, cfg)))
+    collapsed.append(set_attempt_aside(layout, len(collapsed) + 1, last))
     write_bytes(layout.generator, read_bytes(join_url(layout.collapsed(best["attempt"]), "stage1", "generator.pt")))
     log(f"stage1: attempt {best['attempt']} (run.seed={best['seed']}) was the healthiest "
-        f"({best['health']:.3f} against {raw_health(m):.3f} of the last): its generator.pt is handed on")
+        f"({best['health']:.3f} against {last['health']:.3f} of the last): its generator.pt is handed on")
     return {**best["metrics"], "attempt": best["attempt"]}
 
 

@@ -123,9 +123,9 @@ def test_when_every_attempt_is_trivial_the_healthiest_finished_one_is_handed_on(
                 "step": steps, "seed": seed, "watch/abandoned": 0.0}
 
     first = finish_attempt(0, 0.25, b"first")  # fewer faint masks: healthier
-    collapsed = [set_attempt_aside(layout, 1, attempt_record(first, cfg))]
+    collapsed = [set_attempt_aside(layout, 1, attempt_record(first))]
     last = finish_attempt(1000, 0.32, b"last")
-    kept = keep_the_healthiest_attempt(cfg, layout, last, collapsed)
+    kept = keep_the_healthiest_attempt(layout, last, collapsed)
     assert kept["seed"] == 0 and kept["attempt"] == 1
     assert (tmp_path / "run" / "stage1" / "generator.pt").read_bytes() == b"first"
     assert [a["attempt"] for a in collapsed] == [1, 2]
@@ -134,7 +134,7 @@ def test_when_every_attempt_is_trivial_the_healthiest_finished_one_is_handed_on(
     # The last attempt is kept when it is the healthier one, or when no earlier attempt finished.
     (tmp_path / "run2" / "stage1").mkdir(parents=True)
     layout2 = RunLayout(str(tmp_path), "run2")
-    assert keep_the_healthiest_attempt(cfg, layout2, {**first, "watch/mask_soft": 0.2}, collapsed[:1]) \
+    assert keep_the_healthiest_attempt(layout2, {**first, "watch/mask_soft": 0.2}, collapsed[:1]) \
         ["watch/mask_soft"] == 0.2
     stopped = {**collapsed[0], "metrics": None}
-    assert keep_the_healthiest_attempt(cfg, layout2, last, [stopped]) is last
+    assert keep_the_healthiest_attempt(layout2, last, [stopped]) is last
