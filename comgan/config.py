@@ -54,6 +54,9 @@ class Stage1Config:
     # object sits inside the frame (horses) otherwise split into top (sky + object) and bottom.
     mask_border_weight: float = 0.0
     mask_border_ring: float = 0.0625
+    # Weight of the object layer's mean area (the layer owning less of that ring; losses.object_area;
+    # not in the paper: 0). A sparsity prior against background blobs in the object's mask.
+    object_area_weight: float = 0.0
     # DiffAugment policy for every D_z input, real and fake alike (comgan/augment.py): a comma list
     # of color, translation, cutout; "" = off. Small photo sets need it: D_z memorises them.
     augment: str = ""

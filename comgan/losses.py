@@ -55,6 +55,20 @@ def mask_border_loss(mask: torch.Tensor, ring: float) -> torch.Tensor:
     return torch.minimum(share, 1 - share).mean()
 
 
+def object_area(mask: torch.Tensor, ring: float) -> torch.Tensor:
+    """Mean area of each image's object layer: the layer that owns less of the frame's outer ring
+    (the mask, or its complement when the mask owns the frame). [] scalar.
+
+    Not in the paper. A sparsity prior: where F and B both draw background (the sky above a
+    horse's back), the composite does not care which layer shows it, and without a preference
+    the object layer's mask keeps such blobs, which the segmenter then learns. Orientation-free,
+    like mask_border_loss, whose frame ownership it shares; the choice of layer carries no
+    gradient."""
+    mask = mask.float()
+    owns_frame = (mask_border_share(mask.detach(), ring) > 0.5).view(-1, *([1] * (mask.dim() - 1)))
+    return torch.where(owns_frame, 1 - mask, mask).flatten(1).mean(1).mean()
+
+
 def info_loss(logits: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
     """InfoGAN-style code recovery: cross-entropy of D_f / D_b against the sampled category."""
     return F.cross_entropy(logits, target_idx)

@@ -174,6 +174,9 @@ class Stage1Step(_Step):
         border = losses.mask_border_loss(out.mask, c.stage1.mask_border_ring)
         if c.stage1.mask_border_weight:
             loss_g = loss_g + c.stage1.mask_border_weight * border
+        object_area = losses.object_area(out.mask, c.stage1.mask_border_ring)
+        if c.stage1.object_area_weight:
+            loss_g = loss_g + c.stage1.object_area_weight * object_area
         self.backward(loss_g)
         opt_G.step()
         s.D_z.requires_grad_(True)
@@ -183,7 +186,7 @@ class Stage1Step(_Step):
         stats = {
             "loss/D_z": loss_d, "loss/G_adv": adv, "loss/D_f_info": info_f, "loss/D_b_info": info_b,
             "loss/binary_entropy": entropy, "loss/mask_area_hinge": area,
-            "loss/mask_border": border, "loss/G_total": loss_g,
+            "loss/mask_border": border, "loss/object_area": object_area, "loss/G_total": loss_g,
             "D_z/real_score": torch.sigmoid(d_real).mean(), "D_z/fake_score": torch.sigmoid(d_fake).mean(),
             **mask_statistics(out.mask),
         }

@@ -5,7 +5,7 @@ import torch
 
 from comgan.ema import ema_decay_at, make_ema, update_ema
 from comgan.export import recalibrate_batchnorm
-from comgan.losses import binary_entropy, mask_area_hinge, mask_border_loss, mask_border_share
+from comgan.losses import binary_entropy, mask_area_hinge, mask_border_loss, mask_border_share, object_area
 from comgan.metrics import centred_box_baseline, segmentation_scores
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
 
@@ -210,3 +210,18 @@ def test_previews_and_export_leave_the_training_random_stream_alone(cfg):
     assert torch.equal(torch.get_rng_state(), before)
     again = STAGE1.previews(s1, cfg, None, real)
     assert all(torch.equal(first[tag], again[tag]) for tag in first), "a preview shows the same codes every time"
+
+
+def test_object_area_is_the_area_of_the_layer_inside_the_frame(cfg):
+    """By hand on 8x8 masks (ring 1/8): an object of 36 pixels counts 36/64 in either orientation,
+    its gradient shrinks the object layer whichever layer it is, and the step adds weight x it."""
+    inside = torch.zeros(1, 8, 8)
+    inside[:, 1:7, 1:7] = 1
+    masks = torch.stack([inside, 1 - inside]).requires_grad_(True)
+    assert object_area(masks, 0.125).item() == pytest.approx(36 / 64)
+    object_area(masks, 0.125).backward()
+    assert (masks.grad[0][inside.bool()] > 0).all() and (masks.grad[1][inside.bool()] < 0).all()
+    l0 = stage1_step_stats(cfg)["loss/G_total"]
+    st = stage1_step_stats(cfg, object_area_weight=5.0)
+    assert 0 < st["loss/object_area"] < 1
+    torch.testing.assert_close(st["loss/G_total"] - l0, 5.0 * st["loss/object_area"], rtol=1e-4, atol=1e-4)
