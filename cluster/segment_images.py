@@ -74,6 +74,7 @@ class Settings:
     overlays: bool = False    # also write <out>/overlays/<stem>.jpg
     device: str = "auto"      # torch device of the network: auto (cuda if available), cpu, cuda, ...
     io_threads: int = 4       # threads reading + decoding ahead, and as many upsampling + writing behind
+    flip: bool = False        # average each photo's mask with its mirror image's (inference.mirror_averaged)
 
 
 @dataclass
@@ -270,7 +271,9 @@ class PhotoSegmenter:
     @torch.no_grad()
     def probabilities(self, batch: list[Decoded]) -> torch.Tensor:
         """[B, 1, r, r] mask probabilities, on the CPU."""
-        return self.net(to_input([d.pixels for d in batch]).to(self.device)).float().cpu()
+        images = to_input([d.pixels for d in batch]).to(self.device)
+        probs = inference.mirror_averaged(self.net, images) if self.settings.flip else self.net(images)
+        return probs.float().cpu()
 
     def segment(self, photos: list[Photo], on_batch: Callable[[int, list[dict]], None] | None = None) -> Outcome:
         """Segment `photos`, writing their masks (and overlays). `on_batch(count, skipped)` is called

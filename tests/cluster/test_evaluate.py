@@ -10,7 +10,7 @@ import torch
 from cluster.baselines import grabcut, grabcut_batch
 from cluster.config import load_config
 from cluster.evaluate import evaluate, format_table
-from comgan.inference import predict
+from comgan.inference import mirror_averaged, predict
 from comgan.artifacts import segmenter_artifact, to_bytes
 from comgan.networks import UNet
 from data_shards.writer import write_shards
@@ -53,6 +53,26 @@ def test_predictions_are_upsampled_to_the_scoring_size():
     assert iou > 0.85, "a 16 px prediction upsampled keeps the disc"
 
 
+class LeftHalf(torch.nn.Module):
+    """A 'segmenter' that marks the left half of any image: the mirror image's mask is the right half."""
+
+    def forward(self, x):
+        mask = torch.zeros_like(x[:, :1])
+        mask[..., : x.shape[-1] // 2] = 1
+        return mask
+
+
+def test_flip_averages_the_mirror_images_mask_mirrored_back():
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    torch.testing.assert_close(mirror_averaged(LeftHalf(), x), torch.full((2, 1, 8, 8), 0.5))
+    image, _ = disc_scene(32, np.random.default_rng(3))
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    plain = predict(Oracle(), x, resolution=16, threshold=0.5)  # the oracle sees colours only
+    assert torch.equal(predict(Oracle(), x, resolution=16, threshold=0.5, flip=True), plain)
+    assert predict(LeftHalf(), x, resolution=16, threshold=0.5).any()
+    assert not predict(LeftHalf(), x, resolution=16, threshold=0.5, flip=True).any()
+
+
 def test_evaluate_scores_every_method_at_the_scoring_resolution(tmp_path):
     rng = np.random.default_rng(2)
     scenes = [disc_scene(64, rng) for _ in range(6)]
@@ -67,7 +87,9 @@ def test_evaluate_scores_every_method_at_the_scoring_resolution(tmp_path):
     assert results["all_foreground"]["iou_strict"] == pytest.approx(np.mean([m.mean() for _, m in scenes]), abs=1e-6)
     assert grid.shape[1:] == (3 * 65 + 1, 6 * 65 + 1)
     table = format_table(results)
-    assert "at 64 px" in table and "grabcut" in table
+    assert "at 64 px" in table and "grabcut" in table and not results["flip"]
+    flipped, _ = evaluate(str(tmp_path / "segmenter.pt"), str(tmp_path / "eval"), batch_size=4, flip=True)
+    assert flipped["flip"] and "segmenter+flip" in format_table(flipped)
     json.dumps(results)  # what eval.json holds
 
 

@@ -193,6 +193,26 @@ def test_masks_at_each_photos_displayed_size_in_a_mirrored_tree(tmp_path, segmen
     assert entry["foreground"] == pytest.approx(0.4, abs=0.05)
 
 
+def test_flip_averages_each_photo_with_its_mirror_image(tmp_path, segmenter_file, monkeypatch):
+    """A network that marks the left half of whatever it sees: alone it marks the left half of the
+    photo, averaged with its mirror image it is 0.5 everywhere, which the threshold drops."""
+    real = segment_module.load_segmenter
+
+    class LeftHalf(torch.nn.Module):
+        def forward(self, x):
+            return (torch.arange(x.shape[-1]) < x.shape[-1] // 2).float().expand_as(x[:, :1])
+
+    monkeypatch.setattr(segment_module, "load_segmenter", lambda obj, expected=None, what="": (LeftHalf(), real(obj)[1]))
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(encode(scene(32, 32), "PNG"))
+    assert main("--photos", tmp_path / "photos", "--segmenter", segmenter_file, "--out", tmp_path / "plain", "--quiet") == 0
+    assert main("--photos", tmp_path / "photos", "--segmenter", segmenter_file, "--out", tmp_path / "flip", "--quiet",
+                "--flip") == 0
+    assert mask(tmp_path / "plain" / "a.png")[:, :16].all() and not mask(tmp_path / "plain" / "a.png")[:, 16:].any()
+    assert not mask(tmp_path / "flip" / "a.png").any()
+    assert json.loads((tmp_path / "flip" / "segment_report.json").read_text())["settings"]["flip"] is True
+
+
 def test_unreadable_files_are_reported_and_skipped(tmp_path, segmenter_file, oracle, capsys):
     good = encode(scene(40, 30), "JPEG", quality=95)
     (tmp_path / "photos" / "sub").mkdir(parents=True)
