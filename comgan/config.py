@@ -49,11 +49,6 @@ class Stage1Config:
     mask_area_weight: float = 20.0  # weight of a hinge keeping each mask's area in [min, max] (not in the paper: 0)
     mask_area_min: float = 0.05    # the hinge's bounds: by default they forbid only (nearly) empty
     mask_area_max: float = 0.95    # or full masks; a lower max says "objects are the smaller part"
-    # Weight of a hinge asking each layer to own mask_area_min of the image outright: the mean of
-    # its most decisive pixels at least mask_peak_level (losses.mask_peak_hinge; not in the paper:
-    # 0). A faint mask over an object the background branch draws passes the area hinge, not this.
-    mask_peak_weight: float = 0.0
-    mask_peak_level: float = 0.9
     # Weight of a prior that one layer owns the frame's outer ring (`mask_border_ring` of the side
     # wide), whichever layer that is (losses.mask_border_loss; not in the paper: 0). Photos whose
     # object sits inside the frame (horses) otherwise split into top (sky + object) and bottom.

@@ -37,23 +37,6 @@ def mask_area_hinge(mask: torch.Tensor, min_area: float, max_area: float | None 
     return (F.relu(min_area - area) + F.relu(area - max_area)).mean()
 
 
-def mask_peak_hinge(mask: torch.Tensor, share: float, level: float) -> torch.Tensor:
-    """Mean over images of how far the mean of each layer's `share` most decisive pixels (the top
-    of m, and of 1 - m) falls below `level`: 0 when each layer owns at least that share of the
-    image outright.
-
-    Not in the paper. The area hinge is satisfied by a faint mask: an object drawn by the
-    background branch under a mask of about 0.3 (the default job's lost object style) still has
-    an area of 0.3 x its size. This asks each layer for some pixels it owns outright, which a
-    faint mask does not have, and pushes the faint mask's strongest pixels up: the foreground
-    branch then has to draw that object. Orientation-free, like the area hinge."""
-    flat = mask.float().flatten(1)
-    k = max(1, round(share * flat.shape[1]))
-    top_m = flat.topk(k, dim=1).values.mean(1)
-    top_rest = (1 - flat).topk(k, dim=1).values.mean(1)
-    return (F.relu(level - top_m) + F.relu(level - top_rest)).mean()
-
-
 def mask_border_share(mask: torch.Tensor, ring: float) -> torch.Tensor:
     """Per image, the mean of the mask over the frame's outer ring, `ring` of the side wide (at least
     one pixel): [B]."""

@@ -171,9 +171,6 @@ class Stage1Step(_Step):
         loss_g = adv + info_f + info_b + c.stage1.beta * entropy
         if c.stage1.mask_area_weight:
             loss_g = loss_g + c.stage1.mask_area_weight * area
-        peak = losses.mask_peak_hinge(out.mask, c.stage1.mask_area_min, c.stage1.mask_peak_level)
-        if c.stage1.mask_peak_weight:
-            loss_g = loss_g + c.stage1.mask_peak_weight * peak
         border = losses.mask_border_loss(out.mask, c.stage1.mask_border_ring)
         if c.stage1.mask_border_weight:
             loss_g = loss_g + c.stage1.mask_border_weight * border
@@ -188,7 +185,7 @@ class Stage1Step(_Step):
         update_ema(s.G_ema, s.G, ema_decay_at(s.step, c.stage1.ema_decay))
         stats = {
             "loss/D_z": loss_d, "loss/G_adv": adv, "loss/D_f_info": info_f, "loss/D_b_info": info_b,
-            "loss/binary_entropy": entropy, "loss/mask_area_hinge": area, "loss/mask_peak_hinge": peak,
+            "loss/binary_entropy": entropy, "loss/mask_area_hinge": area,
             "loss/mask_border": border, "loss/object_area": object_area, "loss/G_total": loss_g,
             "D_z/real_score": torch.sigmoid(d_real).mean(), "D_z/fake_score": torch.sigmoid(d_fake).mean(),
             **mask_statistics(out.mask),
