@@ -51,6 +51,8 @@ def holes_filled(masks: np.ndarray) -> np.ndarray:
 
 
 def error_profile(pred: torch.Tensor, gt: torch.Tensor) -> dict:
+    """Means over images; an image with an empty prediction counts precision 0, one with an
+    empty truth recall 0 (as the strict IoU scores them)."""
     tp, fp, fn = ((pred & gt), (pred & ~gt), (~pred & gt))
     count = lambda x: x.flatten(1).sum(1).float()  # noqa: E731
     rows = lambda x: [round(b.mean().item(), 4) for b in x.float().mean((0, 1, 3)).chunk(BANDS)]  # noqa: E731
@@ -73,8 +75,8 @@ def main() -> int:
     size = a.resolution or model.resolution
     images, truth = zip(*eval_batches(a.data, 64, resolution=size))
     images, gt = torch.cat(images), torch.cat(truth) > 0.5
-    plain = probabilities(net, images, model.resolution)
-    flip = probabilities(net, images, model.resolution, flip=True)
+    plain = torch.cat([probabilities(net, x, model.resolution) for x in images.split(64)])
+    flip = torch.cat([probabilities(net, x, model.resolution, flip=True) for x in images.split(64)])
     results = {"segmenter": a.segmenter, "data": a.data, "score_resolution": size, "num_images": len(gt)}
     for name, probs in (("plain", plain), ("flip", flip)):
         binary = (probs > 0.5)[:, 0].numpy()

@@ -97,8 +97,8 @@ class Stage2Config:
     # real batch (teacher: flip-averaged, unaugmented input; S: colour + translation), which
     # adapts it to the photos' domain. On the horses, one generator: strict IoU 0.367 after 1000
     # steps without it, 0.464 after 500 more with it; on the default job's generators of seeds 1
-    # and 2, 0.820 / 0.802 after 400 steps without it, 0.871 / 0.872 after 400 more with it, where
-    # 400 more without it lowers the score (benchmarks/results/README.md). 0 = off.
+    # and 2, 0.820 / 0.802 after 400 steps without it, 0.871 / 0.872 after 400 more with it (seed 1
+    # trained 1000 steps without it: 0.794; benchmarks/results/README.md). 0 = off.
     self_train_weight: float = 1.0
     self_train_start: int = 400        # first step with self-training (S should be useful by then)
     self_train_confidence: float = 0.8  # pixels the teacher gives > this or < 1 - this are learnt
@@ -266,6 +266,8 @@ def validate(cfg: ComGANConfig) -> None:
             raise ConfigError(f"{key}: {e}") from None
     if s1.swap_weight < 0:
         raise ConfigError(f"stage1.swap_weight must be >= 0, got {s1.swap_weight}")
+    if s1.object_area_weight < 0:
+        raise ConfigError(f"stage1.object_area_weight must be >= 0, got {s1.object_area_weight}")
     if s1.mask_border_weight < 0 or not 0 < s1.mask_border_ring < 0.5:
         raise ConfigError(f"stage1.mask_border_weight must be >= 0 and stage1.mask_border_ring in (0, 0.5), got "
                           f"{s1.mask_border_weight} and {s1.mask_border_ring}")

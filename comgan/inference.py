@@ -29,7 +29,8 @@ def probabilities(segmenter: torch.nn.Module, images: torch.Tensor, resolution: 
 def mirror_averaged(segmenter: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The mean of the masks of the images and of their mirror images (mirrored back): twice the
     compute, and on the horses 0.005-0.02 strict IoU more (benchmarks/results/README.md); the
-    segmenter trains on flipped photos, so the two views are equally likely inputs."""
+    segmenter trains on flipped photos, so the two views are equally likely inputs. Both views go
+    through one batch, so the segmenter must be in eval mode (BatchNorm on running statistics)."""
     both = segmenter(torch.cat([images, images.flip(-1)]))
     plain, mirrored = both.chunk(2)
     return (plain + mirrored.flip(-1)) / 2
