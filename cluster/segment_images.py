@@ -271,9 +271,8 @@ class PhotoSegmenter:
     @torch.no_grad()
     def probabilities(self, batch: list[Decoded]) -> torch.Tensor:
         """[B, 1, r, r] mask probabilities, on the CPU."""
-        images = to_input([d.pixels for d in batch]).to(self.device)
-        probs = inference.mirror_averaged(self.net, images) if self.settings.flip else self.net(images)
-        return probs.float().cpu()
+        images = to_input([d.pixels for d in batch]).to(self.device)  # already at the segmenter's square
+        return inference.probabilities(self.net, images, self.resolution, self.settings.flip).float().cpu()
 
     def segment(self, photos: list[Photo], on_batch: Callable[[int, list[dict]], None] | None = None) -> Outcome:
         """Segment `photos`, writing their masks (and overlays). `on_batch(count, skipped)` is called
