@@ -66,6 +66,12 @@ class Stage1Config:
     # objects it should not (one style painted by the background branch) makes such composites
     # show two objects or a hole, which D_z can tell apart from real photos.
     swap_weight: float = 0.0
+    # Weight of D_f's info term on the composite (not in the paper: 0): D_f must read f from x_bar
+    # too, not only from x_f (FineGAN reads its child code from the final image). An object style
+    # drawn by the background branch under a faint mask hides f in the composite, so this term asks
+    # for masks that show the foreground layer. (Reading b from x_bar as well made masks soft: a
+    # half-half mix shows both codes.)
+    composite_info_weight: float = 0.0
     ema_decay: float = 0.999    # G_ema decay, ramped up from 0 over the first steps
     bn_recalibration_batches: int = 20  # re-estimate G_ema's BatchNorm statistics before export
     orient_mask: bool = True    # at export, swap F/B if the mask covers the border (the background)
@@ -266,6 +272,8 @@ def validate(cfg: ComGANConfig) -> None:
             raise ConfigError(f"{key}: {e}") from None
     if s1.swap_weight < 0:
         raise ConfigError(f"stage1.swap_weight must be >= 0, got {s1.swap_weight}")
+    if s1.composite_info_weight < 0:
+        raise ConfigError(f"stage1.composite_info_weight must be >= 0, got {s1.composite_info_weight}")
     if s1.object_area_weight < 0:
         raise ConfigError(f"stage1.object_area_weight must be >= 0, got {s1.object_area_weight}")
     if s1.mask_border_weight < 0 or not 0 < s1.mask_border_ring < 0.5:

@@ -135,7 +135,7 @@ class _Step:
 class Stage1Step(_Step):
     def __call__(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         s, c = self.state, self.cfg
-        G, D_z, D_f, D_b = self.use("G"), self.use("D_z"), self.use("D_f"), self.use("D_b")
+        G, D_z = self.use("G"), self.use("D_z")
         opt_D, opt_G = self.use("opt_D"), self.use("opt_G")
         real = speed.as_input(real, c.speed)
         z, f, b, f_idx, b_idx = sample_codes(real.shape[0], c.model, device=real.device)
@@ -164,13 +164,14 @@ class Stage1Step(_Step):
         adv = losses.bce_real(s.D_z(aug(out.image))) + losses.bce_real(s.D_z(aug(out.global_image)))
         if swap_weight:
             adv = adv + swap_weight * losses.bce_real(s.D_z(aug(swapped)))
-        info_f = losses.info_loss(D_f(out.fg), f_idx)
-        info_b = losses.info_loss(D_b(out.bg), b_idx)
+        info_f, info_b, composite_info = self.info_losses(out, f_idx, b_idx)
         entropy = losses.binary_entropy(out.mask)
         area = losses.mask_area_hinge(out.mask, c.stage1.mask_area_min, c.stage1.mask_area_max)
         loss_g = adv + info_f + info_b + c.stage1.beta * entropy
         if c.stage1.mask_area_weight:
             loss_g = loss_g + c.stage1.mask_area_weight * area
+        if composite_info is not None:
+            loss_g = loss_g + c.stage1.composite_info_weight * composite_info
         border = losses.mask_border_loss(out.mask, c.stage1.mask_border_ring)
         if c.stage1.mask_border_weight:
             loss_g = loss_g + c.stage1.mask_border_weight * border
@@ -190,7 +191,21 @@ class Stage1Step(_Step):
             "D_z/real_score": torch.sigmoid(d_real).mean(), "D_z/fake_score": torch.sigmoid(d_fake).mean(),
             **mask_statistics(out.mask),
         }
+        if composite_info is not None:
+            stats["loss/composite_info"] = composite_info
         return {k: v.detach() for k, v in stats.items()}
+
+    def info_losses(self, out, f_idx, b_idx):
+        """(CE of D_f on x_f, CE of D_b on x_b, the same two on the composite or None when its weight
+        is 0). Each head runs once on its layer and the composite together: a DDP-wrapped head with
+        BatchNorm must not be called twice before one backward (DESIGN.md, section 5)."""
+        D_f, D_b = self.use("D_f"), self.use("D_b")
+        if not self.cfg.stage1.composite_info_weight:
+            return losses.info_loss(D_f(out.fg), f_idx), losses.info_loss(D_b(out.bg), b_idx), None
+        n = out.image.shape[0]
+        logits_f = D_f(torch.cat([out.fg, out.image]))
+        composite = losses.info_loss(logits_f[n:], f_idx)
+        return losses.info_loss(logits_f[:n], f_idx), losses.info_loss(D_b(out.bg), b_idx), composite
 
 
 def layer_swapped(out) -> torch.Tensor:

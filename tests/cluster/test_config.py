@@ -22,6 +22,7 @@ def test_overrides_and_round_trip():
     ("stage1.mask_border_ring=0.5", "stage1.mask_border_ring in (0, 0.5)"),
     ("stage1.mask_border_weight=-1", "stage1.mask_border_weight must be >= 0"),
     ("stage1.object_area_weight=-1", "stage1.object_area_weight must be >= 0"),
+    ("stage1.composite_info_weight=-0.5", "stage1.composite_info_weight must be >= 0"),
     ("stage2.self_train_confidence=1", "stage2.self_train_confidence must be in [0.5, 1)"),
     ("run.workers=0", "run.workers must be >= 1, got 0"),
     ("run.inference_batch=0", "run.inference_batch must be >= 1"),
