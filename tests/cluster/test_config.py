@@ -78,3 +78,13 @@ def test_speed_switches_and_configs_written_before_they_existed():
     assert config_from_dict(old).speed == load_config("tiny").speed
     with pytest.raises(ConfigError, match="speed.channels_last must be true or false"):
         load_config("tiny", ["speed.channels_last=3"])
+
+
+def test_paper_preset_turns_off_every_term_the_paper_does_not_have():
+    """The default adds terms the paper lacks; the paper preset must train the paper's losses only."""
+    cfg = load_config("paper")
+    s1, s2 = cfg.stage1, cfg.stage2
+    assert (s1.mask_area_weight, s1.mask_border_weight, s1.object_area_weight, s1.swap_weight,
+            s1.composite_info_weight) == (0, 0, 0, 0, 0)
+    assert s1.augment == "" and s2.augment == ""
+    assert s2.self_train_weight == 0 and s2.adv_weight == 1 and not s2.export_teacher

@@ -29,6 +29,7 @@ def small(cfg):
     cfg.model.num_categories = 7
     cfg.stage1.augment = "color,translation,cutout"
     cfg.stage1.swap_weight = 0.5
+    cfg.stage1.composite_info_weight = 0.5
     return cfg
 
 

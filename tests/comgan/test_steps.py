@@ -554,10 +554,10 @@ def test_swap_weight_adds_swapped_composites_to_both_phases(cfg):
     assert_close(stats["loss/G_adv"], bce(d1[0], one) + bce(d1[1], one) + 0.5 * bce(d1[2], one))
 
 
-def test_composite_info_weight_asks_d_f_to_read_f_from_the_composite_too(cfg):
-    """With stage1.composite_info_weight = w, D_f runs once in phase Gmain on x_f and x_bar together
-    (one call: a DDP head with BatchNorm must not run twice before a backward), its CE on the
-    composite half is reported and added w times to L_G; D_b still sees x_b alone."""
+def test_composite_info_weight_asks_a_frozen_d_f_to_read_f_from_the_composite(cfg):
+    """With stage1.composite_info_weight = w, D_f learns from x_f as before, and in phase Gmain the
+    plain D_f, its weights frozen for that call, also reads f from x_bar: that CE is reported and
+    added w times to L_G, so it moves G only. D_b still sees x_b alone."""
     cfg = copy.deepcopy(cfg)
     cfg.stage1.composite_info_weight = 0.7
     log, phase = [], Phase()
@@ -565,18 +565,23 @@ def test_composite_info_weight_asks_d_f_to_read_f_from_the_composite_too(cfg):
     n_cat = cfg.model.num_categories
     D_z, D_f, D_b = (RecordingD("D_z", 1, log, phase), RecordingD("D_f", n_cat, log, phase),
                      RecordingD("D_b", n_cat, log, phase))
+    trainable_at_call = []
+    D_f.register_forward_pre_hook(lambda m, _: trainable_at_call.append(m.lin.weight.requires_grad))
     state = Stage1State(G, D_z, D_f, D_b, copy.deepcopy(G).requires_grad_(False),
                         torch.optim.Adam(D_z.parameters(), lr=1e-3),
                         torch.optim.Adam([*G.parameters(), *D_f.parameters(), *D_b.parameters()], lr=1e-3))
     stats = Stage1Step(state, cfg, backward=phase.backward)(real_batch(cfg, 8))
     out, f, b = G.outputs[-1]
-    (call_f,) = calls_of(log, "D_f", 1)
+    refs = {"x_bar": out.image, "x_bar_f": out.fg, "x_bar_b": out.bg}
+    calls = {label(c.x, refs): c for c in calls_of(log, "D_f", 1)}
+    assert sorted(calls) == ["x_bar", "x_bar_f"] and calls["x_bar"].requires_grad
+    assert trainable_at_call == [True, False], "D_f learns from x_f and only judges x_bar"
+    assert D_f.lin.weight.requires_grad, "D_f trains again after the call"
     (call_b,) = calls_of(log, "D_b", 1)
-    assert torch.equal(call_f.x, torch.cat([out.fg, out.image])) and call_f.requires_grad
     assert torch.equal(call_b.x, out.bg)
     f_idx, b_idx = f.argmax(1), b.argmax(1)
-    assert_close(stats["loss/D_f_info"], F.cross_entropy(call_f.out[:8], f_idx))
-    assert_close(stats["loss/composite_info"], F.cross_entropy(call_f.out[8:], f_idx))
+    assert_close(stats["loss/D_f_info"], F.cross_entropy(calls["x_bar_f"].out, f_idx))
+    assert_close(stats["loss/composite_info"], F.cross_entropy(calls["x_bar"].out, f_idx))
     assert_close(stats["loss/D_b_info"], F.cross_entropy(call_b.out, b_idx))
     want = (stats["loss/G_adv"] + stats["loss/D_f_info"] + stats["loss/D_b_info"] + 0.7 * stats["loss/composite_info"]
             + cfg.stage1.beta * stats["loss/binary_entropy"] + cfg.stage1.mask_area_weight * stats["loss/mask_area_hinge"])
