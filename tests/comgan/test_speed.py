@@ -29,7 +29,10 @@ def small(cfg):
     cfg.model.num_categories = 7
     cfg.stage1.augment = "color,translation,cutout"
     cfg.stage1.swap_weight = 0.5
-    cfg.stage1.composite_info_weight = 0.5
+    # Off here: the weight check below is sign-sensitive where a gradient is within rounding of zero,
+    # and with the term one bias entry of the tiny net lands there (1.1e-4 against 0.066); the
+    # next test compares the term's losses and gradients.
+    cfg.stage1.composite_info_weight = 0.0
     return cfg
 
 
@@ -78,6 +81,18 @@ def run_steps(state_cls, step_cls, cfg, saved, real, steps=1, **step_kwargs):
     for _ in range(steps):
         stats = step(real)
     return state, stats
+
+
+def test_stage1_step_with_composite_info_fast_equals_plain(small):
+    small.stage1.composite_info_weight = 0.25
+    torch.manual_seed(0)
+    saved = Stage1State.create(with_speed(small, PLAIN)).state_dict()
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    plain, plain_stats = run_steps(Stage1State, Stage1Step, with_speed(small, PLAIN), saved, real)
+    fast, fast_stats = run_steps(Stage1State, Stage1Step, with_speed(small, FAST), saved, real)
+    assert "loss/composite_info" in fast_stats
+    assert_same(plain_stats, fast_stats, "losses", 1e-5)
+    assert_same(grads(plain), grads(fast), "gradients", 1e-4)
 
 
 def test_stage1_step_fast_equals_plain(small):
