@@ -262,8 +262,12 @@ def validate(cfg: ComGANConfig) -> None:
         if getattr(m, name) < 1:
             raise ConfigError(f"model.{name} must be >= 1, got {getattr(m, name)}")
     s1, s2 = cfg.stage1, cfg.stage2
-    if s1.beta < 0:
-        raise ConfigError(f"stage1.beta must be >= 0, got {s1.beta}")
+    for key in ("stage1.beta", "stage1.swap_weight", "stage1.composite_info_weight", "stage1.object_area_weight",
+                "stage2.adv_weight"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
     if s1.mask_area_weight < 0 or not 0 <= s1.mask_area_min < s1.mask_area_max <= 1:
         raise ConfigError(f"stage1.mask_area_weight must be >= 0 and 0 <= stage1.mask_area_min < "
                           f"stage1.mask_area_max <= 1, got {s1.mask_area_weight}, {s1.mask_area_min} and "
@@ -273,17 +277,9 @@ def validate(cfg: ComGANConfig) -> None:
             parse_policy(policy)
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
-    if s1.swap_weight < 0:
-        raise ConfigError(f"stage1.swap_weight must be >= 0, got {s1.swap_weight}")
-    if s1.composite_info_weight < 0:
-        raise ConfigError(f"stage1.composite_info_weight must be >= 0, got {s1.composite_info_weight}")
-    if s1.object_area_weight < 0:
-        raise ConfigError(f"stage1.object_area_weight must be >= 0, got {s1.object_area_weight}")
     if s1.mask_border_weight < 0 or not 0 < s1.mask_border_ring < 0.5:
         raise ConfigError(f"stage1.mask_border_weight must be >= 0 and stage1.mask_border_ring in (0, 0.5), got "
                           f"{s1.mask_border_weight} and {s1.mask_border_ring}")
-    if s2.adv_weight < 0:
-        raise ConfigError(f"stage2.adv_weight must be >= 0, got {s2.adv_weight}")
     if s2.self_train_weight < 0 or s2.self_train_start < 0:
         raise ConfigError(f"stage2.self_train_weight and stage2.self_train_start must be >= 0, got "
                           f"{s2.self_train_weight} and {s2.self_train_start}")
