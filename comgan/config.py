@@ -112,6 +112,9 @@ class Stage2Config:
     self_train_start: int = 400        # first step with self-training (S should be useful by then)
     self_train_confidence: float = 0.8  # pixels the teacher gives > this or < 1 - this are learnt
     self_train_ema: float = 0.99       # the teacher's EMA decay (updated every step from step 0)
+    # What S sees of the real batch when it learns the teacher's masks (comgan/augment.py policies;
+    # the pseudo-labels move with the image, and a cut-out square drops out of the loss).
+    self_train_augment: str = "color,translation"
     # Export S's EMA (the self-training teacher, kept in every run) instead of S itself. On the
     # horses the teacher scored above S at every checkpoint of two self-trained runs (0.633
     # against 0.612 at the end of one; benchmarks/results/README.md).
@@ -272,7 +275,8 @@ def validate(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage1.mask_area_weight must be >= 0 and 0 <= stage1.mask_area_min < "
                           f"stage1.mask_area_max <= 1, got {s1.mask_area_weight}, {s1.mask_area_min} and "
                           f"{s1.mask_area_max}")
-    for key, policy in (("stage1.augment", s1.augment), ("stage2.augment", s2.augment)):
+    for key, policy in (("stage1.augment", s1.augment), ("stage2.augment", s2.augment),
+                        ("stage2.self_train_augment", s2.self_train_augment)):
         try:
             parse_policy(policy)
         except ValueError as e:

@@ -278,11 +278,12 @@ class Stage2Step(_Step):
     @torch.no_grad()
     def pseudo_labels(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(augmented real, binary pseudo-label, confident-pixel weight), all three through the
-        same colour + translation: the teacher sees the plain photo (and its mirror image), so its
-        labels do not depend on the augmentation S must learn to see through."""
+        same stage2.self_train_augment: the teacher sees the plain photo (and its mirror image), so
+        its labels do not depend on the augmentation S must learn to see through. A cut-out square
+        zeroes the weight too: S is not asked to guess what it cannot see."""
         teacher = self.state.S_teacher
         probs = (teacher(real) + teacher(real.flip(-1)).flip(-1)) / 2
         margin = self.cfg.stage2.self_train_confidence - 0.5
         pseudo = (probs > 0.5).to(real.dtype)
         confident = ((probs - 0.5).abs() > margin).to(real.dtype)
-        return diff_augment(real, pseudo, confident, policy=("color", "translation"))
+        return diff_augment(real, pseudo, confident, policy=parse_policy(self.cfg.stage2.self_train_augment))

@@ -413,6 +413,27 @@ def test_self_training_starts_at_its_step_and_learns_from_the_teacher(cfg):
                                + stats["loss/S_self_train"])
 
 
+def test_pseudo_labels_move_with_the_image_and_a_cutout_leaves_the_loss(cfg):
+    """The student's view and the teacher's labels get one transform; a cut-out square zeroes the
+    image and the confident weight there (colour and translation off: only the cutout acts)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.stage2.self_train_confidence = 0.5
+    cfg.stage2.self_train_augment = "cutout"
+    state = Stage2State.create(cfg)
+    step = Stage2Step(state=state, cfg=cfg, generator=Stage1State.create(cfg).G_ema)
+    real = real_batch(cfg).clamp(min=0.1)  # no zero pixel outside the cutout
+    torch.manual_seed(0)
+    seen, pseudo, confident = step.pseudo_labels(real)
+    cut = seen == 0
+    assert cut.any() and not cut.all()
+    assert torch.equal(cut.all(1, keepdim=True), confident == 0)
+    assert torch.equal(seen[~cut], real[~cut])
+    with torch.no_grad():  # the teacher's labels of the plain photo, outside the square
+        expected = (state.S_teacher(real) + state.S_teacher(real.flip(-1)).flip(-1)) / 2 > 0.5
+    kept = confident > 0
+    assert torch.equal(pseudo[kept].bool(), expected[kept])
+
+
 def test_teacher_is_an_ema_of_s_from_the_first_step(cfg):
     cfg = copy.deepcopy(cfg)
     cfg.stage2.self_train_ema = 0.9
