@@ -115,6 +115,8 @@ class Stage2Config:
     # What S sees of the real batch when it learns the teacher's masks (comgan/augment.py policies;
     # the pseudo-labels move with the image, and a cut-out square drops out of the loss).
     self_train_augment: str = "color,translation"
+    # Weigh the teacher's confident foreground and background pixels equally (losses.pseudo_label_loss).
+    self_train_balanced: bool = False
     # Export S's EMA (the self-training teacher, kept in every run) instead of S itself. On the
     # horses the teacher scored above S at every checkpoint of two self-trained runs (0.633
     # against 0.612 at the end of one; benchmarks/results/README.md).

@@ -80,10 +80,16 @@ def consistency_loss(pred_mask: torch.Tensor, gen_mask: torch.Tensor) -> torch.T
 
 
 def pseudo_label_loss(pred_mask: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-                      eps: float = 1e-6) -> torch.Tensor:
+                      balanced: bool = False, eps: float = 1e-6) -> torch.Tensor:
     """Binary cross-entropy of S's mask against a binary pseudo-label over the pixels where
-    `weight` is 1 (the teacher's confident ones): their mean, 0 when there are none. Written out
-    in fp32: F.binary_cross_entropy refuses autocast, and 1 - 1e-6 rounds to 1 in bf16."""
+    `weight` is 1 (the teacher's confident ones): their mean, 0 when there are none. balanced: the
+    mean over confident foreground pixels and the mean over confident background pixels count
+    half each, so a teacher confident mostly about the background cannot shrink S's masks step
+    by step (class-balanced self-training). Written out in fp32: F.binary_cross_entropy refuses
+    autocast, and 1 - 1e-6 rounds to 1 in bf16."""
     p, t, w = pred_mask.float().clamp(eps, 1 - eps), target.float(), weight.float()
     bce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))
-    return (bce * w).sum() / w.sum().clamp(min=1)
+    if not balanced:
+        return (bce * w).sum() / w.sum().clamp(min=1)
+    fg, bg = w * t, w * (1 - t)
+    return 0.5 * ((bce * fg).sum() / fg.sum().clamp(min=1) + (bce * bg).sum() / bg.sum().clamp(min=1))

@@ -262,7 +262,7 @@ class Stage2Step(_Step):
         loss_s = c.stage2.lam * cons + c.stage2.adv_weight * adv
         stats = {}
         if self_training:
-            self_loss = losses.pseudo_label_loss(pred_real, pseudo, confident)
+            self_loss = losses.pseudo_label_loss(pred_real, pseudo, confident, c.stage2.self_train_balanced)
             loss_s = loss_s + c.stage2.self_train_weight * self_loss
             stats = {"loss/S_self_train": self_loss, "seg/confident_share": confident.mean()}
         self.backward(loss_s)

@@ -413,6 +413,14 @@ def test_self_training_starts_at_its_step_and_learns_from_the_teacher(cfg):
                                + stats["loss/S_self_train"])
 
 
+def test_balanced_self_training_reaches_the_step(cfg):
+    plain_stats, _ = self_training_step(cfg, start=0, step=0)
+    cfg = copy.deepcopy(cfg)
+    cfg.stage2.self_train_balanced = True
+    balanced_stats, _ = self_training_step(cfg, start=0, step=0)
+    assert balanced_stats["loss/S_self_train"] != plain_stats["loss/S_self_train"]
+
+
 def test_pseudo_labels_move_with_the_image_and_a_cutout_leaves_the_loss(cfg):
     """The student's view and the teacher's labels get one transform; a cut-out square zeroes the
     image and the confident weight there (colour and translation off: only the cutout acts)."""
@@ -488,6 +496,23 @@ def test_pseudo_label_loss_counts_only_confident_pixels():
     assert pseudo_label_loss(pred, target, torch.zeros_like(weight)).item() == 0.0
     saturated = pseudo_label_loss(torch.zeros(1, 1, 2, 2, dtype=torch.bfloat16), torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
     assert math.isfinite(saturated.item()) and saturated.dtype == torch.float32
+
+
+def test_balanced_pseudo_label_loss_weighs_each_class_half():
+    """One confident foreground pixel against three confident background ones: plain, each pixel
+    counts a quarter; balanced, the foreground pixel counts half. No confident foreground: the
+    background mean counts half."""
+    from comgan.losses import pseudo_label_loss
+    pred = torch.tensor([0.6, 0.1, 0.2, 0.4, 0.5]).view(1, 1, 1, 5)
+    target = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0]).view(1, 1, 1, 5)
+    weight = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]).view(1, 1, 1, 5)
+    fg, bg = -math.log(0.6), -(math.log(0.9) + math.log(0.8) + math.log(0.6)) / 3
+    assert pseudo_label_loss(pred, target, weight).item() == pytest.approx((fg + 3 * bg) / 4, rel=1e-6)
+    assert pseudo_label_loss(pred, target, weight, balanced=True).item() == pytest.approx((fg + bg) / 2, rel=1e-6)
+    no_fg = weight * (1 - target)
+    no_fg[..., 0] = 0
+    bg_only = -(math.log(0.9) + math.log(0.8) + math.log(0.6)) / 3
+    assert pseudo_label_loss(pred, target, no_fg, balanced=True).item() == pytest.approx(bg_only / 2, rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
