@@ -117,6 +117,9 @@ class Stage2Config:
     self_train_augment: str = "color,translation"
     # Weigh the teacher's confident foreground and background pixels equally (losses.pseudo_label_loss).
     self_train_balanced: bool = False
+    # Refine the teacher's masks with each photo's colours before they become labels (comgan/refine.py):
+    # colour histograms of this many cells per channel (0 = off). The confident pixels build them.
+    self_train_colour_bins: int = 0
     # Export S's EMA (the self-training teacher, kept in every run) instead of S itself. On the
     # horses the teacher scored above S at every checkpoint of two self-trained runs (0.633
     # against 0.612 at the end of one; benchmarks/results/README.md).
@@ -286,6 +289,8 @@ def validate(cfg: ComGANConfig) -> None:
     if s1.mask_border_weight < 0 or not 0 < s1.mask_border_ring < 0.5:
         raise ConfigError(f"stage1.mask_border_weight must be >= 0 and stage1.mask_border_ring in (0, 0.5), got "
                           f"{s1.mask_border_weight} and {s1.mask_border_ring}")
+    if s2.self_train_colour_bins < 0 or s2.self_train_colour_bins > 64:
+        raise ConfigError(f"stage2.self_train_colour_bins must be in 0..64 (0 = off), got {s2.self_train_colour_bins}")
     if s2.self_train_weight < 0 or s2.self_train_start < 0:
         raise ConfigError(f"stage2.self_train_weight and stage2.self_train_start must be >= 0, got "
                           f"{s2.self_train_weight} and {s2.self_train_start}")

@@ -26,6 +26,7 @@ from .config import ComGANConfig
 from .ema import ema_decay_at, make_ema, update_ema
 from .metrics import mask_statistics
 from .networks import build_stage1_networks, build_stage2_networks, sample_codes
+from .refine import colour_refined
 
 
 def plain_backward(loss: torch.Tensor) -> None:
@@ -283,6 +284,9 @@ class Stage2Step(_Step):
         zeroes the weight too: S is not asked to guess what it cannot see."""
         teacher = self.state.S_teacher
         probs = (teacher(real) + teacher(real.flip(-1)).flip(-1)) / 2
+        if self.cfg.stage2.self_train_colour_bins:
+            probs = colour_refined(real, probs, self.cfg.stage2.self_train_colour_bins,
+                                   self.cfg.stage2.self_train_confidence)
         margin = self.cfg.stage2.self_train_confidence - 0.5
         pseudo = (probs > 0.5).to(real.dtype)
         confident = ((probs - 0.5).abs() > margin).to(real.dtype)

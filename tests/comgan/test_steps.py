@@ -413,12 +413,13 @@ def test_self_training_starts_at_its_step_and_learns_from_the_teacher(cfg):
                                + stats["loss/S_self_train"])
 
 
-def test_balanced_self_training_reaches_the_step(cfg):
+@pytest.mark.parametrize("key, value", [("self_train_balanced", True), ("self_train_colour_bins", 4)])
+def test_self_training_options_reach_the_step(cfg, key, value):
     plain_stats, _ = self_training_step(cfg, start=0, step=0)
     cfg = copy.deepcopy(cfg)
-    cfg.stage2.self_train_balanced = True
-    balanced_stats, _ = self_training_step(cfg, start=0, step=0)
-    assert balanced_stats["loss/S_self_train"] != plain_stats["loss/S_self_train"]
+    setattr(cfg.stage2, key, value)
+    stats, _ = self_training_step(cfg, start=0, step=0)
+    assert stats["loss/S_self_train"] != plain_stats["loss/S_self_train"]
 
 
 def test_pseudo_labels_move_with_the_image_and_a_cutout_leaves_the_loss(cfg):
