@@ -44,7 +44,7 @@ GRID_IMAGES = 8
 
 @torch.no_grad()
 def score_part(segmenter_url: str, eval_url: str, part: int, parts: int, batch_size: int, threshold: float,
-               score_resolution: int | None, grabcut: bool, flip: bool) -> dict:
+               score_resolution: int | None, grabcut: bool, flip: bool, colour: bool = False) -> dict:
     """Per-image scores of the segmenter (and GrabCut) on one part of the set, its keys, its
     ground truth bit-packed, and its first images and predictions for the grid."""
     segmenter, model = load_segmenter(from_bytes(read_bytes(segmenter_url), segmenter_url), what=segmenter_url)
@@ -55,7 +55,7 @@ def score_part(segmenter_url: str, eval_url: str, part: int, parts: int, batch_s
     for images, masks, batch_keys in eval_batches(eval_url, batch_size, resolution=scored_at, problems=problems,
                                                   part=part, parts=parts, keys=True):
         gt = masks > 0.5
-        preds = {"segmenter": predict(segmenter, images, model.resolution, threshold, flip)}
+        preds = {"segmenter": predict(segmenter, images, model.resolution, threshold, flip, colour)}
         if grabcut:
             preds["grabcut"] = grabcut_batch(images)
         for method, pred in preds.items():
@@ -95,12 +95,14 @@ def _merge_problems(parts: list[dict]) -> dict:
 
 def evaluate(segmenter_url: str, eval_url: str, batch_size: int = 64, threshold: float = 0.5,
              score_resolution: int | None = None, grabcut: bool = False, workers: int = 0,
-             flip: bool = False) -> tuple[dict, torch.Tensor]:
+             flip: bool = False, colour: bool = False) -> tuple[dict, torch.Tensor]:
     """Returns (results, PNG grid of real image / ground truth / prediction for 8 images). The
     segmenter's own resolution comes from its artifact; flip averages its masks of each image and
-    of its mirror image (inference.mirror_averaged). results holds the means per method and,
-    under "per_image", every image's key and scores."""
-    parts = _run_parts((segmenter_url, eval_url, batch_size, threshold, score_resolution, grabcut, flip), workers)
+    of its mirror image (inference.mirror_averaged); colour refines them with each image's colours
+    at the scoring size (comgan.refine). results holds the means per method and, under
+    "per_image", every image's key and scores."""
+    parts = _run_parts((segmenter_url, eval_url, batch_size, threshold, score_resolution, grabcut, flip, colour),
+                       workers)
     problems = _merge_problems(parts)
     parts = [p for p in parts if p["keys"]]
     if not parts:
@@ -116,6 +118,7 @@ def evaluate(segmenter_url: str, eval_url: str, batch_size: int = 64, threshold:
     keys = [k for p in parts for k in p["keys"]]
     results = {"num_images": len(keys), "mean_foreground_area": mean_area, "threshold": threshold,
                "model_resolution": parts[0]["model_resolution"], "score_resolution": size, "flip": flip,
+               "colour_refine": colour,
                "data_problems": problems}
     methods = [m for m in METHODS if m in per_method]
     for m in methods:
@@ -143,7 +146,9 @@ def format_table(results: dict) -> str:
         if method not in results:
             continue
         r = results[method]
-        name = "segmenter+flip" if method == "segmenter" and results.get("flip") else method
+        name = method
+        if method == "segmenter":
+            name += "+flip" * bool(results.get("flip")) + "+colour" * bool(results.get("colour_refine"))
         lines.append(f"  {name:<16}{r['iou_strict']:>12.3f}{r['dice_strict']:>13.3f}"
                      f"{r['iou_paper']:>12.3f}{r['dice_paper']:>13.3f}")
     lines.append("  * paper convention: each image scored as the better of the prediction and its complement")

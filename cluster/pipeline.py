@@ -389,7 +389,7 @@ def train_segmenter(cfg: Config, layout: RunLayout, generator: str, summary: dic
 def evaluate_run(cfg: Config, layout: RunLayout, started: float) -> dict:
     results, grid = evaluate.evaluate(layout.segmenter, cfg.data.eval, batch_size=cfg.run.inference_batch,
                                       score_resolution=cfg.data.eval_resolution or None, grabcut=cfg.data.eval_grabcut,
-                                      flip=cfg.data.eval_flip)
+                                      flip=cfg.data.eval_flip, colour=cfg.data.eval_colour_refine)
     if any(results["data_problems"].values()):
         log(f"evaluation skipped or repaired bad samples: {results['data_problems']}")
     results["wall_seconds"] = time.time() - started

@@ -75,6 +75,7 @@ class Settings:
     device: str = "auto"      # torch device of the network: auto (cuda if available), cpu, cuda, ...
     io_threads: int = 4       # threads reading + decoding ahead, and as many upsampling + writing behind
     flip: bool = False        # average each photo's mask with its mirror image's (inference.mirror_averaged)
+    colour: bool = False      # refine each mask by its photo's colours at the segmenter's size (comgan.refine)
 
 
 @dataclass
@@ -272,7 +273,8 @@ class PhotoSegmenter:
     def probabilities(self, batch: list[Decoded]) -> torch.Tensor:
         """[B, 1, r, r] mask probabilities, on the CPU."""
         images = to_input([d.pixels for d in batch]).to(self.device)  # already at the segmenter's square
-        return inference.probabilities(self.net, images, self.resolution, self.settings.flip).float().cpu()
+        return inference.probabilities(self.net, images, self.resolution, self.settings.flip,
+                                       self.settings.colour).float().cpu()
 
     def segment(self, photos: list[Photo], on_batch: Callable[[int, list[dict]], None] | None = None) -> Outcome:
         """Segment `photos`, writing their masks (and overlays). `on_batch(count, skipped)` is called

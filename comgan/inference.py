@@ -4,26 +4,31 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .refine import colour_refined
+
 
 @torch.no_grad()
 def predict(segmenter: torch.nn.Module, images: torch.Tensor, resolution: int, threshold: float,
-            flip: bool = False) -> torch.Tensor:
+            flip: bool = False, colour: bool = False) -> torch.Tensor:
     """Binary masks at the images' size from a segmenter trained at `resolution`."""
-    return probabilities(segmenter, images, resolution, flip) > threshold
+    return probabilities(segmenter, images, resolution, flip, colour) > threshold
 
 
 @torch.no_grad()
-def probabilities(segmenter: torch.nn.Module, images: torch.Tensor, resolution: int, flip: bool = False) -> torch.Tensor:
+def probabilities(segmenter: torch.nn.Module, images: torch.Tensor, resolution: int, flip: bool = False,
+                  colour: bool = False) -> torch.Tensor:
     """Mask probabilities at the images' size: squashed to the segmenter's square, upsampled back.
-    flip: the mean of the image's and its mirror image's masks (test-time augmentation)."""
+    flip: the mean of the image's and its mirror image's masks (test-time augmentation).
+    colour: then refined by each image's own colours at that size (comgan.refine)."""
     size = images.shape[-2:]
+    squashed = images
     if tuple(size) != (resolution, resolution):
-        images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True,
-                               align_corners=False)
-    probs = mirror_averaged(segmenter, images) if flip else segmenter(images)
+        squashed = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True,
+                                 align_corners=False)
+    probs = mirror_averaged(segmenter, squashed) if flip else segmenter(squashed)
     if tuple(probs.shape[-2:]) != tuple(size):
         probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-    return probs
+    return colour_refined(images, probs) if colour else probs
 
 
 def mirror_averaged(segmenter: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

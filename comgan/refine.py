@@ -16,7 +16,7 @@ import torch
 SMOOTHING = 0.5  # pseudo-count per cell: a colour seen in neither set has a share of 1/2
 
 
-def colour_refined(images: torch.Tensor, probs: torch.Tensor, bins: int = 8, confidence: float = 0.8) -> torch.Tensor:
+def colour_refined(images: torch.Tensor, probs: torch.Tensor, bins: int = 8, confidence: float = 0.9) -> torch.Tensor:
     """probs [B, 1, H, W] in (0, 1) refined by each image's colours; images [B, 3, H, W] in [-1, 1].
     Pixels with probs > confidence (< 1 - confidence) build the foreground (background) histogram."""
     n = images.shape[0]

@@ -13,6 +13,7 @@ class DataConfig:
     eval_resolution: int = 0    # score masks at this size (predictions upsampled); 0: the model's
     eval_grabcut: bool = False  # also score GrabCut (OpenCV) on the same images; best at >= 128 px
     eval_flip: bool = False     # score the segmenter's masks averaged with its mirror image's
+    eval_colour_refine: bool = False  # ... refined by each image's own colours (comgan/refine.py)
     synthetic: bool = True      # write the built-in synthetic set to `train`/`eval` if missing
     synthetic_train_size: int = 10000  # 800 steps of 32 see each image about 2.5 times
     synthetic_eval_size: int = 500

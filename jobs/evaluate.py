@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grabcut", action="store_true", help="also score GrabCut (OpenCV) on the same images")
     p.add_argument("--flip", action="store_true",
                    help="test-time flip: average each image's mask with its mirror image's (2x the compute)")
+    p.add_argument("--colour-refine", action="store_true",
+                   help="refine each mask by its image's own colours at the scoring size (comgan/refine.py)")
     p.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (default: %(default)s)")
     p.add_argument("--batch", type=int, default=32, help="images per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0,
@@ -81,7 +83,8 @@ def main(argv=None) -> int:
         if a.segmenter:
             results, grid = evaluate(absolute_url(a.segmenter), absolute_url(a.data), batch_size=a.batch,
                                      threshold=a.threshold, score_resolution=a.resolution or None,
-                                     grabcut=a.grabcut, workers=a.workers, flip=a.flip)
+                                     grabcut=a.grabcut, workers=a.workers, flip=a.flip,
+                                     colour=a.colour_refine)
             print(format_table(results))
         if a.generator:
             results["fidelity"] = f = fidelity(absolute_url(a.generator), absolute_url(a.data), absolute_url(a.inception), num_generated=a.fid_samples,

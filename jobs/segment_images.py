@@ -75,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="foreground where the mask probability is above this (default: %(default)s)")
     p.add_argument("--flip", action="store_true",
                    help="test-time flip: average each photo's mask with its mirror image's (2x the network's compute)")
+    p.add_argument("--colour-refine", action="store_true",
+                   help="refine each mask by its photo's own colours, at the segmenter's resolution (comgan/refine.py)")
     p.add_argument("--batch", "--batch-size", type=int_at_least(1), default=32, metavar="B",
                    help="photos per forward pass (default: %(default)s)")
     p.add_argument("--device", default="auto",
@@ -108,7 +110,8 @@ def main(argv=None) -> int:
     from data_shards.io import StorageError
 
     settings = Settings(threshold=args.threshold, batch=args.batch, overlays=args.overlays, device=args.device,
-                        io_threads=args.io_threads, flip=args.flip)
+                        io_threads=args.io_threads, flip=args.flip,
+                        colour=args.colour_refine)
     try:
         report = segment_images(args.photos, args.segmenter, args.out, settings, workers=args.workers,
                                 overwrite=args.overwrite, cpus_per_worker=args.cpus_per_worker,

@@ -73,6 +73,31 @@ def test_flip_averages_the_mirror_images_mask_mirrored_back():
     assert not predict(LeftHalf(), x, resolution=16, threshold=0.5, flip=True).any()
 
 
+class Overreaching(torch.nn.Module):
+    """Sure of the bright disc, and unsure-but-above-1/2 on the dark pixels of a central box
+    around it: the blob a segmenter trained on generated images draws over a photo's background."""
+
+    def forward(self, x):
+        disc = (x.mean(1, keepdim=True) > -0.1).float()
+        box = torch.zeros_like(disc)
+        side = x.shape[-1]
+        box[..., side // 8: side - side // 8, side // 8: side - side // 8] = 1
+        return 0.95 * disc + 0.6 * (1 - disc) * box + 0.02 * (1 - disc) * (1 - box)
+
+
+def test_colour_refinement_drops_background_the_mask_is_unsure_of():
+    image, mask = disc_scene(64, np.random.default_rng(4))
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    truth = torch.from_numpy(mask)
+
+    def iou(pred):
+        return float((pred[0, 0] & truth).sum() / (pred[0, 0] | truth).sum())
+
+    plain = iou(predict(Overreaching(), x, resolution=32, threshold=0.5))
+    refined = iou(predict(Overreaching(), x, resolution=32, threshold=0.5, colour=True))
+    assert plain < 0.6 and refined > 0.9, (plain, refined)
+
+
 def test_evaluate_scores_every_method_at_the_scoring_resolution(tmp_path):
     rng = np.random.default_rng(2)
     scenes = [disc_scene(64, rng) for _ in range(6)]
@@ -90,6 +115,8 @@ def test_evaluate_scores_every_method_at_the_scoring_resolution(tmp_path):
     assert "at 64 px" in table and "grabcut" in table and not results["flip"]
     flipped, _ = evaluate(str(tmp_path / "segmenter.pt"), str(tmp_path / "eval"), batch_size=4, flip=True)
     assert flipped["flip"] and "segmenter+flip" in format_table(flipped)
+    both, _ = evaluate(str(tmp_path / "segmenter.pt"), str(tmp_path / "eval"), batch_size=4, flip=True, colour=True)
+    assert both["colour_refine"] and "segmenter+flip+colour" in format_table(both) and not results["colour_refine"]
     json.dumps(results)  # what eval.json holds
 
 

@@ -211,6 +211,10 @@ def test_flip_averages_each_photo_with_its_mirror_image(tmp_path, segmenter_file
     assert mask(tmp_path / "plain" / "a.png")[:, :16].all() and not mask(tmp_path / "plain" / "a.png")[:, 16:].any()
     assert not mask(tmp_path / "flip" / "a.png").any()
     assert json.loads((tmp_path / "flip" / "segment_report.json").read_text())["settings"]["flip"] is True
+    assert main("--photos", tmp_path / "photos", "--segmenter", segmenter_file, "--out", tmp_path / "colour",
+                "--quiet", "--colour-refine") == 0
+    assert json.loads((tmp_path / "colour" / "segment_report.json").read_text())["settings"]["colour"] is True
+    assert mask(tmp_path / "colour" / "a.png").shape == mask(tmp_path / "plain" / "a.png").shape
 
 
 def test_unreadable_files_are_reported_and_skipped(tmp_path, segmenter_file, oracle, capsys):
