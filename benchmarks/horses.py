@@ -9,7 +9,8 @@
    would (local Ray on a laptop; add --storage s3://... and run.use_gpu=true on a cluster: the same
    script scales to the paper configuration with --config paper-like YAML and overrides).
 3. Prints one table: per variant, strict IoU / Dice of the segmenter scored at --size px (its
-   masks upsampled), next to GrabCut, all-foreground and the centred box on the same images, and
+   masks upsampled; "+colour": also refined by each photo's colours, jobs/evaluate.py
+   --colour-refine), next to GrabCut, all-foreground and the centred box on the same images, and
    wall time; writes it to benchmarks/results/horses.json and copies each run's eval grid.
 
     python benchmarks/horses.py                                   # the default variants
@@ -102,10 +103,11 @@ def run_variant(name: str, overrides: list[str], urls: dict, config: str, storag
     rc = subprocess.call(cmd, cwd=ROOT)
     if rc:
         return {"variant": name, "failed": rc}
-    return collect(name, overrides, storage, round(time.time() - t0), generator)
+    return collect(name, overrides, storage, urls["eval"], round(time.time() - t0), generator)
 
 
-def collect(name: str, overrides: list[str], storage: Path, wall: float | None = None, generator: str | None = None) -> dict:
+def collect(name: str, overrides: list[str], storage: Path, eval_url: str, wall: float | None = None,
+            generator: str | None = None) -> dict:
     """The table row of a finished run folder (horses-NAME under `storage`)."""
     run = f"horses-{name}"
     summary = json.loads((storage / run / "summary.json").read_text())
@@ -119,25 +121,39 @@ def collect(name: str, overrides: list[str], storage: Path, wall: float | None =
     return {"variant": name, "overrides": overrides, "wall_s": round(wall), "num_images": ev["num_images"],
             "stage2_only_on": generator,
             "score_px": ev.get("score_resolution"), "segmenter": ev["segmenter"], "grabcut": ev.get("grabcut"),
+            "segmenter_colour": colour_refined_scores(storage / run / "stage2" / "segmenter.pt", eval_url,
+                                                      ev.get("score_resolution")),
             "all_foreground": ev["all_foreground"], "centred_box": ev["centred_box"],
             "mask_mean": s1.get("mask/mean"), "empty": s1.get("mask/empty_fraction"),
             "swapped": s1.get("swapped_fg_bg"), "D_z_real": s1.get("D_z/real_score"),
             "D_z_fake": s1.get("D_z/fake_score")}
 
 
+def colour_refined_scores(segmenter: Path, eval_url: str, score_px: int | None) -> dict | None:
+    """The segmenter's means with its masks refined by each photo's colours (jobs/evaluate.py
+    --colour-refine) on the same images and geometry; None where the run has no segmenter."""
+    if not segmenter.exists():
+        return None
+    from cluster.evaluate import evaluate
+    results, _ = evaluate(str(segmenter), eval_url, score_resolution=score_px, colour=True)
+    return results["segmenter"]
+
+
 def table(rows: list[dict]) -> str:
-    lines = [f"{'variant':<12}{'IoU':>7}{'Dice':>7}{'IoU*':>7}{'GrabCut':>9}{'all-fg':>8}{'box':>7}"
+    lines = [f"{'variant':<12}{'IoU':>7}{'Dice':>7}{'IoU*':>7}{'+colour':>8}{'GrabCut':>9}{'all-fg':>8}{'box':>7}"
              f"{'mask':>6}{'swap':>6}{'wall s':>8}"]
     for r in rows:
         if "failed" in r:
             lines.append(f"{r['variant']:<12} failed (exit {r['failed']})")
             continue
-        s, g = r["segmenter"], r["grabcut"] or {}
+        s, g, sc = r["segmenter"], r["grabcut"] or {}, r.get("segmenter_colour") or {}
         lines.append(f"{r['variant']:<12}{s['iou_strict']:>7.3f}{s['dice_strict']:>7.3f}{s['iou_paper']:>7.3f}"
+                     f"{sc.get('iou_strict', float('nan')):>8.3f}"
                      f"{g.get('iou_strict', float('nan')):>9.3f}{r['all_foreground']['iou_strict']:>8.3f}"
                      f"{r['centred_box']['iou_strict']:>7.3f}{(r['mask_mean'] or 0):>6.2f}{str(r['swapped']):>6}"
                      f"{r['wall_s']:>8}")
-    lines.append("IoU/Dice strict, IoU* paper convention; all scored at the squashed photo size against its mask")
+    lines.append("IoU/Dice strict, IoU* paper convention, +colour: strict IoU with the masks refined by each photo's "
+                 "colours; all scored at the squashed photo size against its mask")
     return "\n".join(lines)
 
 
@@ -163,7 +179,7 @@ def main() -> int:
     if a.collect:
         chosen = {}
         name = a.collect[0]
-        rows = [r for r in rows if r["variant"] != name] + [collect(name, a.collect[1:], Path(a.storage))]
+        rows = [r for r in rows if r["variant"] != name] + [collect(name, a.collect[1:], Path(a.storage), urls["eval"])]
         out.write_text(json.dumps(rows, indent=2) + "\n")
         print(table(rows), flush=True)
     for name, overrides in chosen.items():
