@@ -2,6 +2,7 @@
 refinements that snap a mask to the photo's own edges, to decide what self-training's
 pseudo-labels should be (the teacher's masks are blurry where the horses' legs and backs are):
 
+- the colour model of comgan/refine.py (what stage2.self_train_colour_bins and --colour-refine use);
 - guided filter (He et al., 2010): the mask's probabilities filtered with the photo as guide
   (radius r, regulariser eps), at the segmenter's trained size or at the scoring size;
 - GrabCut initialised with the mask (sure foreground / background where the mask is confident,
@@ -28,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from comgan.artifacts import from_bytes, load_segmenter  # noqa: E402
 from comgan.inference import probabilities  # noqa: E402
 from comgan.metrics import segmentation_scores  # noqa: E402
+from comgan.refine import colour_refined  # noqa: E402
 from data_shards.io import read_bytes  # noqa: E402
 from data_shards.reader import eval_batches  # noqa: E402
 
@@ -43,21 +45,6 @@ def guided(guide: torch.Tensor, p: torch.Tensor, r: int, eps: float) -> torch.Te
     a = (box(g * p, r) - mean_g * mean_p) / (box(g * g, r) - mean_g ** 2 + eps)
     b = mean_p - a * mean_g
     return (box(a, r) * g + box(b, r)).clamp(0, 1)
-
-
-def colour_model(image: torch.Tensor, p: torch.Tensor, bins: int = 8, sure: float = 0.8) -> torch.Tensor:
-    """Per image, colour histograms (bins^3) of the confident foreground and background pixels;
-    each pixel's p combined with its colour's foreground share (naive Bayes, both as odds)."""
-    q = ((image.clamp(-1, 1) + 1) / 2 * (bins - 1e-3)).long()               # B, 3, H, W
-    idx = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]                          # B, H, W
-    B = image.shape[0]
-    flat, prob = idx.flatten(1), p.flatten(1)
-    fg = torch.zeros(B, bins ** 3).scatter_add_(1, flat, (prob > sure).float()) + 0.5
-    bg = torch.zeros(B, bins ** 3).scatter_add_(1, flat, (prob < 1 - sure).float()) + 0.5
-    fg, bg = fg / fg.sum(1, keepdim=True), bg / bg.sum(1, keepdim=True)
-    share = (fg / (fg + bg)).gather(1, flat).view_as(p[:, 0])[:, None]
-    odds = p.clamp(1e-4, 1 - 1e-4) / (1 - p.clamp(1e-4, 1 - 1e-4)) * share / (1 - share)
-    return odds / (1 + odds)
 
 
 def grabcut_from(image: np.ndarray, prob: np.ndarray, sure: float) -> np.ndarray:
@@ -103,9 +90,9 @@ def main() -> int:
     for bins in (4, 8, 16):
         for sure in (0.7, 0.9):
             rows[f"colour model at {model.resolution} px bins={bins} sure={sure}"] = score(
-                up(colour_model(small, probs_small, bins, sure)) > 0.5)
+                up(colour_refined(small, probs_small, bins, sure)) > 0.5)
             rows[f"colour model at {a.resolution} px bins={bins} sure={sure}"] = score(
-                colour_model(images, probs, bins, sure) > 0.5)
+                colour_refined(images, probs, bins, sure) > 0.5)
     rgb = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     for sure in (0.9, 0.97):
         cut = np.stack([grabcut_from(img, pr[0].numpy(), sure) for img, pr in zip(rgb, probs)])
