@@ -13,6 +13,9 @@ Writes benchmarks/results/segment_images.json.
 
     python benchmarks/segment_images.py
     python benchmarks/segment_images.py --segmenter runs/default/stage2/segmenter.pt --count 1000 --camera 0
+    python benchmarks/segment_images.py --colour-refine --out benchmarks/results/segment_images_colour.json
+
+--flip and --colour-refine time the job with those options (as jobs/segment_images.py takes them).
 """
 from __future__ import annotations
 
@@ -101,14 +104,16 @@ def main(argv=None) -> int:
     p.add_argument("--camera-side", type=int, default=4000, help="their long side in px (default: %(default)s)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--io-threads", type=int, default=4)
+    p.add_argument("--flip", action="store_true", help="average each mask with its mirror image's")
+    p.add_argument("--colour-refine", action="store_true", help="refine each mask by its photo's colours")
     p.add_argument("--out", default=str(RESULTS / "segment_images.json"))
     a = p.parse_args(argv)
     if not Path(a.segmenter).exists() and "://" not in a.segmenter:
         raise SystemExit(f"no segmenter at {a.segmenter}: run benchmarks/horses.py first or pass --segmenter")
-    settings = Settings(batch=a.batch, io_threads=a.io_threads, device="cpu")
+    settings = Settings(batch=a.batch, io_threads=a.io_threads, device="cpu", flip=a.flip, colour=a.colour_refine)
     photos = Path(a.photos)
     results = {"segmenter": a.segmenter, "settings": {"batch": a.batch, "io_threads": a.io_threads, "device": "cpu",
-                                                      "workers": 0},
+                                                      "workers": 0, "flip": a.flip, "colour_refine": a.colour_refine},
                "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="segment-bench-") as tmp:
         tmp = Path(tmp)
