@@ -23,7 +23,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from comgan.artifacts import ArtifactError, from_bytes, load_generator
-from comgan.watchdog import health_score
+from comgan.watchdog import health_score, segmenter_reason
 from data_shards.index import holds_shards
 from data_shards.io import arrow_filesystem, join_url, move_tree, read_bytes, remove_tree, url_exists, write_bytes
 from data_shards.reader import check_usable, read_manifest
@@ -384,6 +384,25 @@ def train_segmenter(cfg: Config, layout: RunLayout, generator: str, summary: dic
     m = run_stage("stage2", cfg, layout, artifact=layout.segmenter, generator=generator, callbacks=callbacks)
     summary["stage2"] = m
     log(f"stage2: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s")
+    warning = segmenter_warning(m, cfg)
+    if warning:
+        m["watch/segmenter"] = warning
+        log(f"stage2: warning: {warning}")
+
+
+def segmenter_warning(m: dict, cfg: Config) -> str | None:
+    """What to tell the user when S's masks on the real images (the last tick's mean) have drifted
+    from its masks on the generated ones; None when they have not."""
+    if "seg/pred_real_mean" not in m or "seg/pred_fake_mean" not in m:
+        return None
+    reason = segmenter_reason(float(m["seg/pred_real_mean"]), float(m["seg/pred_fake_mean"]))
+    if reason and cfg.stage2.self_train_weight > 0:
+        # Seen on the horses at stage2.self_train_weight=2 and with a stage-1 prior that left the
+        # teacher sure mostly of the background: it taught background until S marked nothing.
+        reason += (f" (self-training on the teacher's own masks can do this: try a lower "
+                   f"stage2.self_train_weight than {cfg.stage2.self_train_weight:g}, or "
+                   f"stage2.self_train_weight=0 to see the segmenter without it)")
+    return reason
 
 
 def evaluate_run(cfg: Config, layout: RunLayout, started: float) -> dict:

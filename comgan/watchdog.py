@@ -166,3 +166,25 @@ def health_score(stats: dict[str, float], gated: bool = True) -> float:
     categories = min(1.0, stats["watch/fg_gap_min_ratio"] / HEALTHY_FG_GAP_RATIO)
     split = (1 - stats["watch/mask_degenerate"]) * (1 - stats["watch/mask_soft"])
     return float(split * stats["watch/mask_binary"] * diversity * categories)
+
+
+# Stage 2: S's masks on the real images against its masks on the generated ones. Measured on the
+# horses' last ticks: healthy runs 0.25-0.27 real against 0.25-0.28 generated; two runs whose
+# self-training shrank the masks to nothing (strict IoU 0.000) 0.017 and 0.036 against 0.24-0.25.
+SEGMENTER_DRIFT = 0.25  # a side of the real images' masks under this share of the generated ones'
+
+
+def segmenter_reason(real_mean: float, generated_mean: float) -> str | None:
+    """Why stage 2's segmenter has drifted from the generator on the real images, in one line; None
+    when it has not. real_mean / generated_mean: S's mean mask on real and on generated images.
+    Objects may be larger or smaller in photos than in samples, but not by a factor of four: a
+    segmenter that sees so much less (or so much more) object there has learnt something else,
+    which self-training on its own teacher's masks can do step by step."""
+    if not (math.isfinite(real_mean) and math.isfinite(generated_mean)):
+        return "diverged: the segmenter's masks hold NaN or infinity"
+    seen = f"S's masks cover {real_mean:.0%} of the real images against {generated_mean:.0%} of the generated ones"
+    if real_mean < SEGMENTER_DRIFT * generated_mean:
+        return f"{seen}: they shrank towards nothing"
+    if 1 - real_mean < SEGMENTER_DRIFT * (1 - generated_mean):
+        return f"{seen}: they grew over the whole image"
+    return None

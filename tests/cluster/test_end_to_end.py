@@ -138,3 +138,15 @@ def test_when_every_attempt_is_trivial_the_healthiest_finished_one_is_handed_on(
         ["watch/mask_soft"] == 0.2
     stopped = {**collapsed[0], "metrics": None}
     assert keep_the_healthiest_attempt(layout2, last, [stopped]) is last
+
+
+def test_a_segmenter_whose_masks_on_the_real_images_vanished_is_reported():
+    from cluster.pipeline import segmenter_warning
+
+    shrunk = {"seg/pred_real_mean": 0.017, "seg/pred_fake_mean": 0.25}
+    advice = segmenter_warning(shrunk, load_config("tiny", ["stage2.self_train_weight=2"]))
+    assert "shrank towards nothing" in advice and "stage2.self_train_weight than 2" in advice
+    plain = segmenter_warning(shrunk, load_config("tiny", ["stage2.self_train_weight=0"]))
+    assert "shrank" in plain and "self-training" not in plain
+    assert segmenter_warning({"seg/pred_real_mean": 0.26, "seg/pred_fake_mean": 0.25}, load_config("tiny")) is None
+    assert segmenter_warning({"step": 4}, load_config("tiny")) is None  # nothing measured: nothing said

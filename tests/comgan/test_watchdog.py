@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from comgan.networks import Generator, GeneratorOutput
-from comgan.watchdog import counts_toward_streak, health_score, measure, trivial_reason, watch_codes
+from comgan.watchdog import counts_toward_streak, health_score, measure, segmenter_reason, trivial_reason, watch_codes
 
 RES = 16
 
@@ -168,3 +168,18 @@ def test_faint_masks_that_keep_settling_do_not_make_a_streak():
     assert streaks([1.0, 0.9, 0.8, 0.7])[-1] == 1
     # Collapsed masks are no settling, whatever the faint share does.
     assert streaks([0.4, 0.2, 0.1], **{"watch/mask_degenerate": 0.9, "watch/mask_full": 0.9}) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("real, generated, words", [
+    (0.017, 0.25, "shrank towards nothing"),   # the horses at stage2.self_train_weight=2
+    (0.6, 0.25, None),                          # larger objects in the photos: not a factor of four
+    (0.95, 0.25, "grew over the whole image"),  # the background share fell from 75 % to 5 %
+    (0.99, 0.80, "grew over the whole image"),
+    (0.0, 0.0, None),                           # nothing generated, nothing seen: no drift
+    (float("nan"), 0.25, "diverged"),
+])
+def test_the_segmenter_drifting_from_its_generator_on_real_images_is_named(real, generated, words):
+    reason = segmenter_reason(real, generated)
+    assert (reason is None) if words is None else (words in reason)
+    for healthy in ((0.27, 0.28), (0.25, 0.246), (0.07, 0.25)):
+        assert segmenter_reason(*healthy) is None
