@@ -243,7 +243,7 @@ class Stage2Step(_Step):
         fake_img, fake_mask = diff_augment(fake_img, fake_mask, policy=parse_policy(c.stage2.augment))
         self_training = c.stage2.self_train_weight > 0 and s.step >= c.stage2.self_train_start
         if self_training:
-            real, pseudo, confident = self.pseudo_labels(real)
+            real, pseudo, confident, unguarded = self.pseudo_labels(real, fake_mask.mean())
         # One S call on generated and real images: one DDP forward, shared BatchNorm statistics.
         pred_fake, pred_real = S(torch.cat([fake_img, real])).chunk(2)
 
@@ -265,7 +265,8 @@ class Stage2Step(_Step):
         if self_training:
             self_loss = losses.pseudo_label_loss(pred_real, pseudo, confident, c.stage2.self_train_balanced)
             loss_s = loss_s + c.stage2.self_train_weight * self_loss
-            stats = {"loss/S_self_train": self_loss, "seg/confident_share": confident.mean()}
+            stats = {"loss/S_self_train": self_loss, "seg/confident_share": confident.mean(),
+                     "seg/guarded_images": 1 - unguarded.mean()}
         self.backward(loss_s)
         opt_S.step()
         s.D_m.requires_grad_(True)
@@ -277,10 +278,11 @@ class Stage2Step(_Step):
         return {k: v.detach() for k, v in stats.items()}
 
     @torch.no_grad()
-    def pseudo_labels(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(augmented real, binary pseudo-label, confident-pixel weight), all three through the
-        same stage2.self_train_augment: the teacher sees the plain photo (and its mirror image), so
-        its labels do not depend on the augmentation S must learn to see through. A cut-out square
+    def pseudo_labels(self, real: torch.Tensor, generated_area: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(augmented real, binary pseudo-label, confident-pixel weight, per-image 1/0: not held
+        back by stage2.self_train_area_guard), the first three through the same
+        stage2.self_train_augment: the teacher sees the plain photo (and its mirror image), so its
+        labels do not depend on the augmentation S must learn to see through. A cut-out square
         zeroes the weight too: S is not asked to guess what it cannot see."""
         teacher = self.state.S_teacher
         probs = (teacher(real) + teacher(real.flip(-1)).flip(-1)) / 2
@@ -290,4 +292,15 @@ class Stage2Step(_Step):
         margin = self.cfg.stage2.self_train_confidence - 0.5
         pseudo = (probs > 0.5).to(real.dtype)
         confident = ((probs - 0.5).abs() > margin).to(real.dtype)
-        return diff_augment(real, pseudo, confident, policy=parse_policy(self.cfg.stage2.self_train_augment))
+        unguarded = area_within(pseudo, generated_area, self.cfg.stage2.self_train_area_guard)
+        confident = confident * unguarded.view(-1, 1, 1, 1)
+        return (*diff_augment(real, pseudo, confident, policy=parse_policy(self.cfg.stage2.self_train_augment)),
+                unguarded)
+
+
+def area_within(masks: torch.Tensor, reference_area: torch.Tensor, guard: float) -> torch.Tensor:
+    """Per image, 1 where the binary mask's foreground share is at least `guard` x reference_area
+    and its background share at least `guard` x (1 - reference_area), else 0: [B]. guard 0: all 1."""
+    share = masks.flatten(1).float().mean(1)
+    reference_area = reference_area.float()
+    return ((share >= guard * reference_area) & (1 - share >= guard * (1 - reference_area))).to(masks.dtype)

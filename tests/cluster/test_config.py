@@ -26,6 +26,7 @@ def test_overrides_and_round_trip():
     ("stage2.self_train_confidence=1", "stage2.self_train_confidence must be in [0.5, 1)"),
     ("stage2.self_train_augment=color,blur", "stage2.self_train_augment: unknown augmentation blur"),
     ("stage2.self_train_colour_bins=-1", "stage2.self_train_colour_bins must be in 0..64"),
+    ("stage2.self_train_area_guard=1", "stage2.self_train_area_guard must be in [0, 1)"),
     ("run.workers=0", "run.workers must be >= 1, got 0"),
     ("run.inference_batch=0", "run.inference_batch must be >= 1"),
     ("run.collapse_restarts=-1", "run.collapse_restarts must be >= 0"),

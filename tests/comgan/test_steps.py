@@ -413,7 +413,8 @@ def test_self_training_starts_at_its_step_and_learns_from_the_teacher(cfg):
                                + stats["loss/S_self_train"])
 
 
-@pytest.mark.parametrize("key, value", [("self_train_balanced", True), ("self_train_colour_bins", 4)])
+@pytest.mark.parametrize("key, value", [("self_train_balanced", True), ("self_train_colour_bins", 4),
+                                        ("self_train_area_guard", 0.99)])
 def test_self_training_options_reach_the_step(cfg, key, value):
     plain_stats, _ = self_training_step(cfg, start=0, step=0)
     cfg = copy.deepcopy(cfg)
@@ -432,7 +433,7 @@ def test_pseudo_labels_move_with_the_image_and_a_cutout_leaves_the_loss(cfg):
     step = Stage2Step(state=state, cfg=cfg, generator=Stage1State.create(cfg).G_ema)
     real = real_batch(cfg).clamp(min=0.1)  # no zero pixel outside the cutout
     torch.manual_seed(0)
-    seen, pseudo, confident = step.pseudo_labels(real)
+    seen, pseudo, confident, _ = step.pseudo_labels(real, torch.tensor(0.3))
     cut = seen == 0
     assert cut.any() and not cut.all()
     assert torch.equal(cut.all(1, keepdim=True), confident == 0)
@@ -441,6 +442,38 @@ def test_pseudo_labels_move_with_the_image_and_a_cutout_leaves_the_loss(cfg):
         expected = (state.S_teacher(real) + state.S_teacher(real.flip(-1)).flip(-1)) / 2 > 0.5
     kept = confident > 0
     assert torch.equal(pseudo[kept].bool(), expected[kept])
+
+
+def test_the_area_guard_holds_back_images_whose_teacher_sees_too_little_or_too_much():
+    from comgan.training import area_within
+    masks = torch.zeros(4, 1, 10, 10)
+    masks[1, :, :1] = 1    # 10 % foreground
+    masks[2, :, :3] = 1    # 30 %
+    masks[3, :, :9] = 1    # 90 %: 10 % background
+    area = torch.tensor(0.3)  # the generated masks' mean area
+    # guard 0.5: foreground >= 15 % and background >= 35 %; 0: every image; 0.3: 9 % and 21 %
+    assert area_within(masks, area, 0.5).tolist() == [0, 0, 1, 0]
+    assert area_within(masks, area, 0.0).tolist() == [1, 1, 1, 1]
+    assert area_within(masks, area, 0.3).tolist() == [0, 1, 1, 0]
+
+
+def test_a_guarded_image_leaves_the_self_training_loss(cfg):
+    """An empty teacher mask is held back (the guard zeroes its confident weight); without the
+    guard the same image is learnt as all background."""
+    cfg = copy.deepcopy(cfg)
+    cfg.stage2.self_train_augment = ""
+    state = Stage2State.create(cfg)
+    step = Stage2Step(state=state, cfg=cfg, generator=Stage1State.create(cfg).G_ema)
+    with torch.no_grad():
+        for p in state.S_teacher.parameters():
+            p.zero_()  # sigmoid(0) = 0.5 everywhere ...
+        list(state.S_teacher.parameters())[-1].fill_(-10.0)  # ... shifted by the last bias: sure of background
+    real = real_batch(cfg)
+    _, pseudo, confident, unguarded = step.pseudo_labels(real, torch.tensor(0.3))
+    assert pseudo.sum() == 0 and confident.all() and unguarded.all()
+    cfg.stage2.self_train_area_guard = 0.25
+    _, _, confident, unguarded = step.pseudo_labels(real, torch.tensor(0.3))
+    assert not unguarded.any() and not confident.any()
 
 
 def test_teacher_is_an_ema_of_s_from_the_first_step(cfg):
