@@ -399,7 +399,9 @@ def segmenter_warning(m: dict, cfg: Config) -> str | None:
     if reason and cfg.stage2.self_train_weight > 0:
         # Seen on the horses at stage2.self_train_weight=2 and with a stage-1 prior that left the
         # teacher sure mostly of the background: it taught background until S marked nothing.
-        reason += (f" (self-training on the teacher's own masks can do this: try a lower "
+        guard = ("" if cfg.stage2.self_train_area_guard else
+                 "stage2.self_train_area_guard=0.5 (photos whose teacher mask shrank teach nothing), ")
+        reason += (f" (self-training on the teacher's own masks can do this: try {guard}a lower "
                    f"stage2.self_train_weight than {cfg.stage2.self_train_weight:g}, or "
                    f"stage2.self_train_weight=0 to see the segmenter without it)")
     return reason
