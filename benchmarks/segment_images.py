@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +113,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"no segmenter at {a.segmenter}: run benchmarks/horses.py first or pass --segmenter")
     settings = Settings(batch=a.batch, io_threads=a.io_threads, device="cpu", flip=a.flip, colour=a.colour_refine)
     photos = Path(a.photos)
-    results = {"segmenter": a.segmenter, "settings": {"batch": a.batch, "io_threads": a.io_threads, "device": "cpu",
-                                                      "workers": 0, "flip": a.flip, "colour_refine": a.colour_refine},
+    results = {"segmenter": a.segmenter, "settings": {**asdict(settings), "workers": 0},
                "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="segment-bench-") as tmp:
         tmp = Path(tmp)
