@@ -61,13 +61,16 @@ VARIANTS = {
     "code_as_bias": (replace(PLAIN, code_as_bias=True), None),
     "fused_glu": (replace(PLAIN, fused_glu=True), None),
     "fused_adam": (replace(PLAIN, fused_optimizer=True), None),
+    # Winograd reads NHWC, so alone it comes with channels_last (without it nothing changes).
+    "winograd": (replace(PLAIN, channels_last=True, winograd=True), None),
+    "fast-winograd": (replace(FAST, winograd=False), None),        # the defaults before Winograd
     "fast": (FAST, None),
     "fast+compile": (replace(FAST, compile=True), None),
     "fast+tf32": (replace(FAST, tf32=True), None),                 # GPU only
     "fast+bf16": (FAST, torch.bfloat16),                           # autocast, as run.mixed_precision=bf16
 }
 GPU_ONLY = ("fast+tf32",)
-DEFAULT_VARIANTS = ("plain", "channels_last", "code_as_bias", "fused_glu", "fused_adam", "fast")
+DEFAULT_VARIANTS = ("plain", "channels_last", "code_as_bias", "fused_glu", "fused_adam", "winograd", "fast")
 
 
 # ---------------------------------------------------------------------------------------------

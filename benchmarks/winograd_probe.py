@@ -1,75 +1,112 @@
-"""Probe: is Winograd F(2x2, 3x3), written in PyTorch ops, faster than oneDNN's direct 3x3 conv?
+"""Per layer: is Winograd F(4x4, 3x3) (comgan/winograd.py, the native kernel) faster than the
+direct 3x3 conv (oneDNN) at each 3x3 conv shape of a preset's G and S, forward + backward?
 
-The paper preset's stage-1 step is bound by 3x3 convs at 128x128 (128 -> 256 channels) that
-already run at the machine's conv roof; Winograd F(2x2,3x3) needs 2.25x fewer multiplications.
-This times one such conv (batch 8, channels_last input), forward and forward + backward, as oneDNN
-runs it and as a Winograd formulation (tile transforms + 16 batched GEMMs), plain and under
-torch.compile, and prints the error of each against float64.
+For every distinct (input channels, output channels, side) of the preset's Conv3x3 layers, times
+forward + backward (input and weight gradients) of the direct conv and of the Winograd one on the
+same channels_last input, alternating, and prints the ratio and whether `winograd.applies` routes
+that shape (the width thresholds MIN_IN_CHANNELS / MIN_OUT_CHANNELS / MIN_PIXELS); with --out,
+writes the table as JSON. Use it to check the thresholds on a new machine.
 
-    python benchmarks/winograd_probe.py
+    python benchmarks/winograd_probe.py                       # paper preset, batch 8
+    python benchmarks/winograd_probe.py --preset default --batch 32
 
-Measured 2026-11-25 (2-core AMD EPYC, torch 2.13 CPU): direct 170 ms forward / 553 ms forward +
-backward; Winograd 568 / 2365 ms; Winograd compiled 364 / 1345 ms (after 9 s of compiling); max
-error 2.9e-6 (direct) and 5.3e-6 (Winograd) on outputs of magnitude 10. The transforms are
-memory-bound and dominate: a Winograd conv pays only as a fused native kernel, not in Python.
+An earlier version of this probe wrote Winograd F(2x2, 3x3) in PyTorch ops (2026-11-25, 2-core AMD
+EPYC): 3.4x slower forward than oneDNN's direct conv, 4.3x forward + backward; the memory-bound
+tile transforms, run as separate PyTorch ops, cost more than the multiplications saved. The
+native kernel fuses them per tile block.
 """
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-def in_tf(d0, d1, d2, d3):
-    """B^T d for one axis of a 4-wide tile."""
-    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+from cluster.config import load_config  # noqa: E402
+from comgan import winograd  # noqa: E402
+from comgan.networks import Conv3x3, Subnet, build_stage1_networks, build_stage2_networks, sample_codes  # noqa: E402
 
 
-def winograd(x, w):
-    """conv3x3 (stride 1, zero padding 1, even H and W) as Winograd F(2x2, 3x3)."""
-    B, C, H, W = x.shape
-    O = w.shape[0]
-    nH, nW = H // 2, W // 2
-    xh = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)            # B, H+2, W+2, C
-    t = xh.unfold(1, 4, 2).unfold(2, 4, 2)                      # B, nH, nW, C, 4y, 4x
-    rows = in_tf(*[t[..., i, :] for i in range(4)])             # each B,nH,nW,C,4x
-    V = torch.stack([torch.stack(in_tf(*[r[..., j] for j in range(4)])) for r in rows])  # 4,4,B,nH,nW,C
-    V = V.reshape(16, B * nH * nW, C)
-    g = w
-    # G g G^T with G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]]
-    def w_tf(a0, a1, a2):
-        return a0, (a0 + a1 + a2) / 2, (a0 - a1 + a2) / 2, a2
-    wr = w_tf(*[g[:, :, i, :] for i in range(3)])               # each O,C,3
-    U = torch.stack([torch.stack(w_tf(*[r[..., j] for j in range(3)])) for r in wr])  # 4,4,O,C
-    U = U.reshape(16, O, C).transpose(1, 2)
-    M = torch.bmm(V, U).view(4, 4, B, nH, nW, O)
-    # A^T M A, A^T = [[1,1,1,0],[0,1,-1,-1]]
-    r0 = M[0] + M[1] + M[2]
-    r1 = M[1] - M[2] - M[3]
-    y00, y01 = r0[0] + r0[1] + r0[2], r0[1] - r0[2] - r0[3]
-    y10, y11 = r1[0] + r1[1] + r1[2], r1[1] - r1[2] - r1[3]
-    Y = torch.stack([torch.stack([y00, y01], 3), torch.stack([y10, y11], 3)], 2)  # B,nH,2,nW,2,O
-    return Y.reshape(B, H, W, O).permute(0, 3, 1, 2)
+def conv_shapes(cfg) -> list[tuple[int, int, int]]:
+    """(input channels, output channels, side) of each distinct Conv3x3 in G and S, in the order
+    met. The side comes from a forward pass at the preset's resolution."""
+    nets = {**build_stage1_networks(cfg.model), **build_stage2_networks(cfg.model)}
+    shapes: list[tuple[int, int, int]] = []
 
-def main():
+    def record(module, inputs):
+        shape = (module.in_channels, module.out_channels, inputs[0].shape[-1])
+        if shape not in shapes:
+            shapes.append(shape)
+
+    for name in ("G", "S"):
+        for m in nets[name].modules():
+            if isinstance(m, Conv3x3):
+                m.register_forward_pre_hook(record)
+    with torch.no_grad():
+        nets["G"].eval()(*sample_codes(2, cfg.model)[:3])
+        nets["S"].eval()(torch.zeros(2, 3, cfg.model.resolution, cfg.model.resolution))
+    # F's and B's first conv runs inside conv_with_constant_channels (the code as a bias), not
+    # through the module, and reads phi's channels only.
+    for m in nets["G"].modules():
+        if isinstance(m, Subnet) and m.code_len:
+            first = m.body[0][0]
+            shape = (first.in_channels - m.code_len, first.out_channels, cfg.model.resolution)
+            if shape not in shapes:
+                shapes.append(shape)
+    return shapes
+
+
+def time_pair(batch: int, c_in: int, c_out: int, side: int, repeats: int) -> dict:
     torch.manual_seed(0)
-    x = torch.randn(8, 128, 128, 128)
-    w = torch.randn(256, 128, 3, 3) * 0.05
-    ref = F.conv2d(x.double(), w.double(), padding=1)
-    print("err", float((winograd(x, w).double() - ref).abs().max()))
-    cw = torch.compile(winograd)
-    for name, fn in (("direct", lambda a, b: F.conv2d(a, b, padding=1)), ("winograd", winograd), ("winograd+compile", cw)):
-        xi = x.contiguous(memory_format=torch.channels_last).requires_grad_()
-        wi = w.clone().requires_grad_()
-        t = time.perf_counter(); fn(xi, wi).sum().backward(); print(name, "first", time.perf_counter()-t)
-        t0 = time.perf_counter()
-        for _ in range(3):
-            fn(xi, wi)
-        t1 = time.perf_counter()
-        for _ in range(3):
-            fn(xi, wi).sum().backward()
-        t2 = time.perf_counter()
-        print(name, "fwd %.0f ms, fwd+bwd %.0f ms" % ((t1 - t0) / 3 * 1e3, (t2 - t1) / 3 * 1e3), flush=True)
+    x = torch.randn(batch, c_in, side, side).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(c_out, c_in, 3, 3) * 0.05).contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(batch, c_out, side, side).contiguous(memory_format=torch.channels_last)
+    ways = {"direct": lambda: F.conv2d(x, w, None, 1, 1), "winograd": lambda: winograd._WinogradConv3x3.apply(x, w)}
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for fn in ways.values():  # warm-up
+        torch.autograd.grad(fn(), [x, w], g)
+    for _ in range(repeats):
+        for name, fn in ways.items():
+            t0 = time.perf_counter()
+            torch.autograd.grad(fn(), [x, w], g)
+            times[name].append(time.perf_counter() - t0)
+    direct, wino = statistics.median(times["direct"]), statistics.median(times["winograd"])
+    x_, w_ = x.detach(), w.detach()
+    return {"c_in": c_in, "c_out": c_out, "side": side, "direct_ms": direct * 1e3, "winograd_ms": wino * 1e3,
+            "speedup": direct / wino, "routed": winograd.applies(x_, w_)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", help="JSON file for the table")
+    a = p.parse_args(argv)
+    if winograd.extension() is None:
+        print("error: the native Winograd kernel could not be built on this machine", file=sys.stderr)
+        return 2
+    cfg = load_config(a.preset)
+    rows = []
+    print(f"{'in':>5} {'out':>5} {'side':>5} {'direct ms':>10} {'winograd ms':>12} {'x':>6}  routed")
+    for c_in, c_out, side in conv_shapes(cfg):
+        r = time_pair(a.batch, c_in, c_out, side, a.repeats)
+        rows.append(r)
+        print(f"{c_in:>5} {c_out:>5} {side:>5} {r['direct_ms']:>10.1f} {r['winograd_ms']:>12.1f} "
+              f"{r['speedup']:>6.2f}  {r['routed']}", flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps({"preset": a.preset, "batch": a.batch, "threads": torch.get_num_threads(),
+                                           "torch": torch.__version__, "layers": rows}, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -146,6 +146,9 @@ class SpeedConfig:
     code_as_bias: bool = True
     fused_glu: bool = True        # GLU by F.glu / chunk instead of two slices (see networks.GLU)
     fused_optimizer: bool = True  # Adam as one fused kernel (CPU and CUDA)
+    # CPU: wide 3x3 convs by Winograd F(4x4, 3x3), 4x fewer multiplications (comgan/winograd.py;
+    # a native kernel built on first use). Needs channels_last; GPUs leave it to cuDNN.
+    winograd: bool = True
     compile: bool = False         # torch.compile every trained network (slow to start; see README)
     tf32: bool = False            # GPU: TF32 in matmuls too (PyTorch allows it in convolutions by default)
     cudnn_benchmark: bool = True  # GPU: let cuDNN time its algorithms once per input shape
@@ -153,7 +156,7 @@ class SpeedConfig:
     @classmethod
     def plain(cls) -> "SpeedConfig":
         """Every switch off: today's reference formulation."""
-        return cls(channels_last=False, code_as_bias=False, fused_glu=False, fused_optimizer=False,
+        return cls(channels_last=False, code_as_bias=False, fused_glu=False, fused_optimizer=False, winograd=False,
                    compile=False, tf32=False, cudnn_benchmark=False)
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import winograd
 from .config import ModelConfig
 
 
@@ -39,8 +40,26 @@ class GLU(nn.Module):
         return a * torch.sigmoid(b)
 
 
+class Conv3x3(nn.Conv2d):
+    """3x3, stride 1, zero padding 1: every 3x3 conv of the networks.
+
+    `winograd` (SpeedConfig.winograd) picks how, with the same values: off, PyTorch's direct
+    convolution; on, Winograd F(4x4, 3x3) on the CPU where the layer is wide enough to pay
+    (comgan/winograd.py), else the direct one. A subclass of nn.Conv2d, so parameter names and
+    checkpoints are those of the plain layer."""
+    winograd = False
+
+    def __init__(self, c_in, c_out, bias=False):
+        super().__init__(c_in, c_out, 3, 1, 1, bias=bias)
+
+    def forward(self, x):
+        if self.winograd:
+            return winograd.conv3x3(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 def conv3x3(c_in, c_out, bias=False):
-    return nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias)
+    return Conv3x3(c_in, c_out, bias=bias)
 
 
 def same_block(c_in, c_out):
@@ -152,7 +171,10 @@ def conv_with_constant_channels(conv: nn.Conv2d, const: torch.Tensor, x: torch.T
                          f"convolution, got {conv}")
     c_const = const.shape[1]
     w_const, w_x = conv.weight.split([c_const, conv.weight.shape[1] - c_const], dim=1)
-    out = F.conv2d(x, w_x, conv.bias, conv.stride, conv.padding)
+    if isinstance(conv, Conv3x3) and conv.winograd:
+        out = winograd.conv3x3(x, w_x, conv.bias)
+    else:
+        out = F.conv2d(x, w_x, conv.bias, conv.stride, conv.padding)
     taps = torch.einsum("bc,ocyx->boyx", const, w_const)              # (B, out, kh, kw)
     rows = _taps_inside(out.shape[2], w_const.shape[2], conv.padding[0], x.device, x.dtype)  # (H, kh)
     cols = _taps_inside(out.shape[3], w_const.shape[3], conv.padding[1], x.device, x.dtype)  # (W, kw)
@@ -273,8 +295,8 @@ class InfoHead(nn.Module):
 
 def _double_conv(c_in, c_out):
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        conv3x3(c_in, c_out), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        conv3x3(c_out, c_out), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
     )
 
 
@@ -286,7 +308,7 @@ class UNet(nn.Module):
         chans = [width * 2 ** i for i in range(depth + 1)]
         self.down = nn.ModuleList([_double_conv(c_in, chans[0])] +
                                   [_double_conv(chans[i], chans[i + 1]) for i in range(depth)])
-        self.up_convs = nn.ModuleList([nn.Conv2d(chans[i + 1], chans[i], 3, 1, 1) for i in reversed(range(depth))])
+        self.up_convs = nn.ModuleList([conv3x3(chans[i + 1], chans[i], bias=True) for i in reversed(range(depth))])
         self.up_blocks = nn.ModuleList([_double_conv(2 * chans[i], chans[i]) for i in reversed(range(depth))])
         self.out = nn.Conv2d(chans[0], 1, 1)
 

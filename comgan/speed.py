@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from .config import SpeedConfig
-from .networks import GLU, Subnet
+from .networks import GLU, Conv3x3, Subnet
 
 TORCH_DEFAULT_CUDNN_TF32 = torch.backends.cudnn.allow_tf32  # True: PyTorch lets cuDNN convs use TF32
 
@@ -33,6 +33,8 @@ def prepare_networks(modules, speed: SpeedConfig) -> None:
                 sub.code_as_bias = speed.code_as_bias
             if isinstance(sub, GLU):
                 sub.fused = speed.fused_glu
+            if isinstance(sub, Conv3x3):
+                sub.winograd = speed.winograd
 
 
 def as_input(x: torch.Tensor, speed: SpeedConfig) -> torch.Tensor:

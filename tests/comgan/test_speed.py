@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from comgan import speed
+from comgan import speed, winograd
 from comgan.config import SpeedConfig
 from comgan.networks import GLU, Generator, conv_with_constant_channels, sample_codes
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
@@ -130,6 +130,31 @@ def test_stage2_step_fast_equals_plain(small):
     assert_same(grads(plain), grads(fast), "gradients", 1e-4)
     before = loaded(Stage2State, with_speed(small, PLAIN), saved)
     assert_same_update(weights(before), weights(plain), weights(fast), "weights after the update")
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_steps_with_winograd_on_every_conv_equal_the_plain_step(small, monkeypatch, stage):
+    """As above, with every 3x3 conv of the tiny nets by Winograd: the default width thresholds
+    leave these narrow layers to the direct kernel (tests/comgan/test_winograd.py tests the rest)."""
+    for name in ("MIN_IN_CHANNELS", "MIN_OUT_CHANNELS", "MIN_PIXELS"):
+        monkeypatch.setattr(winograd, name, 1)
+    calls = []
+    apply = winograd._WinogradConv3x3.apply
+    monkeypatch.setattr(winograd._WinogradConv3x3, "apply", lambda *args: calls.append(1) or apply(*args))
+    torch.manual_seed(0)
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    if stage == 1:
+        saved = Stage1State.create(with_speed(small, PLAIN)).state_dict()
+        runs = [run_steps(Stage1State, Stage1Step, with_speed(small, s), saved, real) for s in (PLAIN, FAST)]
+    else:
+        generator, fast_generator = fast_and_plain_generators(small)
+        saved = Stage2State.create(with_speed(small, PLAIN)).state_dict()
+        runs = [run_steps(Stage2State, Stage2Step, with_speed(small, s), saved, real, generator=g)
+                for s, g in ((PLAIN, generator), (FAST, fast_generator))]
+    (plain, plain_stats), (fast, fast_stats) = runs
+    assert calls
+    assert_same(plain_stats, fast_stats, "losses", 1e-5)
+    assert_same(grads(plain), grads(fast), "gradients", 1e-4)
 
 
 def test_training_does_not_drift_apart(small):
