@@ -3,8 +3,8 @@ convolution with 4x fewer multiplications, for the wide full-resolution layers t
 paper preset's step.
 
 The tile transforms are a small native kernel (csrc/winograd.cpp) built on first use with the
-machine's compiler through torch.utils.cpp_extension (about a minute, once per machine and torch
-version; cached under ~/.cache/ds-comgan). Where it cannot be built (no compiler, no OpenMP) the
+machine's compiler through torch.utils.cpp_extension (20-30 s, once per machine and torch version;
+cached under ~/.cache/ds-comgan). Where it cannot be built (no compiler, no OpenMP) the
 switch warns once and every convolution runs as the direct one. The 36 GEMMs per tile block are
 torch.bmm, so the heavy arithmetic stays in oneDNN/MKL.
 
@@ -81,7 +81,7 @@ def extension():
         build = _build_directory()
         build.mkdir(parents=True, exist_ok=True)
         if not any(build.glob("comgan_winograd*.so")):
-            print("speed.winograd: building the native Winograd kernel for this machine (once, about a minute)",
+            print("speed.winograd: building the native Winograd kernel for this machine (once, 20-30 s)",
                   file=sys.stderr, flush=True)
         _extension = load("comgan_winograd", [str(SOURCE)], build_directory=str(build),
                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
