@@ -10,7 +10,8 @@ torch.bmm, so the heavy arithmetic stays in oneDNN/MKL.
 
 Same mathematics, other rounding: the transforms are exact in real arithmetic and the backward
 pass is their exact transpose (dw = G^T (sum V^T dM) G); in fp32 the outputs differ from the
-direct convolution by about 1e-5 relative (1e-6 for oneDNN's direct kernel), in float64 by 1e-15.
+direct convolution by about 1e-5 relative (1e-6 for oneDNN's direct kernel), in float64 by under
+1e-12 (tests/comgan/test_winograd.py).
 Layers with few channels run the direct kernel: there the transforms cost more than the GEMMs save
 (benchmarks/winograd_probe.py times each shape).
 """
@@ -28,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "winograd.cpp"
-# Below these widths the direct kernel wins on the 2-core CPU of benchmarks/results (128 -> 32 at
-# 128 px: 0.87x; 64 -> 256: 1.6x; 128 -> 256: 1.9x, forward + backward).
+# Below these widths and sizes the direct kernel wins on the 2-core CPU of benchmarks/results
+# (forward + backward, Winograd against direct: 128 -> 32 at 128 px 0.86x, 512 -> 512 at 16 px
+# 0.63x; 64 -> 64 at 128 px 1.15x, 64 -> 256 1.78x, 128 -> 256 2.02x; winograd_layers_*.json).
 MIN_IN_CHANNELS = 64
 MIN_OUT_CHANNELS = 64
 MIN_PIXELS = 32 * 32
