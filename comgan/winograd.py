@@ -22,11 +22,13 @@ import os
 import platform
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "winograd.cpp"
 # Below these widths and sizes the direct kernel wins on the 2-core CPU of benchmarks/results
@@ -46,15 +48,17 @@ _unavailable: str | None = None
 
 
 def _build_directory() -> Path:
-    """One build per machine type and torch version: the kernel is compiled for this CPU
-    (-march=native), so a shared home directory across different nodes must not share it."""
+    """One build per machine type, torch version and kernel source: the kernel is compiled for this
+    CPU (-march=native), so a home directory shared by different nodes must not share it, and two
+    checkouts with different sources must not rebuild over each other."""
     flags = ""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
     except OSError:
         pass
-    tag = hashlib.sha1(f"{platform.machine()} {flags} {torch.__version__}".encode()).hexdigest()[:12]
+    source = hashlib.sha1(SOURCE.read_bytes()).hexdigest() if SOURCE.exists() else ""
+    tag = hashlib.sha1(f"{platform.machine()} {flags} {torch.__version__} {source}".encode()).hexdigest()[:12]
     root = Path(os.environ.get("COMGAN_EXTENSIONS_DIR", Path.home() / ".cache" / "ds-comgan" / "extensions"))
     return root / f"winograd-{tag}"
 
@@ -71,6 +75,20 @@ def _put_ninja_on_path() -> None:
             pass
 
 
+STALE_LOCK_S = 600
+
+
+def _remove_stale_lock(lock: Path) -> None:
+    """torch.utils.cpp_extension lets one process build while the others wait on a lock file, and
+    they wait forever if the builder was killed. A build takes 20-30 s; a lock ten minutes old
+    was left by a process that died (a worker killed mid-build), so it is removed."""
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink()
+    except FileNotFoundError:
+        pass
+
+
 def extension():
     """The compiled kernel, or None (with one warning) where it cannot be built."""
     global _extension, _unavailable
@@ -82,6 +100,7 @@ def extension():
         _put_ninja_on_path()
         build = _build_directory()
         build.mkdir(parents=True, exist_ok=True)
+        _remove_stale_lock(build / "lock")
         if not any(build.glob("comgan_winograd*.so")):
             print("speed.winograd: building the native Winograd kernel for this machine (once, 20-30 s)",
                   file=sys.stderr, flush=True)
@@ -104,12 +123,13 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.shape[2] * x.shape[3] >= MIN_PIXELS
             and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()  # under torch.compile the direct conv: no graph break
             and extension() is not None)
 
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.conv2d(x, weight, bias, stride=1, padding=1), by Winograd where `applies`, else directly.
-    The output is channels_last."""
+    """F.conv2d(x, weight, bias, stride=1, padding=1), by Winograd where `applies` (the output is
+    then channels_last, as the input), else directly."""
     if not applies(x, weight):
         return F.conv2d(x, weight, bias, 1, 1)
     y = _WinogradConv3x3.apply(x, weight)
@@ -132,6 +152,7 @@ class _WinogradConv3x3(torch.autograd.Function):
         return y.permute(0, 3, 1, 2)
 
     @staticmethod
+    @once_differentiable  # the kernel's backward is not itself differentiable: refuse double backward
     def backward(ctx, grad_y):
         x_nhwc, transformed = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad

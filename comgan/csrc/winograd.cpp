@@ -196,18 +196,26 @@ void output_transform_backward(const T* dy, T* dM, int64_t N, int64_t H, int64_t
 }
 
 // dV: [36, t1 - t0, C] -> dx: [N, H, W, C] += (transpose of input_transform; overlapping tiles
-// add). Threads split channels, so no two write the same element.
+// add). Tiles of neighbouring tile rows overlap by two pixel rows, tiles two rows apart never do:
+// even tile rows run in parallel first, then odd ones, each split into rows x channel chunks, so
+// no two threads write the same element.
 template <typename T>
 void input_transform_backward(const T* dV, T* dx, int64_t N, int64_t H, int64_t W, int64_t C, int64_t t0, int64_t t1) {
   const int64_t th = (H + 3) / 4, tw = (W + 3) / 4, tiles = t1 - t0;
   const int64_t chunks = (C + CB - 1) / CB;
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    T v[6][6][CB], tmp[6][6][CB];
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t c0 = chunk * CB;
-      const int cb = (int)std::min<int64_t>(CB, C - c0);
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t n = t / (th * tw), i = (t / tw) % th, j = t % tw;
+  const int64_t row_first = t0 / tw, row_last = (t1 - 1) / tw;  // global tile rows (n * th + i)
+  for (int64_t parity = 0; parity < 2; ++parity) {
+    const int64_t first = row_first + ((row_first % 2 == parity) ? 0 : 1);
+    const int64_t rows = first > row_last ? 0 : (row_last - first) / 2 + 1;
+    at::parallel_for(0, rows * chunks, 1, [&](int64_t begin, int64_t end) {
+      T v[6][6][CB], tmp[6][6][CB];
+      for (int64_t job = begin; job < end; ++job) {
+        const int64_t row = first + 2 * (job / chunks), c0 = (job % chunks) * CB;
+        const int cb = (int)std::min<int64_t>(CB, C - c0);
+        const int64_t n = row / th, i = row % th;
+        const int64_t t_begin = std::max(t0, row * tw), t_end = std::min(t1, (row + 1) * tw);
+        for (int64_t t = t_begin; t < t_end; ++t) {
+          const int64_t j = t % tw;
           for (int a = 0; a < 6; ++a)
             for (int b = 0; b < 6; ++b) {
               const T* src = dV + ((a * 6 + b) * tiles + (t - t0)) * C + c0;
@@ -222,33 +230,43 @@ void input_transform_backward(const T* dV, T* dx, int64_t N, int64_t H, int64_t 
           for (int r = 0; r < 6; ++r) {
             const int64_t y = 4 * i - 1 + r;
             if (y < 0 || y >= H) continue;
-            T row[6][CB];
+            T row_out[6][CB];
             {
               const T* in[6] = {tmp[r][0], tmp[r][1], tmp[r][2], tmp[r][3], tmp[r][4], tmp[r][5]};
-              T* out[6] = {row[0], row[1], row[2], row[3], row[4], row[5]};
+              T* out[6] = {row_out[0], row_out[1], row_out[2], row_out[3], row_out[4], row_out[5]};
               b6v(in, out);
             }
             for (int s = 0; s < 6; ++s) {
               const int64_t xx = 4 * j - 1 + s;
               if (xx < 0 || xx >= W) continue;
               T* dst = dx + ((n * H + y) * W + xx) * C + c0;
-              for (int c = 0; c < cb; ++c) dst[c] += row[s][c];
+              for (int c = 0; c < cb; ++c) dst[c] += row_out[s][c];
             }
           }
+        }
       }
-    }
-  });
+    });
+  }
 }
 
 void check(const torch::Tensor& t, int dim) {
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.dim() == dim, "winograd: bad tensor");
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.dim() == dim,
+              "winograd: expected a contiguous ", dim, "-d CPU tensor, got ", t.sizes());
+}
+
+// x [N, H, W, C] and transformed weights U [36, C, K]
+void check_pair(const torch::Tensor& x, const torch::Tensor& U) {
+  check(x, 4); check(U, 3);
+  TORCH_CHECK(U.size(0) == 36 && U.size(1) == x.size(3), "winograd: weights ", U.sizes(), " do not fit input ", x.sizes());
+  TORCH_CHECK(U.scalar_type() == x.scalar_type(), "winograd: input and weights differ in dtype");
 }
 }  // namespace
 
 
 // y = conv3x3(x, w) with U = G w G^T given as [36, C, K]; x NHWC [N, H, W, C]; y NHWC.
 torch::Tensor forward(torch::Tensor x, torch::Tensor U, int64_t block) {
-  check(x, 4); check(U, 3);
+  check_pair(x, U);
+  TORCH_CHECK(block > 0, "winograd: block must be positive");
   const auto N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3), K = U.size(2);
   const int64_t tiles = N * ((H + 3) / 4) * ((W + 3) / 4);
   auto y = torch::empty({N, H, W, K}, x.options());
@@ -269,8 +287,11 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor U, int64_t block) {
 
 // (dx or empty, dU or empty) from dy NHWC [N, H, W, K].
 std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor U, torch::Tensor dy, bool need_dx, bool need_dU, int64_t block) {
-  check(x, 4); check(U, 3); check(dy, 4);
+  check_pair(x, U); check(dy, 4);
   const auto N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3), K = U.size(2);
+  TORCH_CHECK(dy.size(0) == N && dy.size(1) == H && dy.size(2) == W && dy.size(3) == K && dy.scalar_type() == x.scalar_type(),
+              "winograd: gradient ", dy.sizes(), " does not fit output [", N, ", ", H, ", ", W, ", ", K, "]");
+  TORCH_CHECK(block > 0, "winograd: block must be positive");
   const int64_t tiles = N * ((H + 3) / 4) * ((W + 3) / 4);
   auto dx = need_dx ? torch::zeros({N, H, W, C}, x.options()) : torch::Tensor();
   auto dU = need_dU ? torch::zeros({36, C, K}, x.options()) : torch::Tensor();

@@ -1,7 +1,7 @@
 """The Winograd 3x3 convolution (comgan/winograd.py) computes the direct convolution: its
 outputs and both gradients against F.conv2d in float64 (exact up to rounding) and fp32, on
 sizes that are not multiples of the 4x4 tile, channel counts that are not multiples of the
-kernel's 16-channel chunks, and more tiles than one block holds."""
+kernel's 32-channel chunks, and more tiles than one block holds."""
 import pytest
 import torch
 import torch.nn as nn
@@ -25,7 +25,8 @@ def test_the_kernel_builds_here():
     assert winograd.extension() is not None
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 7, 9, 13), (1, 17, 33, 4, 4), (3, 64, 64, 10, 7), (1, 3, 2, 1, 6)])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9, 13), (1, 17, 33, 4, 4), (3, 64, 64, 10, 7), (1, 3, 2, 1, 6),
+                                   (1, 40, 45, 9, 10), (2, 6, 5, 17, 3)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_matches_the_direct_convolution_in_float64(any_width, monkeypatch, shape, bias):
     monkeypatch.setattr(winograd, "TILE_BLOCK", 5)  # several blocks, the last one partial
@@ -131,3 +132,45 @@ def test_a_kernel_that_cannot_be_built_warns_once_and_falls_back(monkeypatch, tm
         assert not winograd.applies(x, w)
     torch.testing.assert_close(winograd.conv3x3(x, w), F.conv2d(x, w, None, 1, 1))  # no second warning needed
 
+
+
+def test_gradients_for_either_input_alone_and_from_an_nchw_gradient(any_width):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(4, 6, 3, 3, dtype=torch.float64)
+    g = torch.randn(2, 4, 9, 11, dtype=torch.float64)  # NCHW, not the output's layout
+    for wants in ([x], [weight]):
+        for t in (x, weight):
+            t.requires_grad_(any(t is w for w in wants))
+        ours = torch.autograd.grad(winograd.conv3x3(x, weight), wants, g)
+        direct = torch.autograd.grad(F.conv2d(x, weight, None, 1, 1), wants, g)
+        torch.testing.assert_close(ours[0], direct[0], rtol=0, atol=1e-12 * float(direct[0].abs().max()))
+
+
+def test_double_backward_is_refused_not_silently_wrong(any_width):
+    x = torch.randn(1, 4, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(4, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(winograd.conv3x3(x, weight).square().sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_x.sum().backward()
+
+
+def test_a_lock_left_by_a_killed_build_is_removed(tmp_path):
+    import os
+    import time
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    winograd._remove_stale_lock(lock)
+    assert lock.exists()  # a fresh lock: a build is running
+    old = time.time() - winograd.STALE_LOCK_S - 1
+    os.utime(lock, (old, old))
+    winograd._remove_stale_lock(lock)
+    assert not lock.exists()
+
+
+def test_the_kernel_refuses_weights_that_do_not_fit():
+    ext = winograd.extension()
+    x = torch.randn(1, 8, 8, 5)  # NHWC with 5 channels
+    with pytest.raises(RuntimeError, match="do not fit"):
+        ext.forward(x, torch.randn(36, 4, 3), 16)
