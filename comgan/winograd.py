@@ -143,10 +143,9 @@ def _transform_matrix(like: torch.Tensor) -> torch.Tensor:
 class _WinogradConv3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight):
-        n, c, h, w = x.shape
         x_nhwc = x.permute(0, 2, 3, 1)  # a view: x is channels_last
         g = _transform_matrix(weight)
-        transformed = torch.einsum("ai,kcij,bj->abck", g, weight, g).reshape(36, c, -1).contiguous()
+        transformed = torch.einsum("ai,kcij,bj->abck", g, weight, g).reshape(36, x.shape[1], -1).contiguous()
         y = extension().forward(x_nhwc, transformed, TILE_BLOCK)
         ctx.save_for_backward(x_nhwc, transformed)
         return y.permute(0, 3, 1, 2)

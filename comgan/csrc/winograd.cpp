@@ -70,6 +70,27 @@ inline void a6v(const T* const* y, T* const* o) {
   }
 }
 
+// Transformed tiles live in [36, tiles, C] buffers: position (a, b) of a tile is row
+// (a * 6 + b) * tiles + tile. These move one tile's 36 positions, channels c0 .. c0 + cb, between
+// such a buffer and a local [6][6][CB] array (zero beyond cb).
+template <typename T>
+inline void store_positions(const T (&v)[6][6][CB], T* buf, int64_t tiles, int64_t tile, int64_t C, int64_t c0, int cb) {
+  for (int a = 0; a < 6; ++a)
+    for (int b = 0; b < 6; ++b) {
+      T* dst = buf + ((a * 6 + b) * tiles + tile) * C + c0;
+      for (int c = 0; c < cb; ++c) dst[c] = v[a][b][c];
+    }
+}
+template <typename T>
+inline void load_positions(const T* buf, int64_t tiles, int64_t tile, int64_t C, int64_t c0, int cb, T (&v)[6][6][CB]) {
+  for (int a = 0; a < 6; ++a)
+    for (int b = 0; b < 6; ++b) {
+      const T* src = buf + ((a * 6 + b) * tiles + tile) * C + c0;
+      for (int c = 0; c < cb; ++c) v[a][b][c] = src[c];
+      for (int c = cb; c < CB; ++c) v[a][b][c] = 0;
+    }
+}
+
 // x: [N, H, W, C] contiguous -> V: [36, N*th*tw, C]
 template <typename T>
 void input_transform(const T* x, T* V, int64_t N, int64_t H, int64_t W, int64_t C, int64_t t0, int64_t t1) {
@@ -103,11 +124,7 @@ void input_transform(const T* x, T* V, int64_t N, int64_t H, int64_t W, int64_t 
           T* out[6] = {d[a][0], d[a][1], d[a][2], d[a][3], d[a][4], d[a][5]};
           bt6v(in, out);
         }
-        for (int a = 0; a < 6; ++a)
-          for (int b = 0; b < 6; ++b) {
-            T* dst = V + ((a * 6 + b) * tiles + (t - t0)) * C + c0;
-            for (int c = 0; c < cb; ++c) dst[c] = d[a][b][c];
-          }
+        store_positions(d, V, tiles, t - t0, C, c0, cb);
       }
     }
   });
@@ -123,12 +140,7 @@ void output_transform(const T* M, T* y, int64_t N, int64_t H, int64_t W, int64_t
       const int64_t n = t / (th * tw), i = (t / tw) % th, j = t % tw;
       for (int64_t k0 = 0; k0 < K; k0 += CB) {
         const int kb = (int)std::min<int64_t>(CB, K - k0);
-        for (int a = 0; a < 6; ++a)
-          for (int b = 0; b < 6; ++b) {
-            const T* src = M + ((a * 6 + b) * tiles + (t - t0)) * K + k0;
-            for (int c = 0; c < kb; ++c) m[a][b][c] = src[c];
-            for (int c = kb; c < CB; ++c) m[a][b][c] = 0;
-          }
+        load_positions(M, tiles, t - t0, K, k0, kb, m);
         for (int b = 0; b < 6; ++b) {
           const T* in[6] = {m[0][b], m[1][b], m[2][b], m[3][b], m[4][b], m[5][b]};
           T* out[4] = {tmp[0][b], tmp[1][b], tmp[2][b], tmp[3][b]};
@@ -185,11 +197,7 @@ void output_transform_backward(const T* dy, T* dM, int64_t N, int64_t H, int64_t
           T* out[6] = {o[a][0], o[a][1], o[a][2], o[a][3], o[a][4], o[a][5]};
           a6v(in, out);
         }
-        for (int a = 0; a < 6; ++a)
-          for (int b = 0; b < 6; ++b) {
-            T* dst = dM + ((a * 6 + b) * tiles + (t - t0)) * K + k0;
-            for (int c = 0; c < kb; ++c) dst[c] = o[a][b][c];
-          }
+        store_positions(o, dM, tiles, t - t0, K, k0, kb);
       }
     }
   });
@@ -216,12 +224,7 @@ void input_transform_backward(const T* dV, T* dx, int64_t N, int64_t H, int64_t 
         const int64_t t_begin = std::max(t0, row * tw), t_end = std::min(t1, (row + 1) * tw);
         for (int64_t t = t_begin; t < t_end; ++t) {
           const int64_t j = t % tw;
-          for (int a = 0; a < 6; ++a)
-            for (int b = 0; b < 6; ++b) {
-              const T* src = dV + ((a * 6 + b) * tiles + (t - t0)) * C + c0;
-              for (int c = 0; c < cb; ++c) v[a][b][c] = src[c];
-              for (int c = cb; c < CB; ++c) v[a][b][c] = 0;
-            }
+          load_positions(dV, tiles, t - t0, C, c0, cb, v);
           for (int b = 0; b < 6; ++b) {
             const T* in[6] = {v[0][b], v[1][b], v[2][b], v[3][b], v[4][b], v[5][b]};
             T* out[6] = {tmp[0][b], tmp[1][b], tmp[2][b], tmp[3][b], tmp[4][b], tmp[5][b]};
