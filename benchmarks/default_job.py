@@ -24,6 +24,43 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_job(seed: int, name: str, storage: str, job_args: list[str], generator: str | None = None) -> dict | None:
+    """Runs one seed as its own run of jobs/train.py (or jobs/segment.py on `generator`) and reads
+    its summary.json back into one table row; None when the job failed."""
+    job = ["segment.py", f"--generator={generator}"] if generator else ["train.py"]
+    cmd = [sys.executable, str(ROOT / "jobs" / job[0]), *job[1:], f"--storage={storage}", f"--name={name}",
+           f"run.seed={seed}", *job_args]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.time()
+    rc = subprocess.call(cmd, cwd=ROOT)
+    wall = time.time() - t0
+    if rc:
+        print(f"seed {seed}: job failed with exit code {rc}")
+        return None
+    summary = json.loads((Path(storage) / name / "summary.json").read_text())
+    ev = summary["eval"]
+    stage1 = summary.get("stage1", {})
+    return {"seed": seed, "wall_s": wall, "stage1_img_s": stage1.get("perf/images_per_s"),
+            "stage1_s": stage1.get("perf/seconds"), "stage2_s": summary.get("stage2", {}).get("perf/seconds"),
+            "iou": ev["segmenter"]["iou_strict"], "dice": ev["segmenter"]["dice_strict"],
+            "iou_paper": ev["segmenter"]["iou_paper"], "box": ev["centred_box"]["iou_strict"],
+            "all_fg": ev["all_foreground"]["iou_strict"], "swapped": stage1.get("swapped_fg_bg"),
+            "empty": stage1.get("mask/empty_fraction"), "restarts": len(summary.get("stage1_collapsed", []))}
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'seed':>4} {'wall s':>7} {'s1 img/s':>9} {'s1 s':>6} {'s2 s':>6} {'IoU':>6} {'Dice':>6} "
+          f"{'IoU*':>6} {'box':>6} {'all-fg':>7} {'swap':>5} {'empty':>6} {'restarts':>8}")
+    for r in rows:
+        print(f"{r['seed']:>4} {r['wall_s']:>7.0f} {r['stage1_img_s'] or 0:>9.1f} {r['stage1_s'] or 0:>6.0f} "
+              f"{r['stage2_s'] or 0:>6.0f} {r['iou']:>6.3f} {r['dice']:>6.3f} {r['iou_paper']:>6.3f} "
+              f"{r['box']:>6.3f} {r['all_fg']:>7.3f} {str(r['swapped']):>5} {r['empty'] or 0:>6.3f} "
+              f"{r.get('restarts', 0):>8}")
+    ious = [r["iou"] for r in rows]
+    print(f"strict IoU: mean {statistics.mean(ious):.3f}, min {min(ious):.3f}, max {max(ious):.3f}; "
+          f"wall time max {max(r['wall_s'] for r in rows):.0f}s  (IoU* = paper convention)")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -34,36 +71,11 @@ def main() -> int:
     a = p.parse_args()
     rows = []
     for seed in a.seeds:
-        name = f"{a.prefix}-seed{seed}"
-        job = ["segment.py", f"--generator={a.generator}"] if a.generator else ["train.py"]
-        cmd = [sys.executable, str(ROOT / "jobs" / job[0]), *job[1:], f"--storage={a.storage}", f"--name={name}",
-               f"run.seed={seed}", *a.job_args]
-        print("$", " ".join(cmd), flush=True)
-        t0 = time.time()
-        rc = subprocess.call(cmd, cwd=ROOT)
-        wall = time.time() - t0
-        if rc:
-            print(f"seed {seed}: job failed with exit code {rc}")
-            return rc
-        summary = json.loads((Path(a.storage) / name / "summary.json").read_text())
-        ev = summary["eval"]
-        rows.append({"seed": seed, "wall_s": wall, "stage1_img_s": summary.get("stage1", {}).get("perf/images_per_s"),
-                     "stage1_s": summary.get("stage1", {}).get("perf/seconds"),
-                     "stage2_s": summary.get("stage2", {}).get("perf/seconds"),
-                     "iou": ev["segmenter"]["iou_strict"], "dice": ev["segmenter"]["dice_strict"],
-                     "iou_paper": ev["segmenter"]["iou_paper"], "box": ev["centred_box"]["iou_strict"],
-                     "all_fg": ev["all_foreground"]["iou_strict"],
-                     "swapped": summary.get("stage1", {}).get("swapped_fg_bg"),
-                     "empty": summary.get("stage1", {}).get("mask/empty_fraction")})
-    print(f"\n{'seed':>4} {'wall s':>7} {'s1 img/s':>9} {'s1 s':>6} {'s2 s':>6} {'IoU':>6} {'Dice':>6} "
-          f"{'IoU*':>6} {'box':>6} {'all-fg':>7} {'swap':>5} {'empty':>6}")
-    for r in rows:
-        print(f"{r['seed']:>4} {r['wall_s']:>7.0f} {r['stage1_img_s'] or 0:>9.1f} {r['stage1_s'] or 0:>6.0f} "
-              f"{r['stage2_s'] or 0:>6.0f} {r['iou']:>6.3f} {r['dice']:>6.3f} {r['iou_paper']:>6.3f} "
-              f"{r['box']:>6.3f} {r['all_fg']:>7.3f} {str(r['swapped']):>5} {r['empty'] or 0:>6.3f}")
-    ious = [r["iou"] for r in rows]
-    print(f"strict IoU: mean {statistics.mean(ious):.3f}, min {min(ious):.3f}, max {max(ious):.3f}; "
-          f"wall time max {max(r['wall_s'] for r in rows):.0f}s  (IoU* = paper convention)")
+        row = run_job(seed, f"{a.prefix}-seed{seed}", a.storage, a.job_args, a.generator)
+        if row is None:
+            return 1
+        rows.append(row)
+    print_table(rows)
     out = Path(a.storage).parent / f"{a.prefix}.json"
     out.write_text(json.dumps(rows, indent=2))
     print(f"wrote {out}")
