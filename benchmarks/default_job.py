@@ -24,9 +24,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_job(seed: int, name: str, storage: str, job_args: list[str], generator: str | None = None) -> dict | None:
+class JobFailed(Exception):
+    """A job exited with an error (`code`, the job's own exit code) or left no evaluation."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def run_job(seed: int, name: str, storage: str, job_args: list[str], generator: str | None = None) -> dict:
     """Runs one seed as its own run of jobs/train.py (or jobs/segment.py on `generator`) and reads
-    its summary.json back into one table row; None when the job failed."""
+    its summary.json back into one table row."""
     job = ["segment.py", f"--generator={generator}"] if generator else ["train.py"]
     cmd = [sys.executable, str(ROOT / "jobs" / job[0]), *job[1:], f"--storage={storage}", f"--name={name}",
            f"run.seed={seed}", *job_args]
@@ -35,10 +43,11 @@ def run_job(seed: int, name: str, storage: str, job_args: list[str], generator: 
     rc = subprocess.call(cmd, cwd=ROOT)
     wall = time.time() - t0
     if rc:
-        print(f"seed {seed}: job failed with exit code {rc}")
-        return None
+        raise JobFailed(rc, f"seed {seed}: job failed with exit code {rc}")
     summary = json.loads((Path(storage) / name / "summary.json").read_text())
-    ev = summary["eval"]
+    ev = summary.get("eval")
+    if not ev:
+        raise JobFailed(1, f"seed {seed}: {name}/summary.json has no evaluation (data.eval off?)")
     stage1 = summary.get("stage1", {})
     return {"seed": seed, "wall_s": wall, "stage1_img_s": stage1.get("perf/images_per_s"),
             "stage1_s": stage1.get("perf/seconds"), "stage2_s": summary.get("stage2", {}).get("perf/seconds"),
@@ -71,10 +80,11 @@ def main() -> int:
     a = p.parse_args()
     rows = []
     for seed in a.seeds:
-        row = run_job(seed, f"{a.prefix}-seed{seed}", a.storage, a.job_args, a.generator)
-        if row is None:
-            return 1
-        rows.append(row)
+        try:
+            rows.append(run_job(seed, f"{a.prefix}-seed{seed}", a.storage, a.job_args, a.generator))
+        except JobFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.code
     print_table(rows)
     out = Path(a.storage).parent / f"{a.prefix}.json"
     out.write_text(json.dumps(rows, indent=2))

@@ -20,8 +20,8 @@ class DataConfig:
     synthetic_styles: int = 4   # K foreground and K background styles
     samples_per_shard: int = 1000
     # DataLoader processes per training worker: they decode the next batches while a step runs.
-    # 0 decodes in the training process; on 2 cores that is 3-7 % faster (the loader process
-    # competes with the step's threads; benchmarks/results/README.md).
+    # 0 decodes in the training process: on a 2-core machine the default job's stage 1 ran 3-7 %
+    # faster that way (the whole job 2-4 %; benchmarks/results/README.md).
     loader_workers: int = 1
     hflip: bool = True          # random horizontal flips of real images
 

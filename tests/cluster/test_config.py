@@ -93,21 +93,25 @@ def test_paper_preset_turns_off_every_term_the_paper_does_not_have():
     assert s2.self_train_weight == 0 and s2.adv_weight == 1 and not s2.export_teacher
 
 
-def test_the_equal_budget_benchmark_arms_are_what_they_claim():
-    """benchmarks/equal_budget.py: its plain arm's overrides load as SpeedConfig.plain(), and its
-    fast arm keeps the default switches and scales both stages' steps and self-training start."""
-    import sys
+def test_the_equal_budget_benchmark_arms_are_what_they_claim(monkeypatch):
+    """benchmarks/equal_budget.py: the plain arm loads as SpeedConfig.plain() whatever speed keys
+    both arms were given; the fast arm keeps those keys and scales the steps both arms were given
+    (or the recipe's) and the self-training start."""
     from pathlib import Path
 
     from comgan.config import SpeedConfig
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import equal_budget
 
-    assert load_config("default", equal_budget.plain_overrides()).speed == SpeedConfig.plain()
+    shared = ["speed.compile=true", "speed.channels_last=true", "stage1.steps=100"]
+    arms = equal_budget.arm_arguments(1.5, shared)
+    plain, fast = load_config("default", arms["plain"]), load_config("default", arms["fast"])
+    assert plain.speed == SpeedConfig.plain()
+    assert fast.speed.compile and fast.speed.channels_last and fast.speed.winograd == SpeedConfig().winograd
     default = load_config("default")
-    fast = load_config("default", equal_budget.scaled_steps(1.5))
-    assert fast.speed == default.speed
-    assert (fast.stage1.steps, fast.stage2.steps) == (round(default.stage1.steps * 1.5), round(default.stage2.steps * 1.5))
+    assert (plain.stage1.steps, plain.stage2.steps) == (100, default.stage2.steps)
+    assert (fast.stage1.steps, fast.stage2.steps) == (150, round(default.stage2.steps * 1.5))
     assert fast.stage2.self_train_start == round(default.stage2.self_train_start * 1.5)
-    assert equal_budget.scaled_steps(2, ["stage1.steps=100", "--workers=1"])[0] == "stage1.steps=200"
+    with pytest.raises(ConfigError, match="stage1.stepz"):
+        equal_budget.arm_arguments(1.5, ["stage1.stepz=3"])
