@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from default_job import ROOT, JobFailed, print_table, run_job  # noqa: E402
+from speed import machine  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from cluster.config import ConfigError, load_config  # noqa: E402
@@ -58,18 +58,16 @@ def scaled_steps(ratio: float, overrides: list[str] = ()) -> list[str]:
 
 def arm_arguments(ratio: float, overrides: list[str]) -> dict[str, list[str]]:
     """Each arm's full list of job overrides: the shared ones first, the arm's own last (they win)."""
-    load_config("default", overrides)  # a mistake in them is reported before anything runs
     return {"plain": [*overrides, *plain_overrides()], "fast": [*overrides, *scaled_steps(ratio, overrides)]}
 
 
-def measured_ratio(overrides: list[str]) -> tuple[float, dict]:
+def measured_ratio(overrides: list[str], batch: int) -> tuple[float, dict]:
     """Fast over plain images/s of the config's steps: the lower of the two stages' ratios (so the
     fast arm does not get more time than the plain one), and speed.py's per-stage figures."""
-    cfg = load_config("default", overrides)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "speed.json"
         cmd = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--preset", "default",
-               "--batch", str(cfg.stage1.batch_size), *[f"--set={o}" for o in overrides],
+               "--batch", str(batch), *[f"--set={o}" for o in overrides],
                "--variants", "plain", "fast", "--steps", "10", "--rounds", "3", "--no-flops", "--out", str(out)]
         print("$", " ".join(cmd), flush=True)
         if subprocess.call(cmd, cwd=ROOT):
@@ -96,19 +94,21 @@ def main() -> int:
     taken = [n for n in names.values() if (Path(a.storage) / n).exists()]
     if taken:  # a rerun would resume the finished runs and report their few seconds as wall time
         p.error(f"runs already exist under {a.storage}: {', '.join(taken)}; use another --prefix")
-    try:
-        arm_arguments(1.0, a.overrides)
-        ratio, step_speed = (a.ratio, None) if a.ratio is not None else measured_ratio(a.overrides)
-        arms = arm_arguments(ratio, a.overrides)
+    try:  # a mistake in the overrides is reported before anything runs
+        cfg = load_config("default", a.overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        ratio, step_speed = ((a.ratio, None) if a.ratio is not None
+                             else measured_ratio(a.overrides, cfg.stage1.batch_size))
     except JobFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return e.code
+    arms = arm_arguments(ratio, a.overrides)
     print(f"fast/plain step ratio {ratio:.3f}; arms: {json.dumps(arms)}", flush=True)
-    report = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": platform.processor()
-              or platform.machine(), "ratio": ratio, "step_images_per_s": step_speed, "arms": arms,
+    report = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": machine("cpu"),
+              "ratio": ratio, "step_images_per_s": step_speed, "arms": arms,
               "complete": False, "runs": {arm: [] for arm in arms}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     for seed in a.seeds:
