@@ -54,18 +54,9 @@ class Stage1Config:
     # object sits inside the frame (horses) otherwise split into top (sky + object) and bottom.
     mask_border_weight: float = 0.0
     mask_border_ring: float = 0.0625
-    # Weight of the object layer's mean area (the layer owning less of that ring; losses.object_area;
-    # not in the paper: 0). A sparsity prior against background blobs in the object's mask.
-    object_area_weight: float = 0.0
     # DiffAugment policy for every D_z input, real and fake alike (comgan/augment.py): a comma list
     # of color, translation, cutout; "" = off. Small photo sets need it: D_z memorises them.
     augment: str = ""
-    # Weight of layer-swapped composites that D_z learns to reject and G to pass (not in the paper:
-    # 0). Each sample's mask and one of its layers are combined with the other layer of another
-    # sample (half the batch swaps x_b, half x_f, so either orientation counts): a layer that draws
-    # objects it should not (one style painted by the background branch) makes such composites
-    # show two objects or a hole, which D_z can tell apart from real photos.
-    swap_weight: float = 0.0
     # Weight of D_f's info term on the composite (not in the paper: 0). D_f learns to read f from
     # x_f; a frozen copy of it must also read f from x_bar (FineGAN reads its child code from the
     # final image). An object style drawn by the background branch under a faint mask hides f in
@@ -75,6 +66,11 @@ class Stage1Config:
     # (0.73, against 0.87 at 0.25 and without it; benchmarks/results/README.md). Reading b from
     # x_bar as well made masks soft.
     composite_info_weight: float = 0.25
+    # R1 gradient penalty on D_z's real images (StyleGAN2): gamma / 2 * |grad_x D_z(x)|^2, applied
+    # every r1_every steps at r1_every times the weight (lazy regularisation); 0 = off. It keeps
+    # D_z smooth around the data, so G's gradients, the mask's included, do not swing with D_z.
+    r1_gamma: float = 0.0
+    r1_every: int = 4
     ema_decay: float = 0.999    # G_ema decay, ramped up from 0 over the first steps
     bn_recalibration_batches: int = 20  # re-estimate G_ema's BatchNorm statistics before export
     orient_mask: bool = True    # at export, swap F/B if the mask covers the border (the background)
@@ -95,11 +91,6 @@ class Stage2Config:
     # stage1/generator.pt, trained first. jobs/segment.py --generator sets it.
     generator: str = ""
     adv_weight: float = 1.0     # weight of S's adversarial terms against D_m (paper: 1)
-    # Augmentation of the generated (image, mask) pairs S learns from (comgan/augment.py policies;
-    # colour acts on the image only, translation and cutout on both alike); "" = off. Meant to
-    # narrow the gap to real photos, but on the horses it hurt: strict IoU 0.319 with
-    # color,translation against 0.472 without, same generator (benchmarks/results/README.md).
-    augment: str = ""
     # Self-training on the real images (not in the paper). S learns from generated pairs only, and
     # on real photos its masks are blobs (the generated images are blurrier than photos). From step
     # self_train_start on, S also learns the confident pixels of its EMA teacher's masks of the
@@ -116,9 +107,6 @@ class Stage2Config:
     # the pseudo-labels move with the image, and a cut-out square drops out of the loss). On the
     # horses cutout helped one generator (0.645 -> 0.661) and shrank another's masks to nothing.
     self_train_augment: str = "color,translation"
-    # Weigh the teacher's confident foreground and background pixels equally (losses.pseudo_label_loss).
-    # On the horses, one generator: 0.611 against 0.624 without.
-    self_train_balanced: bool = False
     # Refine the teacher's masks with each photo's colours before they become labels (comgan/refine.py):
     # colour histograms of this many cells per channel (0 = off), built from the pixels beyond
     # self_train_confidence. On the horses, one generator: strict IoU 0.624 without, 0.645 with 8.
@@ -281,8 +269,7 @@ def validate(cfg: ComGANConfig) -> None:
         if getattr(m, name) < 1:
             raise ConfigError(f"model.{name} must be >= 1, got {getattr(m, name)}")
     s1, s2 = cfg.stage1, cfg.stage2
-    for key in ("stage1.beta", "stage1.swap_weight", "stage1.composite_info_weight", "stage1.object_area_weight",
-                "stage2.adv_weight"):
+    for key in ("stage1.beta", "stage1.r1_gamma", "stage1.composite_info_weight", "stage2.adv_weight"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value < 0:
@@ -291,8 +278,7 @@ def validate(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage1.mask_area_weight must be >= 0 and 0 <= stage1.mask_area_min < "
                           f"stage1.mask_area_max <= 1, got {s1.mask_area_weight}, {s1.mask_area_min} and "
                           f"{s1.mask_area_max}")
-    for key, policy in (("stage1.augment", s1.augment), ("stage2.augment", s2.augment),
-                        ("stage2.self_train_augment", s2.self_train_augment)):
+    for key, policy in (("stage1.augment", s1.augment), ("stage2.self_train_augment", s2.self_train_augment)):
         try:
             parse_policy(policy)
         except ValueError as e:
@@ -313,6 +299,8 @@ def validate(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage2.self_train_ema must be in [0, 1), got {s2.self_train_ema}")
     if s2.lam < 0:
         raise ConfigError(f"stage2.lam (lambda) must be >= 0, got {s2.lam}")
+    if s1.r1_every < 1:
+        raise ConfigError(f"stage1.r1_every must be >= 1, got {s1.r1_every}")
     if not 0 <= s1.ema_decay < 1:
         raise ConfigError(f"stage1.ema_decay must be in [0, 1), got {s1.ema_decay}")
     for stage_name, stage in (("stage1", s1), ("stage2", s2)):

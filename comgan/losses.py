@@ -55,18 +55,10 @@ def mask_border_loss(mask: torch.Tensor, ring: float) -> torch.Tensor:
     return torch.minimum(share, 1 - share).mean()
 
 
-def object_area(mask: torch.Tensor, ring: float) -> torch.Tensor:
-    """Mean area of each image's object layer: the layer that owns less of the frame's outer ring
-    (the mask, or its complement when the mask owns the frame). [] scalar.
-
-    Not in the paper. A sparsity prior: where F and B both draw background (the sky above a
-    horse's back), the composite does not care which layer shows it, and without a preference
-    the object layer's mask keeps such blobs, which the segmenter then learns. Orientation-free,
-    like mask_border_loss, whose frame ownership it shares; the choice of layer carries no
-    gradient."""
-    mask = mask.float()
-    owns_frame = (mask_border_share(mask.detach(), ring) > 0.5).view(-1, *([1] * (mask.dim() - 1)))
-    return torch.where(owns_frame, 1 - mask, mask).flatten(1).mean(1).mean()
+def r1_penalty(real_logits: torch.Tensor, real_input: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of |d logit / d input|^2 (StyleGAN2's R1), differentiable for D's update."""
+    grad, = torch.autograd.grad(real_logits.float().sum(), real_input, create_graph=True)
+    return grad.float().square().flatten(1).sum(1).mean()
 
 
 def info_loss(logits: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
@@ -80,16 +72,10 @@ def consistency_loss(pred_mask: torch.Tensor, gen_mask: torch.Tensor) -> torch.T
 
 
 def pseudo_label_loss(pred_mask: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-                      balanced: bool = False, eps: float = 1e-6) -> torch.Tensor:
+                      eps: float = 1e-6) -> torch.Tensor:
     """Binary cross-entropy of S's mask against a binary pseudo-label over the pixels where
-    `weight` is 1 (the teacher's confident ones): their mean, 0 when there are none. balanced: the
-    mean over confident foreground pixels and the mean over confident background pixels count
-    half each, so a teacher confident mostly about the background cannot shrink S's masks step
-    by step (class-balanced self-training). Written out in fp32: F.binary_cross_entropy refuses
-    autocast, and 1 - 1e-6 rounds to 1 in bf16."""
+    `weight` is 1 (the teacher's confident ones): their mean, 0 when there are none. Written out
+    in fp32: F.binary_cross_entropy refuses autocast, and 1 - 1e-6 rounds to 1 in bf16."""
     p, t, w = pred_mask.float().clamp(eps, 1 - eps), target.float(), weight.float()
     bce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))
-    if not balanced:
-        return (bce * w).sum() / w.sum().clamp(min=1)
-    fg, bg = w * t, w * (1 - t)
-    return 0.5 * ((bce * fg).sum() / fg.sum().clamp(min=1) + (bce * bg).sum() / bg.sum().clamp(min=1))
+    return (bce * w).sum() / w.sum().clamp(min=1)

@@ -146,16 +146,16 @@ class Stage1Step(_Step):
         def aug(x):  # D_z sees every image, real or fake, through the same random augmentation
             return diff_augment(x, policy=policy)
 
-        swap_weight = c.stage1.swap_weight
-        swapped = layer_swapped(out) if swap_weight else None
-
-        # Phase Dz: real -> 1, composite and global-feature image (and layer-swapped composites) -> 0.
+        # Phase Dz: real -> 1, composite and global-feature image -> 0.
         s.D_z.requires_grad_(True)
         opt_D.zero_grad(set_to_none=True)
-        d_real, d_fake, d_global = D_z(aug(real)), D_z(aug(out.image.detach())), D_z(aug(out.global_image.detach()))
+        r1 = c.stage1.r1_gamma > 0 and s.step % c.stage1.r1_every == 0
+        real_seen = aug(real).detach().requires_grad_(r1)
+        d_real, d_fake, d_global = D_z(real_seen), D_z(aug(out.image.detach())), D_z(aug(out.global_image.detach()))
         loss_d = losses.bce_real(d_real) + losses.bce_fake(d_fake) + losses.bce_fake(d_global)
-        if swap_weight:
-            loss_d = loss_d + swap_weight * losses.bce_fake(D_z(aug(swapped.detach())))
+        if r1:
+            penalty = losses.r1_penalty(d_real, real_seen)
+            loss_d = loss_d + c.stage1.r1_gamma / 2 * c.stage1.r1_every * penalty
         self.backward(loss_d)
         opt_D.step()
 
@@ -163,9 +163,9 @@ class Stage1Step(_Step):
         s.D_z.requires_grad_(False)
         opt_G.zero_grad(set_to_none=True)
         adv = losses.bce_real(s.D_z(aug(out.image))) + losses.bce_real(s.D_z(aug(out.global_image)))
-        if swap_weight:
-            adv = adv + swap_weight * losses.bce_real(s.D_z(aug(swapped)))
         info_f, info_b, composite_info = self.info_losses(out, f_idx, b_idx)
+        if out.mask.requires_grad:
+            out.mask.retain_grad()  # the gradient that reaches the mask: the paper's Figure 4 gauge
         entropy = losses.binary_entropy(out.mask)
         area = losses.mask_area_hinge(out.mask, c.stage1.mask_area_min, c.stage1.mask_area_max)
         loss_g = adv + info_f + info_b + c.stage1.beta * entropy
@@ -176,10 +176,8 @@ class Stage1Step(_Step):
         border = losses.mask_border_loss(out.mask, c.stage1.mask_border_ring)
         if c.stage1.mask_border_weight:
             loss_g = loss_g + c.stage1.mask_border_weight * border
-        object_area = losses.object_area(out.mask, c.stage1.mask_border_ring)
-        if c.stage1.object_area_weight:
-            loss_g = loss_g + c.stage1.object_area_weight * object_area
         self.backward(loss_g)
+        grads = mask_gradient_norms(out.mask, s.G)
         opt_G.step()
         s.D_z.requires_grad_(True)
 
@@ -188,12 +186,14 @@ class Stage1Step(_Step):
         stats = {
             "loss/D_z": loss_d, "loss/G_adv": adv, "loss/D_f_info": info_f, "loss/D_b_info": info_b,
             "loss/binary_entropy": entropy, "loss/mask_area_hinge": area,
-            "loss/mask_border": border, "loss/object_area": object_area, "loss/G_total": loss_g,
+            "loss/mask_border": border, "loss/G_total": loss_g,
             "D_z/real_score": torch.sigmoid(d_real).mean(), "D_z/fake_score": torch.sigmoid(d_fake).mean(),
-            **mask_statistics(out.mask),
+            **mask_statistics(out.mask), **grads,
         }
         if composite_info is not None:
             stats["loss/composite_info"] = composite_info
+        if r1:
+            stats["loss/D_z_r1"] = penalty
         return {k: v.detach() for k, v in stats.items()}
 
     def info_losses(self, out, f_idx, b_idx):
@@ -213,15 +213,16 @@ class Stage1Step(_Step):
         return info_f, info_b, composite
 
 
-def layer_swapped(out) -> torch.Tensor:
-    """Composites of each sample's mask with one of its own layers and the other layer of the
-    previous sample in the batch: even samples take the previous x_b, odd ones the previous x_f."""
-    n = out.mask.shape[0]
-    previous = torch.arange(n, device=out.mask.device).roll(1)
-    swap_bg = (torch.arange(n, device=out.mask.device) % 2 == 0).view(n, 1, 1, 1)
-    fg = torch.where(swap_bg, out.fg, out.fg[previous])
-    bg = torch.where(swap_bg, out.bg[previous], out.bg)
-    return out.mask * fg + (1 - out.mask) * bg
+def mask_gradient_norms(mask: torch.Tensor, G: nn.Module) -> dict[str, torch.Tensor]:
+    """2-norms of the generator loss's gradient on the mask x_m and on the mask network M's weights
+    (ComGAN's Figure 4: they vanish when a run heads for a trivial solution). Zero where no
+    gradient reached them."""
+    zero = mask.new_zeros(())
+    at_mask = mask.grad.norm() if mask.grad is not None else zero
+    mask_net = getattr(G, "mask_net", None)  # test stubs have none
+    grads = [p.grad for p in mask_net.parameters() if p.grad is not None] if mask_net is not None else []
+    at_net = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else zero
+    return {"grad/mask": at_mask.float(), "grad/mask_net": at_net.float()}
 
 
 @dataclass
@@ -240,7 +241,6 @@ class Stage2Step(_Step):
         S, D_m, opt_S, opt_Dm = self.use("S"), self.use("D_m"), self.use("opt_S"), self.use("opt_Dm")
         real = speed.as_input(real, c.speed)
         fake_img, fake_mask = self.generate(real.shape[0], real.device)
-        fake_img, fake_mask = diff_augment(fake_img, fake_mask, policy=parse_policy(c.stage2.augment))
         self_training = c.stage2.self_train_weight > 0 and s.step >= c.stage2.self_train_start
         if self_training:
             real, pseudo, confident, unguarded = self.pseudo_labels(real, fake_mask.mean())
@@ -263,7 +263,7 @@ class Stage2Step(_Step):
         loss_s = c.stage2.lam * cons + c.stage2.adv_weight * adv
         stats = {}
         if self_training:
-            self_loss = losses.pseudo_label_loss(pred_real, pseudo, confident, c.stage2.self_train_balanced)
+            self_loss = losses.pseudo_label_loss(pred_real, pseudo, confident)
             loss_s = loss_s + c.stage2.self_train_weight * self_loss
             stats = {"loss/S_self_train": self_loss, "seg/confident_share": confident.mean(),
                      "seg/guarded_images": 1 - unguarded.mean()}

@@ -413,7 +413,7 @@ def test_self_training_starts_at_its_step_and_learns_from_the_teacher(cfg):
                                + stats["loss/S_self_train"])
 
 
-@pytest.mark.parametrize("key, value", [("self_train_balanced", True), ("self_train_colour_bins", 4),
+@pytest.mark.parametrize("key, value", [("self_train_colour_bins", 4),
                                         ("self_train_area_guard", 0.99)])
 def test_self_training_options_reach_the_step(cfg, key, value):
     plain_stats, _ = self_training_step(cfg, start=0, step=0)
@@ -532,23 +532,6 @@ def test_pseudo_label_loss_counts_only_confident_pixels():
     assert math.isfinite(saturated.item()) and saturated.dtype == torch.float32
 
 
-def test_balanced_pseudo_label_loss_weighs_each_class_half():
-    """One confident foreground pixel against three confident background ones: plain, each pixel
-    counts a quarter; balanced, the foreground pixel counts half. No confident foreground: the
-    background mean counts half."""
-    from comgan.losses import pseudo_label_loss
-    pred = torch.tensor([0.6, 0.1, 0.2, 0.4, 0.5]).view(1, 1, 1, 5)
-    target = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0]).view(1, 1, 1, 5)
-    weight = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]).view(1, 1, 1, 5)
-    fg, bg = -math.log(0.6), -(math.log(0.9) + math.log(0.8) + math.log(0.6)) / 3
-    assert pseudo_label_loss(pred, target, weight).item() == pytest.approx((fg + 3 * bg) / 4, rel=1e-6)
-    assert pseudo_label_loss(pred, target, weight, balanced=True).item() == pytest.approx((fg + bg) / 2, rel=1e-6)
-    no_fg = weight * (1 - target)
-    no_fg[..., 0] = 0
-    bg_only = -(math.log(0.9) + math.log(0.8) + math.log(0.6)) / 3
-    assert pseudo_label_loss(pred, target, no_fg, balanced=True).item() == pytest.approx(bg_only / 2, rel=1e-6)
-
-
 # ---------------------------------------------------------------------------------------------
 # 4. IoU and Dice, strict and in the paper's convention, including empty masks
 
@@ -602,40 +585,6 @@ def test_iou_dice_by_hand_including_empty_masks():
         single = segmentation_scores(p, g)
         for k in scores:
             assert single[k].item() == pytest.approx(scores[k][i].item()), (name, k)
-
-
-def test_layer_swapped_composites_take_the_other_layer_from_the_previous_sample():
-    from comgan.training import layer_swapped
-
-    n, r = 4, 2
-    value = torch.arange(1, n + 1, dtype=torch.float32).view(n, 1, 1, 1)
-    out = GeneratorOutput(image=None, mask=torch.full((n, 1, r, r), 0.25), fg=value.expand(n, 3, r, r) * 10,
-                          bg=value.expand(n, 3, r, r) * 100, global_image=None)
-    got = layer_swapped(out)[:, 0, 0, 0]
-    # sample 0 keeps x_f 10 and takes x_b of sample 3 (400); sample 1 keeps x_b 200 and takes x_f of sample 0 (10)
-    want = [0.25 * 10 + 0.75 * 400, 0.25 * 10 + 0.75 * 200, 0.25 * 30 + 0.75 * 200, 0.25 * 30 + 0.75 * 400]
-    assert got.tolist() == pytest.approx(want)
-
-
-def test_swap_weight_adds_swapped_composites_to_both_phases(cfg):
-    """With stage1.swap_weight = w, D_z also rejects the swapped composite in its phase and G is also
-    scored on passing it (the stub's layers are equal across samples, so it equals x_bar here)."""
-    cfg = copy.deepcopy(cfg)
-    cfg.stage1.swap_weight = 0.5
-    state, log, phase = recorded_stage1(cfg)
-    G = state.G
-    real = real_batch(cfg, 8)
-    stats = Stage1Step(state, cfg, backward=phase.backward)(real)
-    out = G.outputs[-1][0]
-    refs = {"real": real, "x_bar": out.image, "x_bar_z": out.global_image}
-    assert_discriminator_inputs(log, refs, "D_z", False, ["real", "x_bar", "x_bar", "x_bar_z"],
-                                ["x_bar", "x_bar", "x_bar_z"])
-    d0 = [c.out for c in calls_of(log, "D_z", 0)]
-    d1 = [c.out for c in calls_of(log, "D_z", 1)]
-    one, zero = torch.ones(8), torch.zeros(8)
-    bce = F.binary_cross_entropy_with_logits
-    assert_close(stats["loss/D_z"], bce(d0[0], one) + bce(d0[1], zero) + bce(d0[2], zero) + 0.5 * bce(d0[3], zero))
-    assert_close(stats["loss/G_adv"], bce(d1[0], one) + bce(d1[1], one) + 0.5 * bce(d1[2], one))
 
 
 def test_composite_info_weight_asks_a_frozen_d_f_to_read_f_from_the_composite(cfg):
