@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	@if ! $(PY) -c "import torch" 2>/dev/null; then \
-	  if command -v nvidia-smi >/dev/null 2>&1; then echo "installing torch (GPU build)"; $(PY) -m pip install -q "torch>=2.4,<2.15"; \
+	  if command -v nvidia-smi >/dev/null 2>&1; then echo "installing torch (GPU build)"; $(PY) -m pip install -q "torch>=2.6,<2.15"; \
 	  else echo "installing $(CPU_TORCH) (CPU build)"; $(PY) -m pip install -q "$(CPU_TORCH)"; fi 2>&1 | grep -v "^WARNING: Location"; \
 	fi
 	@echo "installing ds-comgan and its dependencies into $(VENV)"

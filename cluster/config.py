@@ -125,7 +125,8 @@ def _resolve_source(source: str) -> Path:
 
 def validate(cfg: Config) -> None:
     r = cfg.run
-    # Checked first: the batch checks below divide by the worker count.
+    # Checked first: the batch checks below divide by the worker count. The model-and-stages check
+    # then refuses NaN and inf in every section, data, storage and run included, before any range.
     if r.workers < 1:
         raise ConfigError(f"run.workers must be >= 1, got {r.workers}")
     validate_model_and_stages(cfg)

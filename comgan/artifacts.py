@@ -2,23 +2,30 @@
 
 Training checkpoints hold every network, optimiser, step counter, RNG state and the resolved
 config. Exported artifacts (the stage handoff) hold one network and the model config it needs:
-`generator.pt` (G_ema) and `segmenter.pt` (S). Loading an artifact checks its kind and that its
-architecture fits the config it is used with, naming both values on a mismatch.
+`generator.pt` (G_ema) and `segmenter.pt` (S). Loading an artifact checks its kind, its saved model
+section (a config's ranges, and bounded sizes: it may come from any URL) and that its architecture
+fits the config it is used with, naming both values on a mismatch, all before a network is built.
 """
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from dataclasses import asdict
 
 import torch
 
-from .config import ModelConfig, model_config_from_dict
+from .config import ConfigError, ModelConfig, model_config_from_dict
 from .networks import Generator, UNet
 
 FORMAT_VERSION = 1
 GENERATOR_KEYS = ("resolution", "z_dim", "num_categories", "ngf", "subnet_width")
 SEGMENTER_KEYS = ("resolution", "seg_width", "seg_depth")
+# What an artifact may ask us to build and feed: an artifact comes from any URL, and a 1 KB file
+# must not make a job allocate until it dies. Generous: the paper's G has 8.6 M parameters, its S
+# (64 filters, depth 4) 34.5 M, and it works at 128 px.
+MAX_PARAMETERS = 200_000_000  # per network
+MAX_RESOLUTION = 2048  # photos are resized to it before segmentation
 
 
 class ArtifactError(ValueError):
@@ -61,7 +68,7 @@ def segmenter_artifact(s: torch.nn.Module, model_cfg: ModelConfig, extra: dict |
 
 
 def check_fits(obj: dict, expected: ModelConfig | None, keys, what: str) -> ModelConfig:
-    saved = model_config_from_dict(obj["model"])
+    saved = saved_model(obj, what)
     if expected is not None:
         for key in keys:
             a, b = getattr(saved, key), getattr(expected, key)
@@ -70,19 +77,59 @@ def check_fits(obj: dict, expected: ModelConfig | None, keys, what: str) -> Mode
     return saved
 
 
+def saved_model(obj: dict, what: str) -> ModelConfig:
+    """The artifact's model section, checked with a config's ranges and MAX_RESOLUTION."""
+    if not isinstance(obj.get("model"), dict):
+        raise ArtifactError(f"{what} has no model section")
+    try:
+        saved = model_config_from_dict(obj["model"])
+    except ConfigError as e:
+        raise ArtifactError(f"{what}: {e}") from None
+    if saved.resolution > MAX_RESOLUTION:
+        raise ArtifactError(f"{what}: model.resolution is {saved.resolution}, over the {MAX_RESOLUTION} an artifact may have")
+    return saved
+
+
+def build_checked(make, cfg: ModelConfig, keys, obj: dict, what: str) -> torch.nn.Module:
+    """`make()` with the artifact's weights, once the network is known to stay within
+    MAX_PARAMETERS: counted first on the meta device, which allocates nothing."""
+    count = parameter_count(make)
+    if count > MAX_PARAMETERS:
+        sizes = ", ".join(f"model.{key}={getattr(cfg, key)}" for key in keys)
+        counted = f"{count:,}" if math.isfinite(count) else "more than int64 can count"
+        raise ArtifactError(f"{what}: its model ({sizes}) would have {counted} parameters; an artifact may "
+                            f"have at most {MAX_PARAMETERS:,}")
+    if not isinstance(obj.get("state_dict"), dict):
+        raise ArtifactError(f"{what} has no weights (state_dict)")
+    net = make()
+    try:
+        net.load_state_dict(obj["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        # load_state_dict says "Error(s) in loading state_dict for X:", then one line per mismatch
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        raise ArtifactError(f"{what}: its weights do not fit its model section ({(lines[1:] or lines)[0][:160]})") from None
+    return net.eval().requires_grad_(False)
+
+
+def parameter_count(make) -> float:
+    """Parameters of `make()`, built on the meta device. Sizes past int64 do not build even
+    there: they count as infinitely many."""
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in make().parameters())
+    except (RuntimeError, TypeError, OverflowError):
+        return math.inf
+
+
 def load_generator(obj: dict, expected: ModelConfig | None = None, what: str = "generator") -> tuple[Generator, ModelConfig]:
     if obj.get("kind") != "comgan.generator":
         raise ArtifactError(f"{what} is a {obj.get('kind')!r} file, not a generator (comgan.generator)")
     cfg = check_fits(obj, expected, GENERATOR_KEYS, what)
-    g = Generator(cfg)
-    g.load_state_dict(obj["state_dict"])
-    return g.eval().requires_grad_(False), cfg
+    return build_checked(lambda: Generator(cfg), cfg, GENERATOR_KEYS, obj, what), cfg
 
 
 def load_segmenter(obj: dict, expected: ModelConfig | None = None, what: str = "segmenter") -> tuple[UNet, ModelConfig]:
     if obj.get("kind") != "comgan.segmenter":
         raise ArtifactError(f"{what} is a {obj.get('kind')!r} file, not a segmenter (comgan.segmenter)")
     cfg = check_fits(obj, expected, SEGMENTER_KEYS, what)
-    s = UNet(cfg.seg_width, cfg.seg_depth)
-    s.load_state_dict(obj["state_dict"])
-    return s.eval().requires_grad_(False), cfg
+    return build_checked(lambda: UNet(cfg.seg_width, cfg.seg_depth), cfg, SEGMENTER_KEYS, obj, what), cfg

@@ -172,8 +172,12 @@ def current_model_keys(data: dict) -> dict:
 
 
 def model_config_from_dict(data: dict) -> ModelConfig:
+    """A saved model section (artifacts), checked with a config's ranges: the file may come from
+    any URL, and its sizes decide what gets built."""
     cfg = ModelConfig()
     apply_mapping(cfg, current_model_keys(data), prefix="model.")
+    check_finite(cfg, prefix="model.")
+    validate_model(cfg)
     return cfg
 
 
@@ -249,9 +253,27 @@ def _coerce(value, f, full: str):
     raise ConfigError(f"{full} must be {words.get(kind, kind)}, got {value!r}")
 
 
+def check_finite(obj, prefix: str = "") -> None:
+    """Refuse NaN and inf in any float of a (nested) dataclass, naming the key. Done before the
+    range checks, which they would pass: every comparison with NaN is false, and inf is >= 0."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            check_finite(value, prefix=f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name} must be a finite number, got {value}")
+
+
 def validate(cfg: ComGANConfig) -> None:
-    """Model and stage settings; the run config adds its own checks (cluster/config.py)."""
-    m = cfg.model
+    """Model and stage settings; the run config adds its own checks (cluster/config.py). The
+    finiteness walk covers every section of `cfg`, those of a run config included."""
+    check_finite(cfg)
+    validate_model(cfg.model)
+    validate_stages(cfg)
+
+
+def validate_model(m: ModelConfig) -> None:
+    """The model section's ranges, shared by configs and the artifacts' saved model sections."""
     if m.resolution < 16 or m.resolution & (m.resolution - 1):
         raise ConfigError(f"model.resolution must be a power of two >= 16, got {m.resolution}")
     if m.num_categories < 1:
@@ -268,6 +290,11 @@ def validate(cfg: ComGANConfig) -> None:
     for name in ("z_dim", "subnet_width", "dz_width", "info_width", "seg_width", "dm_width"):
         if getattr(m, name) < 1:
             raise ConfigError(f"model.{name} must be >= 1, got {getattr(m, name)}")
+    if m.z_scale <= 0:
+        raise ConfigError(f"model.z_scale must be > 0, got {m.z_scale}")
+
+
+def validate_stages(cfg: ComGANConfig) -> None:
     s1, s2 = cfg.stage1, cfg.stage2
     for key in ("stage1.beta", "stage1.r1_gamma", "stage1.composite_info_weight", "stage2.adv_weight"):
         section, name = key.split(".")
@@ -303,6 +330,8 @@ def validate(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage1.r1_every must be >= 1, got {s1.r1_every}")
     if not 0 <= s1.ema_decay < 1:
         raise ConfigError(f"stage1.ema_decay must be in [0, 1), got {s1.ema_decay}")
+    if s1.bn_recalibration_batches < 0:
+        raise ConfigError(f"stage1.bn_recalibration_batches must be >= 0, got {s1.bn_recalibration_batches}")
     for stage_name, stage in (("stage1", s1), ("stage2", s2)):
         if stage.steps < 0:
             raise ConfigError(f"{stage_name}.steps must be >= 0, got {stage.steps}")
@@ -310,3 +339,6 @@ def validate(cfg: ComGANConfig) -> None:
             raise ConfigError(f"{stage_name}.lr must be > 0, got {stage.lr}")
         if stage.batch_size < 1:
             raise ConfigError(f"{stage_name}.batch_size must be >= 1, got {stage.batch_size}")
+        for beta in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(stage, beta) < 1:
+                raise ConfigError(f"{stage_name}.{beta} must be in [0, 1), got {getattr(stage, beta)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -271,6 +272,18 @@ def test_a_generator_artifact_is_refused_in_one_line(tmp_path, model, capsys):
     generator.write_bytes(to_bytes(generator_artifact(Generator(model), model)))
     code = main("--photos", tmp_path / "photos", "--segmenter", generator, "--out", tmp_path / "masks")
     one_line_error(code, capsys, str(generator), "'comgan.generator' file, not a segmenter")
+    assert not (tmp_path / "masks").exists()
+
+
+def test_a_segmenter_that_asks_for_a_huge_network_is_refused_in_one_line(tmp_path, model, capsys):
+    """A 1 KB file whose model section says seg_width=200000 is refused before S is built (it
+    would need 1.4 TB), not run until the machine runs out of memory."""
+    write_photos(tmp_path / "photos", {"a.jpg": photo_set()["a.jpg"]})
+    forged = tmp_path / "segmenter.pt"
+    forged.write_bytes(to_bytes({"kind": "comgan.segmenter", "format": 1, "state_dict": {},
+                                 "model": {**asdict(model), "seg_width": 200000}}))
+    code = main("--photos", tmp_path / "photos", "--segmenter", forged, "--out", tmp_path / "masks")
+    one_line_error(code, capsys, str(forged), "model.seg_width=200000", "an artifact may have at most")
     assert not (tmp_path / "masks").exists()
 
 

@@ -1,0 +1,64 @@
+"""An artifact may come from any URL: its saved model section is checked with a config's ranges,
+and the networks it asks for are bounded, before anything is built."""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict
+
+import pytest
+
+from comgan.artifacts import (ArtifactError, from_bytes, load_generator, load_segmenter, segmenter_artifact,
+                              to_bytes)
+from comgan.config import ModelConfig
+from comgan.networks import UNet
+
+LOADERS = {"comgan.generator": load_generator, "comgan.segmenter": load_segmenter}
+
+
+def forged(kind: str, **model) -> dict:
+    """A small file that claims a model section but carries no weights for it."""
+    return {"kind": kind, "format": 1, "model": {**asdict(ModelConfig()), **model}, "state_dict": {}}
+
+
+@pytest.mark.parametrize("kind, model, words", [
+    ("comgan.segmenter", {"seg_width": 200000}, ["model.seg_width=200000", "parameters; an artifact may have at most"]),
+    ("comgan.segmenter", {"seg_width": -3}, ["model.seg_width must be >= 1, got -3"]),
+    # A segmenter does not build G, so a G wide enough for its resolution costs it nothing.
+    ("comgan.segmenter", {"resolution": 2 ** 20, "ngf": 2 ** 17}, ["model.resolution is 1048576, over the 2048"]),
+    ("comgan.segmenter", {"seg_width": "wide"}, ["model.seg_width must be an integer"]),
+    ("comgan.generator", {"z_scale": float("nan")}, ["model.z_scale must be a finite number, got nan"]),
+    ("comgan.generator", {"ngf": 2 ** 40}, ["model.ngf=1099511627776", "more than int64 can count"]),
+    ("comgan.generator", {"z_dim": 10 ** 9}, ["model.z_dim=1000000000", "parameters"]),
+])
+def test_a_forged_model_section_fails_fast_in_one_line(tmp_path, kind, model, words):
+    path = tmp_path / "artifact.pt"
+    path.write_bytes(to_bytes(forged(kind, **model)))
+    assert path.stat().st_size < 4096
+    peak, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    with pytest.raises(ArtifactError) as e:
+        LOADERS[kind](from_bytes(path.read_bytes(), what=str(path)), what=str(path))
+    assert time.perf_counter() - start < 0.5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100_000, "KiB: nothing big was allocated"
+    message = str(e.value)
+    assert message.startswith(str(path)) and "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_missing_sections_and_weights_of_another_model_are_one_line_errors():
+    model = ModelConfig(resolution=16, seg_width=4, seg_depth=2)
+    other = segmenter_artifact(UNet(8, 2), model)  # weights of seg_width=8 under a model that says 4
+    cases = [({"kind": "comgan.segmenter"}, "s.pt has no model section"),
+             ({**forged("comgan.segmenter", **asdict(model)), "state_dict": None}, "s.pt has no weights"),
+             (other, "s.pt: its weights do not fit its model section (size mismatch for")]
+    for obj, message in cases:
+        with pytest.raises(ArtifactError) as e:
+            load_segmenter(obj, what="s.pt")
+        assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_sound_artifact_still_loads():
+    model = ModelConfig(resolution=16, seg_width=4, seg_depth=2)
+    net, saved = load_segmenter(from_bytes(to_bytes(segmenter_artifact(UNet(4, 2), model))))
+    assert saved == model and not net.training
