@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass
 
@@ -24,8 +25,10 @@ from ray.train.torch import TorchTrainer
 
 from comgan.artifacts import ArtifactError, from_bytes, load_generator
 from comgan.watchdog import health_score, segmenter_reason
+from data_shards.config import SYNTHETIC_HOMES
 from data_shards.index import holds_shards
-from data_shards.io import arrow_filesystem, join_url, move_tree, read_bytes, remove_tree, url_exists, write_bytes
+from data_shards.io import (arrow_filesystem, holds_anything, join_url, move_tree, read_bytes, remove_tree, url_exists,
+                            write_bytes)
 from data_shards.reader import check_usable, read_manifest
 from data_shards.writer import write_synthetic
 
@@ -49,15 +52,24 @@ def log(msg: str) -> None:
 
 
 def ensure_data(cfg: Config) -> None:
-    """Write the built-in synthetic set where it is missing; then check both datasets exist."""
+    """Write the built-in synthetic set where it is missing, in its own folders only: a mistyped
+    data path must stop the job, not fill the user's storage and train on synthetic images.
+    Then check both datasets exist."""
     d, m = cfg.data, cfg.model
-    if d.synthetic:
-        for url, count, seed in ((d.train, d.synthetic_train_size, 1000),
-                                 (d.eval, d.synthetic_eval_size, 2000)):
-            # data.eval='' means no evaluation; a user's plain tars (no manifest.json) are never written over
-            if url and not holds_shards(url):
-                log(f"writing {count} synthetic {m.resolution}px images to {url}")
-                write_synthetic(url, count, m.resolution, d.synthetic_styles, seed, samples_per_shard=d.samples_per_shard)
+    for key, url, count, seed in (("data.train", d.train, d.synthetic_train_size, 1000),
+                                  ("data.eval", d.eval, d.synthetic_eval_size, 2000)):
+        # data.eval='' means no evaluation; a user's plain tars (no manifest.json) are never written over
+        if not d.synthetic or not url or holds_shards(url):
+            continue
+        if is_synthetic_home(url):
+            log(f"writing {count} synthetic {m.resolution}px images to {url}")
+            write_synthetic(url, count, m.resolution, d.synthetic_styles, seed, samples_per_shard=d.samples_per_shard)
+        elif not holds_anything(url):  # what is there (images, a cut-off write) read_manifest explains
+            command = (f"python jobs/make_shards.py synthetic {shlex.quote(url)} --count {count} "
+                       f"--resolution {m.resolution} --styles {d.synthetic_styles} --seed {seed}")
+            raise ConfigError(f"{key}={url}: nothing is there (data.synthetic writes the built-in synthetic set "
+                              f"only under {' and '.join(h + '/' for h in SYNTHETIC_HOMES)}; to train on it "
+                              f"elsewhere, write it first: {command})")
     train = read_manifest(d.train)
     check_usable(d.train, resolution=m.resolution)  # a set no reader can use fails here, not in every worker
     log(f"training shards: {d.train} ({train['num_samples']} images in {len(train['shards'])} shards)")
@@ -66,6 +78,13 @@ def ensure_data(cfg: Config) -> None:
         if not held_out.get("has_masks"):
             raise ConfigError(f"data.eval={d.eval} has no ground-truth masks; give a set with masks or data.eval=''")
         check_usable(d.eval, resolution=m.resolution, masks=True)
+
+
+def is_synthetic_home(url: str) -> bool:
+    """Whether `url` is one of SYNTHETIC_HOMES or lies under one (relative to this directory)."""
+    path = absolute_url(url)
+    homes = [absolute_url(home) for home in SYNTHETIC_HOMES]
+    return "://" not in path and any(path == home or path.startswith(home + os.sep) for home in homes)
 
 
 def check_run_config(cfg: Config, layout: RunLayout) -> None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The folders (relative to the working directory, as the defaults below and the tiny preset's
+# paths are) where data.synthetic may write the built-in synthetic set. Anywhere else a path
+# without shards is a mistake to report, not a place to fill with synthetic images.
+SYNTHETIC_HOMES = ("data_shards/synthetic", "data_shards/tiny")
+
 
 @dataclass
 class DataConfig:
@@ -14,7 +19,9 @@ class DataConfig:
     eval_grabcut: bool = False  # also score GrabCut (OpenCV) on the same images; best at >= 128 px
     eval_flip: bool = False     # score the segmenter's masks averaged with its mirror image's
     eval_colour_refine: bool = False  # ... refined by each image's own colours (comgan/refine.py)
-    synthetic: bool = True      # write the built-in synthetic set to `train`/`eval` if missing
+    # Write the built-in synthetic set to `train`/`eval` if missing, only inside SYNTHETIC_HOMES;
+    # elsewhere `python jobs/make_shards.py synthetic URL` writes it, explicitly.
+    synthetic: bool = True
     synthetic_train_size: int = 10000  # 800 steps of 32 see each image about 2.5 times
     synthetic_eval_size: int = 500
     synthetic_styles: int = 4   # K foreground and K background styles

@@ -31,6 +31,7 @@ import datetime
 import json
 import logging
 import re
+import shlex
 import tarfile
 import zlib
 from collections import Counter
@@ -41,10 +42,12 @@ from typing import NamedTuple
 from braceexpand import braceexpand
 from webdataset.tariterators import group_by_keys
 
+from data_shards.converters import IMAGE_SUFFIXES
 from data_shards.io import (
     filesystem,
     join_url,
     list_sizes,
+    list_tree,
     open_url,
     read_bytes,
     url_exists,
@@ -167,6 +170,11 @@ def _folder_sizes(url: str) -> dict[str, int]:
     fs, path = filesystem(url)
     if "://" not in url and not fs.exists(path):  # object stores have prefixes, not folders
         raise DatasetError(f"no shard dataset at {url}: the folder does not exist")
+    if any(rel.lower().endswith(IMAGE_SUFFIXES) for rel in list_tree(url)):
+        shards = url.rstrip("/") + "-shards"
+        raise DatasetError(f"no shard dataset at {url}: it holds images, not shards; make shards of them with "
+                           f"python jobs/make_shards.py folder {shlex.quote(url)} {shlex.quote(shards)} (add "
+                           f"--masks MASKS for masks) and use {shards}")
     raise DatasetError(f"no shard dataset at {url}: manifest.json not found and no .tar files in it (write shards "
                        "with jobs/make_shards.py, or name existing tars with a brace pattern: .../x-{0000..0099}.tar)")
 

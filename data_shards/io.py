@@ -143,6 +143,17 @@ def url_kind(url: str) -> str | None:
 
 
 @_user_errors
+def holds_anything(url: str) -> bool:
+    """Whether anything is at `url`: a file, or a folder (prefix) with at least one entry, hidden
+    ones included. A missing folder and an empty one hold nothing."""
+    fs, path = filesystem(url)
+    try:
+        return bool(fs.ls(path, detail=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+@_user_errors
 def list_tree(root: str) -> list[str]:
     """Sorted relative paths of the files under folder `root`, recursively; hidden files and
     folders (.DS_Store, ._x.jpg, .ipynb_checkpoints/) left out. A missing folder lists as empty."""

@@ -8,6 +8,12 @@ A shard set is a folder:
 Each shard is built in a local temporary file and copied as soon as it is complete, so S3 sees
 whole objects and a crash never leaves a manifest that points at half-written shards.
 
+A destination that holds anything at all is refused unless overwrite is asked for; even then
+only files of ours are replaced or deleted: manifest.json and the shard names the new set writes
+are replaced, and old shards are deleted only when our writer's manifest there lists them (a
+manifest of `jobs/make_shards.py index` lists a user's own tars: none of those). Anything else in
+the folder, such as plain tars of another tool beyond the new set's count, is left alone.
+
 Rewriting a folder that holds a shard set: the old manifest is deleted before the first shard is
 replaced, so a reader that starts meanwhile fails (index.py indexes plain tars that lack a
 manifest, but refuses ours) instead of mixing old and new shards; shards the new set does not
@@ -31,7 +37,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from PIL import Image
 
-from data_shards.io import join_url, list_urls, put_file, read_bytes, remove_url, url_exists, write_bytes
+from data_shards.io import holds_anything, join_url, put_file, read_bytes, remove_url, url_exists, write_bytes
 from data_shards.progress import Progress
 from data_shards.synthetic import synthetic_samples
 
@@ -47,7 +53,7 @@ class ShardWriteError(ValueError):
 
 
 class DestinationExists(ShardWriteError):
-    """The destination already holds a shard set and overwriting was not allowed."""
+    """The destination already holds something and overwriting was not allowed."""
 
 
 def shard_name(index: int) -> str:
@@ -175,21 +181,29 @@ class _Shard:
 # ---------------------------------------------------------------------------------------------
 # destination
 
-def _old_shard_names(dest_url: str, overwrite: bool) -> set[str]:
-    """Names of shards already in dest_url (from its manifest and by name); refuses a destination
-    holding a manifest unless overwrite."""
-    names = set()
-    murl = join_url(dest_url, MANIFEST)
-    if url_exists(murl):
-        if not overwrite:
-            raise DestinationExists(f"{dest_url} already holds a shard set (manifest.json); "
-                                    "use --overwrite to replace it")
-        try:
-            names |= {s["name"] for s in json.loads(read_bytes(murl)).get("shards", [])}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass  # an unreadable manifest lists nothing; the name pattern below still finds its shards
-    names |= {u.rsplit("/", 1)[-1] for u in list_urls(dest_url, ".tar")}
-    return {n for n in names if SHARD_RE.match(n)}
+def check_destination(dest_url: str, overwrite: bool) -> None:
+    """Refuse a destination that holds anything (a shard set or any other file) unless overwrite."""
+    if overwrite or not holds_anything(dest_url):
+        return
+    if url_exists(join_url(dest_url, MANIFEST)):
+        raise DestinationExists(f"{dest_url} already holds a shard set (manifest.json); "
+                                "use --overwrite to replace it")
+    raise DestinationExists(f"{dest_url} is not empty: give a new or empty destination, or use --overwrite to "
+                            "write into it (files named manifest.json and shard-NNNNNN.tar are replaced, "
+                            "nothing else is touched)")
+
+
+def _written_shards(dest_url: str) -> set[str]:
+    """The shards that our writer's manifest at dest_url lists: the only old files a rewrite may
+    delete. An indexed manifest lists a user's own tars, a foreign or broken one nothing of ours."""
+    try:
+        manifest = json.loads(read_bytes(join_url(dest_url, MANIFEST)))
+    except (FileNotFoundError, ValueError):
+        return set()
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("indexed"):
+        return set()
+    names = {s.get("name") for s in manifest.get("shards") or [] if isinstance(s, dict)}
+    return {n for n in names if isinstance(n, str) and SHARD_RE.match(n)}
 
 
 def _resolution_stats(sizes: np.ndarray) -> dict:
@@ -227,7 +241,8 @@ def write_shards(samples: Iterable[dict], dest_url: str, samples_per_shard: int 
     stored unchanged), optional "mask" uint8 or bool [H, W], optional "meta" dict}.
     samples_per_shard          a shard holds at most this many samples
     shard_bytes                ... and at most this many bytes (a single larger sample gets a shard of its own)
-    overwrite                  False: refuse (DestinationExists) if dest_url holds a manifest
+    overwrite                  False: refuse (DestinationExists) if dest_url holds anything; True:
+                               write into it, deleting only old shards our manifest lists
     info, converter            recorded in the manifest as they are (no secrets here)
     skipped                    {reason: count} of source items left out; read after the last
                                sample, so a source can fill it while it is consumed
@@ -239,7 +254,8 @@ def write_shards(samples: Iterable[dict], dest_url: str, samples_per_shard: int 
     if shard_bytes is not None and shard_bytes < 1:
         raise ValueError(f"shard_bytes must be >= 1, got {shard_bytes}")
     total = total if total is not None else (len(samples) if hasattr(samples, "__len__") else None)
-    old = _old_shard_names(dest_url, overwrite)
+    check_destination(dest_url, overwrite)
+    old = _written_shards(dest_url)
     remove_url(join_url(dest_url, MANIFEST))  # while rewriting, the folder is not a valid dataset
     report = _as_progress(progress, total)
     shards, sizes, missing_masks = [], [], []

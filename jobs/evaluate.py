@@ -13,8 +13,8 @@ for the baselines on the same images in the same geometry: all-foreground, a cen
 mean foreground area and, with --grabcut, GrabCut initialised with a rectangle inset 5 %.
 --resolution scores at another size than the segmenter's (its masks are upsampled): GrabCut
 needs about 128 px. --out writes the results as JSON (means and every image's scores under
-"per_image") and a PNG grid beside it. --workers N scores N parts of the set on Ray tasks (a local
-cluster, or the one RAY_ADDRESS names).
+"per_image") and a PNG grid beside it; an existing report is replaced only with --overwrite.
+--workers N scores N parts of the set on Ray tasks (a local cluster, or the one RAY_ADDRESS names).
 
 FID and IS (--generator with --inception): the generator's composites for --fid-samples seeded
 codes against the first --fid-real images of --data (read at the generator's resolution; masks
@@ -32,12 +32,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cluster.cli import EXIT_USER_ERROR, USER_ERRORS
+from data_shards.io import url_exists
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="jobs/evaluate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Exit codes: 0 done, 2 a mistake in the arguments, artifact, data or storage.")
+                                epilog="Exit codes: 0 done, 2 a mistake in the arguments, artifact, data or storage, "
+                                       "or an existing report without --overwrite.")
     p.add_argument("--segmenter", metavar="URI", help="a segmenter.pt (path or URL) to score on --data's masks")
     p.add_argument("--data", required=True, metavar="URL",
                    help="shards with images and ground-truth masks (for FID alone, masks are not needed)")
@@ -52,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0,
                    help="score the segmenter on this many Ray tasks, each a part of the shards (default: 0, in this process)")
     p.add_argument("--out", metavar="URL", help="write results JSON here, and <out minus .json>_grid.png")
+    p.add_argument("--overwrite", action="store_true", help="replace a report (JSON or grid) already at --out")
     q = p.add_argument_group("FID and Inception Score of a generator")
     q.add_argument("--generator", metavar="URI", help="a generator.pt (path or URL)")
     q.add_argument("--inception", metavar="URI", help="the TorchScript detector inception-2015-12-05.pt (path or URL)")
@@ -69,6 +72,17 @@ def check_args(a: argparse.Namespace) -> None:
         raise ValueError("--resolution and --workers must be >= 0, --batch >= 1 and --threshold in (0, 1)")
     if a.fid_samples < 2 or a.fid_real < 2:
         raise ValueError("--fid-samples and --fid-real must be >= 2")
+    check_out(a)
+
+
+def check_out(a: argparse.Namespace) -> None:
+    """Refuse to replace a report without --overwrite, before minutes of scoring."""
+    if not a.out or a.overwrite:
+        return
+    targets = [a.out, grid_url(a.out)] if a.segmenter else [a.out]  # the grid comes with a segmenter only
+    existing = [url for url in targets if url_exists(url)]
+    if existing:
+        raise ValueError(f"{existing[0]} already exists; use --overwrite to replace it")
 
 
 def main(argv=None) -> int:
@@ -107,9 +121,12 @@ def write_results(results: dict, grid, out: str) -> None:
         write_bytes(out, (json.dumps(results, indent=2) + "\n").encode())
         print(f"wrote {out}")
         return
-    grid_url = (out.removesuffix(".json")) + "_grid.png"
-    save_report(results, grid, out, grid_url)
-    print(f"wrote {out} and {grid_url}")
+    save_report(results, grid, out, grid_url(out))
+    print(f"wrote {out} and {grid_url(out)}")
+
+
+def grid_url(out: str) -> str:
+    return out.removesuffix(".json") + "_grid.png"
 
 
 if __name__ == "__main__":

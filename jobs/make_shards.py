@@ -25,10 +25,12 @@ beside them (a pattern's into its folder), copying nothing, so that runs start a
 (quote a brace pattern: the shell would expand it).
 
 DEST is a local folder or any fsspec URL (file://, s3://bucket/prefix; S3 credentials and
-endpoint come from the standard AWS environment). Each shard is uploaded as soon as it is full;
-manifest.json is written last. Image files pass through unchanged unless --crop-bbox or --resize
-changes their pixels; masks are stored as {0, 255} PNGs. Unreadable files are skipped with a
-warning and counted in the summary and the manifest.
+endpoint come from the standard AWS environment) that is new or empty: one that holds anything
+is refused unless --overwrite, which replaces only manifest.json and the shard names it writes
+and deletes only an old set's shards that our own manifest lists. Each shard is uploaded as
+soon as it is full; manifest.json is written last. Image files pass through unchanged unless
+--crop-bbox or --resize changes their pixels; masks are stored as {0, 255} PNGs. Unreadable files
+are skipped with a warning and counted in the summary and the manifest.
 """
 from __future__ import annotations
 
@@ -43,9 +45,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_shards.converters import CONVERTERS, ConversionError  # noqa: E402
 from data_shards.index import DatasetError, write_index  # noqa: E402
-from data_shards.io import join_url, url_exists  # noqa: E402
 from data_shards.progress import Progress, format_duration  # noqa: E402
-from data_shards.writer import (MANIFEST, DestinationExists, ShardWriteError, format_size, parse_size,  # noqa: E402
+from data_shards.writer import (ShardWriteError, check_destination, format_size, parse_size,  # noqa: E402
                                 write_shards, write_synthetic)
 
 NOT_RECORDED = {"converter", "overwrite", "workers", "quiet"}   # options that do not change the output
@@ -86,8 +87,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="and at most SIZE bytes per shard: 256MB, 1.5GB, 64MiB, ... (K/M/G = 1000s, "
                         "Ki/Mi/Gi = 1024s; default: 256MB); a new shard starts when either limit is reached")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a shard set already at DEST; its shards that the new set does not reuse are "
-                        "deleted after the new manifest is written")
+                   help="write into a DEST that is not empty: manifest.json and the shard-NNNNNN.tar names the new "
+                        "set uses are replaced, shards of an old set of ours (listed in its manifest) that the new "
+                        "set does not reuse are deleted after the new manifest is written, nothing else is touched "
+                        "(without it, a DEST that holds anything is refused)")
     p.add_argument("--quiet", action="store_true", help="no progress lines or warnings, only errors and the summary")
 
 
@@ -224,10 +227,7 @@ def main(argv=None) -> int:
         if args.converter == "index":
             print(run_index(args, start))
             return 0
-        # Checked before the source is listed (which can take minutes); write_shards checks again.
-        if not args.overwrite and url_exists(join_url(args.dest, MANIFEST)):
-            raise DestinationExists(f"{args.dest} already holds a shard set (manifest.json); "
-                                    "use --overwrite to replace it")
+        check_destination(args.dest, args.overwrite)  # before the source is listed (minutes); write_shards again
         manifest = convert(args)
     except (ConversionError, ShardWriteError, DatasetError, OSError) as e:  # OSError: storage the user has to fix
         lines = str(e).strip().splitlines() or [type(e).__name__]
@@ -237,8 +237,8 @@ def main(argv=None) -> int:
         if args.converter == "index":
             print("interrupted: no manifest.json was written", file=sys.stderr)
             return 130
-        print(f"interrupted: re-run the command to write {args.dest} (an unfinished write leaves no manifest.json, "
-              "so nothing reads it)", file=sys.stderr)
+        print(f"interrupted: re-run the command with --overwrite to write {args.dest} (an unfinished write leaves "
+              "no manifest.json, so nothing reads it)", file=sys.stderr)
         return 130
     print(summary(manifest, args.dest, time.monotonic() - start))
     return 0

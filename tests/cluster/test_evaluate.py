@@ -143,6 +143,31 @@ def test_evaluate_job_prints_the_table_and_writes_json(tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1
 
 
+def test_evaluate_job_replaces_a_report_only_with_overwrite(disc_set, tmp_path, capsys):
+    """As jobs/generate.py and jobs/segment_images.py: an existing JSON or grid is refused in one
+    line before any scoring, and kept; --overwrite replaces both."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
+    import evaluate as evaluate_job  # jobs/evaluate.py
+
+    root, _ = disc_set
+    out = tmp_path / "r.json"
+    args = ["--segmenter", str(root / "segmenter.pt"), "--data", str(root / "eval"), "--out", str(out)]
+    out.write_text("earlier report")
+    for existing in (out, tmp_path / "r_grid.png"):
+        assert evaluate_job.main(args) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"error: {existing} already exists; use --overwrite to replace it\n"
+        assert "segmenter" not in captured.out, "refused before scoring"
+        if existing == out:
+            out.rename(tmp_path / "r_grid.png")
+    assert (tmp_path / "r_grid.png").read_text() == "earlier report" and not out.exists()
+    assert evaluate_job.main([*args, "--overwrite"]) == 0
+    assert json.loads(out.read_text())["num_images"] == 7 and (tmp_path / "r_grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.fixture(scope="module")
 def disc_set(tmp_path_factory):
     """7 labelled disc scenes in shards of 3 (so a set splits into parts), one with an empty mask,

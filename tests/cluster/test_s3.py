@@ -103,6 +103,13 @@ def test_missing_bucket_and_missing_manifest_fail_before_training(s3_bucket, tmp
     assert_one_line_error(proc, "no-such-runs-bucket", "does not exist")
 
 
+def test_a_mistyped_bucket_path_is_not_filled_with_synthetic_images(s3_bucket, tmp_path):
+    """The issue's case: data.synthetic on (the default), data.train a typo in the user's bucket."""
+    proc = run_train(f"data.train={s3_bucket}/cub/trian", "data.eval=''", f"--storage={tmp_path}")
+    assert_one_line_error(proc, f"data.train={s3_bucket}/cub/trian: nothing is there", "make_shards.py synthetic")
+    assert s3fs.S3FileSystem().ls(s3_bucket.removeprefix("s3://"), refresh=True) == []
+
+
 def test_unreachable_endpoint_fails_before_training(s3_server, tmp_path):
     closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     started = time.time()

@@ -342,6 +342,24 @@ def test_refuses_existing_set_and_cleans_stale_shards(tmp_path):
     check_checksums(url, second)
 
 
+def test_refuses_any_non_empty_destination_and_deletes_only_shards_it_wrote(tmp_path):
+    """Another tool's shard-NNNNNN.tar without a manifest of ours: refused without overwrite; with
+    it, the names the new set writes are replaced and the rest kept (the writer did not make them)."""
+    url = str(tmp_path / "theirs")
+    write_synthetic(url, 10, 8, 2, seed=0, samples_per_shard=2, progress=False)
+    (tmp_path / "theirs" / "manifest.json").write_text('{"made_by": "another tool"}')
+    theirs = {n: (tmp_path / "theirs" / n).read_bytes() for n in os.listdir(url)}
+    with pytest.raises(DestinationExists, match="already holds a shard set"):
+        write_synthetic(url, 4, 8, 2, seed=1, samples_per_shard=2, progress=False, overwrite=False)
+    os.remove(tmp_path / "theirs" / "manifest.json")
+    with pytest.raises(DestinationExists, match="is not empty: .* --overwrite"):
+        write_synthetic(url, 4, 8, 2, seed=1, samples_per_shard=2, progress=False, overwrite=False)
+    assert sorted(os.listdir(url)) == sorted(n for n in theirs if n != "manifest.json")
+    write_synthetic(url, 4, 8, 2, seed=1, samples_per_shard=2, progress=False, overwrite=True)
+    assert sorted(os.listdir(url)) == sorted(theirs)
+    assert all((tmp_path / "theirs" / n).read_bytes() == theirs[n] for n in ("shard-000002.tar", "shard-000004.tar"))
+
+
 # ---------------------------------------------------------------------------------------------
 # progress
 

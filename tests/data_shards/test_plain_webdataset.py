@@ -211,6 +211,11 @@ def test_user_mistakes_are_one_line_errors(plain, tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("no tars here")
     one_line(lambda: read_manifest(str(tmp_path / "empty")), "manifest.json not found and no .tar files in it")
     one_line(lambda: read_manifest(str(tmp_path / "missing")), "the folder does not exist")
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    (tmp_path / "photos" / "a" / "bird.JPG").write_bytes(b"not read")
+    one_line(lambda: read_manifest(str(tmp_path / "photos")),
+             f"no shard dataset at {tmp_path}/photos: it holds images, not shards; make shards of them with "
+             f"python jobs/make_shards.py folder {tmp_path}/photos {tmp_path}/photos-shards")
     shutil.copytree(url, tmp_path / "foreign")
     (tmp_path / "foreign" / "manifest.json").write_text('{"made_by": "another tool"}')
     one_line(lambda: read_manifest(str(tmp_path / "foreign")), "not a ds-comgan-shards/1 manifest .*brace pattern")
@@ -258,6 +263,34 @@ def test_the_driver_reads_plain_tars_and_never_writes_over_them(tmp_path):
     ensure_data(cfg)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*.tar")} == before
     assert not list(tmp_path.rglob("manifest.json"))
+
+
+def test_the_driver_writes_synthetic_data_only_to_its_own_folders(tmp_path, monkeypatch):
+    """data.synthetic (on by default) fills the built-in locations, and paths under them, when they
+    are missing; a user's path without data is a one-line error that writes nothing there."""
+    from cluster.config import ConfigError, load_config
+    from cluster.pipeline import ensure_data, is_synthetic_home
+
+    monkeypatch.chdir(tmp_path)
+    for path, home in [("data_shards/synthetic/train", True), ("data_shards/tiny/eval", True),
+                       (f"{tmp_path}/data_shards/tiny/x/train", True), ("./data_shards/synthetic", True),
+                       ("data_shards/synthetic_64/train", False), ("data_shards/tiny/../photos", False),
+                       ("data/train", False), ("s3://bucket/data_shards/synthetic/train", False)]:
+        assert is_synthetic_home(path) == home, path
+    ensure_data(load_config("tiny", ["data.eval=data_shards/tiny/sub/eval"]))
+    assert read_manifest("data_shards/tiny/train")["num_samples"] == 256
+    assert read_manifest("data_shards/tiny/sub/eval")["has_masks"]
+    for key in ("train", "eval"):
+        cfg = load_config("tiny", [f"data.{key}={tmp_path}/cub/trian"])
+        with pytest.raises(ConfigError, match=rf"data.{key}={tmp_path}/cub/trian: nothing is there .* write it "
+                                              rf"first: python jobs/make_shards.py synthetic {tmp_path}/cub/trian "
+                                              rf"--count {256 if key == 'train' else 32} --resolution 16 --styles 3"):
+            ensure_data(cfg)
+        assert not (tmp_path / "cub").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="nothing is there"):
+        ensure_data(load_config("tiny", [f"data.train={tmp_path}/empty"]))
+    assert not list((tmp_path / "empty").iterdir())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -112,6 +112,50 @@ def test_refuses_existing_set_then_overwrites_and_cleans_up(tmp_path):
     assert sorted(os.listdir(dest)) == ["manifest.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
 
 
+def test_plain_tars_of_our_names_are_refused_and_overwrite_replaces_only_what_it_writes(tmp_path):
+    """A folder of another tool's shard-NNNNNN.tar without manifest.json is data, not ours: refused
+    without --overwrite; with it, only the names the new set writes are replaced, no tar deleted."""
+    dest = tmp_path / "plain"
+    write_plain_tars(dest, name="shard-%06d.tar")
+    (dest / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    one_line_error(run("synthetic", dest, "--count", "4", "--resolution", "8"), str(dest), "not empty", "--overwrite")
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    p = run("synthetic", dest, "--count", "4", "--resolution", "8", "--overwrite", "--quiet")
+    assert p.returncode == 0, p.stderr
+    after = {p.name: p.read_bytes() for p in dest.iterdir()}
+    assert sorted(after) == sorted([*before, "manifest.json"])
+    assert {n: after[n] for n in ("shard-000001.tar", "shard-000002.tar", "notes.txt")} == \
+        {n: before[n] for n in ("shard-000001.tar", "shard-000002.tar", "notes.txt")}
+
+
+def test_overwrite_never_deletes_tars_an_index_manifest_lists(tmp_path):
+    """manifest.json of `index` lists a user's own tars: a new set written over it keeps them all."""
+    dest = tmp_path / "indexed"
+    write_plain_tars(dest, name="shard-%06d.tar")
+    assert run("index", dest, "--quiet").returncode == 0
+    one_line_error(run("synthetic", dest, "--count", "4", "--resolution", "8"), "already holds a shard set")
+    kept = {n: (dest / n).read_bytes() for n in ("shard-000001.tar", "shard-000002.tar")}
+    assert run("synthetic", dest, "--count", "4", "--resolution", "8", "--overwrite", "--quiet").returncode == 0
+    assert {n: (dest / n).read_bytes() for n in kept} == kept
+    assert read_set(str(dest))[0]["num_samples"] == 4
+
+
+@pytest.mark.parametrize("case", ["file_in_folder", "hidden_file", "dest_is_a_file"])
+def test_any_destination_that_holds_something_is_refused(tmp_path, case):
+    dest = tmp_path / "out"
+    mine = {"file_in_folder": dest / "photo.jpg", "hidden_file": dest / ".keep", "dest_is_a_file": dest}[case]
+    mine.parent.mkdir(exist_ok=True)
+    mine.write_text("mine")
+    one_line_error(run("synthetic", dest, "--count", "4", "--resolution", "8"), str(dest), "--overwrite")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [mine] and mine.read_text() == "mine"
+
+
+def test_an_empty_folder_is_a_fine_destination(tmp_path):
+    (tmp_path / "out").mkdir()
+    assert run("synthetic", tmp_path / "out", "--count", "4", "--resolution", "8", "--quiet").returncode == 0
+
+
 @pytest.mark.parametrize("case", ["missing_source", "no_images_txt", "empty_folder", "no_masks_folder", "bad_size",
                                   "no_jpg", "bad_number", "unknown_converter"])
 def test_user_errors_are_one_line(tmp_path, case):
@@ -142,6 +186,13 @@ def test_destinations_by_url(tmp_path, s3_bucket):
         manifest = read_manifest(dest)
         assert manifest["num_samples"] == 30 and len(manifest["shards"]) == 3
     assert (tmp_path / "synth" / "manifest.json").exists()
+    # an object store's prefix that holds anything is refused too, and the object kept
+    from data_shards.io import read_bytes, write_bytes
+
+    write_bytes(f"{s3_bucket}/photos/a.jpg", b"mine")
+    one_line_error(run("synthetic", f"{s3_bucket}/photos", "--count", 4, "--resolution", 8), "not empty")
+    one_line_error(run("synthetic", f"{s3_bucket}/synth", "--count", 4, "--resolution", 8), "already holds a shard set")
+    assert read_bytes(f"{s3_bucket}/photos/a.jpg") == b"mine"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,6 +52,28 @@ def test_missing_or_empty_shards_is_one_line(tmp_path, make):
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
+def test_a_mistyped_data_path_is_one_line_and_gets_no_synthetic_images(tmp_path):
+    """data.synthetic is on by default, yet only its own folders are filled: a path that holds
+    nothing names itself (and how to write synthetic data there on purpose), and stays empty."""
+    typo = tmp_path / "cub" / "trian"
+    p = run_train("--config", "tiny", f"data.train={typo}", "data.eval=''", f"--storage={tmp_path / 'runs'}")
+    assert p.returncode == 2, p.stderr
+    assert f"error: data.train={typo}: nothing is there" in p.stderr and "make_shards.py synthetic" in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "cub").exists()
+
+
+def test_a_folder_of_images_names_the_command_that_makes_shards_of_it(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "bird.jpg").write_bytes(b"not read")
+    p = run_train("--config", "tiny", f"data.train={photos}", "data.eval=''", f"--storage={tmp_path / 'runs'}")
+    assert p.returncode == 2, p.stderr
+    assert f"python jobs/make_shards.py folder {photos} {photos}-shards" in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert sorted(os.listdir(photos)) == ["bird.jpg"]
+
+
 def test_bad_fault_spec_is_one_line(tmp_path):
     """A typo in COMGAN_FAULT stops the driver before any worker starts, not a worker mid-run."""
     env = {**os.environ, "COMGAN_FAULT": "stage=stage1 rank=one step=5 marker=/tmp/x"}
