@@ -73,7 +73,23 @@ def cpu_model() -> str:
 # One draw in this process (--draw): the recipe's steps without Ray
 
 
-def screen_draw(seed: int, numerics: str, config: str, overrides: list[str]) -> dict:
+def save_grid(path: str, generator, model_cfg, images, truth, pred, count: int = 16) -> None:
+    """One PNG: generated composites / x_f / x_b / masks (watchdog codes: f cycles through every
+    category), then held-out images / ground truth / predictions."""
+    import torch
+    from PIL import Image
+
+    from comgan.visualize import grid_to_uint8, image_grid
+    from comgan.watchdog import watch_codes
+    with torch.no_grad():
+        out = generator(*watch_codes(model_cfg, count)[:3])
+    grid = image_grid([out.image, out.fg, out.bg, out.mask, images[:count], truth[:count].float(), pred[:count].float()])
+    picture = Image.fromarray(grid_to_uint8(grid))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    picture.resize((picture.width * 3, picture.height * 3), Image.NEAREST).save(path)
+
+
+def screen_draw(seed: int, numerics: str, config: str, overrides: list[str], grid_path: str = "") -> dict:
     import numpy as np
     import torch
 
@@ -139,6 +155,8 @@ def screen_draw(seed: int, numerics: str, config: str, overrides: list[str]) -> 
     with torch.no_grad():
         pred = torch.cat([S(held_out[i:i + 100]) for i in range(0, len(held_out), 100)]) > 0.5
     scores = segmentation_scores(pred, truth)
+    if grid_path:
+        save_grid(grid_path, generator, m, held_out, truth, pred)
     last = checks[-1] if checks else {}
     return {"iou": scores["iou_strict"].mean().item(), "iou_paper": scores["iou_paper"].mean().item(),
             "health": last.get("health"), "final_reason": last.get("reason", ""),
@@ -205,8 +223,9 @@ def run_draws(a) -> None:
             continue
         print(f"[robustness] draw {i}/{len(draws)}: {a.label} seed {seed} under {numerics}", flush=True)
         if a.mode == "screen":
+            grid = Path(a.out).with_suffix("") / f"{a.label}_{numerics}_seed{seed}.png"
             cmd = [sys.executable, __file__, "--draw", f"--seed={seed}", f"--numerics={numerics}",
-                   f"--config={a.config}", "--", *a.overrides]
+                   f"--config={a.config}", f"--grid={grid}", "--", *a.overrides]
             proc = subprocess.run(cmd, env=draw_env(numerics), capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             result = json.loads(lines[-1]) if proc.returncode == 0 and lines else {
@@ -275,10 +294,11 @@ def main() -> None:
     p.add_argument("--table", metavar="JSON", help="print the table of a results file and stop")
     p.add_argument("--draw", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--grid", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.draw:
         print(json.dumps(screen_draw(a.seed, a.numerics[0] if isinstance(a.numerics, list) else a.numerics,
-                                     a.config, a.overrides)))
+                                     a.config, a.overrides, a.grid)))
         return
     if a.table:
         rows = load_rows(Path(a.table))
