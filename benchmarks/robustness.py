@@ -25,6 +25,7 @@ overrides) are skipped, so an interrupted benchmark continues where it stopped.
     python benchmarks/robustness.py --seeds 0-7                      # screen today's default
     python benchmarks/robustness.py --seeds 0-7 --label r1 -- stage1.r1_gamma=0.1
     python benchmarks/robustness.py --mode job --seeds 0-7 --out benchmarks/results/robustness_job.json
+    python benchmarks/robustness.py --seeds 0-7 --label s2-x --generators-of default -- stage2.lr=5e-4
     python benchmarks/robustness.py --table benchmarks/results/robustness_screen.json
 """
 from __future__ import annotations
@@ -89,15 +90,16 @@ def save_grid(path: str, generator, model_cfg, images, truth, pred, count: int =
     picture.resize((picture.width * 3, picture.height * 3), Image.NEAREST).save(path)
 
 
-def screen_draw(seed: int, numerics: str, config: str, overrides: list[str], grid_path: str = "") -> dict:
+def screen_draw(seed: int, numerics: str, config: str, overrides: list[str], grid_path: str = "",
+                generator_path: str = "") -> dict:
+    """One draw in this process. With `generator_path`, stage 2 only, on that saved generator."""
     import numpy as np
     import torch
 
     from cluster.config import load_config
+    from comgan.artifacts import from_bytes, generator_artifact, load_generator, to_bytes
     from comgan.export import export_generator
     from comgan.metrics import segmentation_scores
-    from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
-    from comgan.watchdog import counts_toward_streak, health_score, measure, trivial_reason
     from data_shards.synthetic import synthetic_samples
 
     torch.set_num_threads(1 if numerics == "threads1" else min(2, os.cpu_count() or 1))
@@ -122,6 +124,35 @@ def screen_draw(seed: int, numerics: str, config: str, overrides: list[str], gri
 
     torch.manual_seed(seed)
     t0 = time.time()
+    if generator_path:
+        generator, _ = load_generator(from_bytes(Path(generator_path).read_bytes()), m, generator_path)
+        row = {}
+    else:
+        s1, row = screen_stage1(cfg, batch)
+        generator, done, _ = export_generator(s1.G_ema, cfg, run.inference_batch)
+        row["swapped_fg_bg"] = done["swapped_fg_bg"]
+        if grid_path:
+            Path(grid_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(grid_path).with_suffix(".pt").write_bytes(to_bytes(generator_artifact(generator, m)))
+    t1 = time.time()
+    S = screen_stage2(cfg, generator, batch)
+    t2 = time.time()
+    with torch.no_grad():
+        pred = torch.cat([S(held_out[i:i + 100]) for i in range(0, len(held_out), 100)]) > 0.5
+    scores = segmentation_scores(pred, truth)
+    if grid_path:
+        save_grid(grid_path, generator, m, held_out, truth, pred)
+    return {**row, "iou": scores["iou_strict"].mean().item(), "iou_paper": scores["iou_paper"].mean().item(),
+            "stage1_s": t1 - t0, "stage2_s": t2 - t1, "wall_s": t2 - t0,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
+def screen_stage1(cfg, batch) -> tuple:
+    """Stage 1 to its end whatever the watchdog finds: (state, the watchdog's record)."""
+    from comgan.training import Stage1State, Stage1Step
+    from comgan.watchdog import counts_toward_streak, health_score, measure, trivial_reason
+
+    m, run = cfg.model, cfg.run
     s1 = Stage1State.create(cfg)
     step1 = Stage1Step(s1, cfg)
     checks, previous, streak, restart_at, grad_curve = [], None, 0, None, []
@@ -143,27 +174,22 @@ def screen_draw(seed: int, numerics: str, config: str, overrides: list[str], gri
             # The job stops an attempt on a streak before the end, or on any finding at the end.
             if restart_at is None and ((streak >= run.watch_patience and not final) or (final and reason)):
                 restart_at = i
-    t1 = time.time()
-    generator, done, _ = export_generator(s1.G_ema, cfg, run.inference_batch)
+    last = checks[-1] if checks else {}
+    return s1, {"health": last.get("health"), "final_reason": last.get("reason", ""),
+                "findings": sum(bool(c["reason"]) for c in checks), "restart_at": restart_at,
+                "restarts": int(restart_at is not None), "checks": checks, "grad_curve": grad_curve}
+
+
+def screen_stage2(cfg, generator, batch):
+    """Stage 2 on the frozen generator: the segmenter the job would export, in eval mode."""
+    from comgan.training import Stage2State, Stage2Step
+
     s2 = Stage2State.create(cfg)
     step2 = Stage2Step(s2, cfg, generator=generator)
     for _ in range(cfg.stage2.steps):
         step2(batch(cfg.stage2.batch_size))
-    t2 = time.time()
     S = s2.S_teacher if cfg.stage2.export_teacher else s2.S
-    S.eval()
-    with torch.no_grad():
-        pred = torch.cat([S(held_out[i:i + 100]) for i in range(0, len(held_out), 100)]) > 0.5
-    scores = segmentation_scores(pred, truth)
-    if grid_path:
-        save_grid(grid_path, generator, m, held_out, truth, pred)
-    last = checks[-1] if checks else {}
-    return {"iou": scores["iou_strict"].mean().item(), "iou_paper": scores["iou_paper"].mean().item(),
-            "health": last.get("health"), "final_reason": last.get("reason", ""),
-            "findings": sum(bool(c["reason"]) for c in checks), "restart_at": restart_at,
-            "restarts": int(restart_at is not None), "checks": checks, "grad_curve": grad_curve,
-            "swapped_fg_bg": done["swapped_fg_bg"], "stage1_s": t1 - t0, "stage2_s": t2 - t1, "wall_s": time.time() - t0,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+    return S.eval()
 
 
 def job_draw(seed: int, numerics: str, config: str, overrides: list[str], storage: str, name: str) -> dict:
@@ -226,6 +252,15 @@ def run_draws(a) -> None:
             grid = Path(a.out).with_suffix("") / f"{a.label}_{numerics}_seed{seed}.png"
             cmd = [sys.executable, __file__, "--draw", f"--seed={seed}", f"--numerics={numerics}",
                    f"--config={a.config}", f"--grid={grid}", "--", *a.overrides]
+            source = None
+            if a.generators_of:  # stage 2 only, on the generator that label's draw saved
+                source = next((r for r in rows if r["mode"] == "screen" and r["label"] == a.generators_of
+                               and r["numerics"] == numerics and r["seed"] == seed and "error" not in r), None)
+                saved = grid.with_name(f"{a.generators_of}_{numerics}_seed{seed}.pt")
+                if source is None or not saved.exists():
+                    print(f"  no saved generator of {a.generators_of} for this draw: skipped", flush=True)
+                    continue
+                cmd.insert(-1 - len(a.overrides), f"--generator={saved}")
             proc = subprocess.run(cmd, env=draw_env(numerics), capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             result = json.loads(lines[-1]) if proc.returncode == 0 and lines else {
@@ -233,6 +268,10 @@ def run_draws(a) -> None:
         else:
             name = f"robust-{a.label}-{numerics}-seed{seed}"
             result = job_draw(seed, numerics, a.config, a.overrides, a.storage, name)
+        if a.mode == "screen" and a.generators_of and "error" not in result:
+            kept = ("health", "final_reason", "findings", "restart_at", "restarts", "checks", "grad_curve", "stage1_s")
+            result.update({k: source.get(k) for k in kept}, generators_of=a.generators_of,
+                          wall_s=(source.get("stage1_s") or 0) + result["stage2_s"])
         row.update(result)
         rows.append(row)
         save_rows(out, rows)
@@ -295,10 +334,13 @@ def main() -> None:
     p.add_argument("--draw", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     p.add_argument("--grid", default="", help=argparse.SUPPRESS)
+    p.add_argument("--generator", default="", help=argparse.SUPPRESS)
+    p.add_argument("--generators-of", metavar="LABEL",
+                   help="screen mode: stage 2 only, on the generators that LABEL's draws saved (stage-2 variants)")
     a = p.parse_args()
     if a.draw:
         print(json.dumps(screen_draw(a.seed, a.numerics[0] if isinstance(a.numerics, list) else a.numerics,
-                                     a.config, a.overrides, a.grid)))
+                                     a.config, a.overrides, a.grid, a.generator)))
         return
     if a.table:
         rows = load_rows(Path(a.table))

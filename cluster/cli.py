@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from comgan.artifacts import ArtifactError
-from data_shards.io import StorageError
+from data_shards.io import StorageError, redact
 from data_shards.reader import DatasetError
 
 from .config import Config, ConfigError, load_config
@@ -67,10 +67,10 @@ def run_job(args: argparse.Namespace, extra: dict | None = None, default_name=No
         try:
             run_pipeline(cfg, stage1_only=stage1_only)
         except StageFailed as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {redact(str(e))}", file=sys.stderr)
             return EXIT_STAGE_FAILED
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)  # messages name URLs: not their credentials
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume from the latest checkpoint", file=sys.stderr)

@@ -16,6 +16,7 @@ import yaml
 from comgan.config import ComGANConfig, ConfigError, apply_mapping, current_model_keys, set_key
 from comgan.config import validate as validate_model_and_stages
 from data_shards.config import DataConfig, StorageConfig
+from data_shards.io import redacted
 
 PRESET_DIR = Path(__file__).parent / "configs"
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -67,7 +68,9 @@ class Config(ComGANConfig):
     preset: str = "default"     # which preset or file this config came from
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The config as it is saved (config.yaml) and printed (--print-config): credentials in
+        URL values (user:password@, presigned signatures) redacted; the Config keeps the real ones."""
+        return yaml.safe_dump(redacted(self.to_dict()), sort_keys=False)
 
     @property
     def run_name(self) -> str:

@@ -33,7 +33,7 @@ from comgan.metrics import (
     segmentation_scores,
 )
 from comgan.visualize import grid_to_uint8, image_grid
-from data_shards.io import read_bytes, write_bytes
+from data_shards.io import read_bytes, redacted, write_bytes
 from data_shards.reader import DatasetError, ProblemLog, eval_batches
 
 from .baselines import grabcut_batch
@@ -131,7 +131,7 @@ def evaluate(segmenter_url: str, eval_url: str, batch_size: int = 64, threshold:
 
 
 def save_report(results: dict, grid: torch.Tensor, json_url: str, png_url: str) -> None:
-    write_bytes(json_url, (json.dumps(results, indent=2) + "\n").encode())
+    write_bytes(json_url, (json.dumps(redacted(results), indent=2) + "\n").encode())  # URLs without credentials
     buf = io.BytesIO()
     Image.fromarray(grid_to_uint8(grid)).save(buf, format="PNG")
     write_bytes(png_url, buf.getvalue())

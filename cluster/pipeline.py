@@ -27,8 +27,8 @@ from comgan.artifacts import ArtifactError, from_bytes, load_generator
 from comgan.watchdog import health_score, segmenter_reason
 from data_shards.config import SYNTHETIC_HOMES
 from data_shards.index import holds_shards
-from data_shards.io import (arrow_filesystem, holds_anything, join_url, move_tree, read_bytes, remove_tree, url_exists,
-                            write_bytes)
+from data_shards.io import (arrow_filesystem, holds_anything, join_url, move_tree, read_bytes, redact, redacted,
+                            remove_tree, url_exists, write_bytes)
 from data_shards.reader import check_usable, read_manifest
 from data_shards.writer import write_synthetic
 
@@ -48,7 +48,7 @@ class StageFailed(RuntimeError):
 
 
 def log(msg: str) -> None:
-    print(f"[comgan] {msg}", flush=True)
+    print(f"[comgan] {redact(msg)}", flush=True)  # data and storage URLs without their credentials
 
 
 def ensure_data(cfg: Config) -> None:
@@ -94,7 +94,9 @@ def check_run_config(cfg: Config, layout: RunLayout) -> None:
         return
     old = config_from_dict(yaml.safe_load(read_bytes(layout.config)))
     for section in ("model", "stage1", "stage2", "data"):
-        a, b = getattr(old, section).__dict__, getattr(cfg, section).__dict__
+        # config.yaml holds URLs redacted (Config.to_yaml): compared as saved, a URL whose
+        # credentials are redacted (or a presigned one signed anew) still resumes its run.
+        a, b = redacted(getattr(old, section).__dict__), redacted(getattr(cfg, section).__dict__)
         for key in a:
             if a[key] != b[key] and key not in ("loader_workers",):
                 raise ConfigError(
@@ -259,7 +261,7 @@ def run_pipeline(cfg: Config, stage1_only: bool = False, callbacks: tuple = ()) 
             results = evaluate_run(cfg, layout, started)
             summary["eval"] = {k: v for k, v in results.items() if k != "per_image"}  # eval.json has them
     summary["wall_seconds"] = time.time() - started
-    write_bytes(layout.summary, (json.dumps(summary, indent=2, default=str) + "\n").encode())
+    write_bytes(layout.summary, (json.dumps(redacted(summary), indent=2, default=str) + "\n").encode())
     log(f"finished in {time.time() - started:.0f}s; TensorBoard: tensorboard --logdir {layout.path('tensorboard')}")
     return summary
 
@@ -392,7 +394,7 @@ def set_attempt_aside(layout: RunLayout, attempt: int, record: dict) -> dict:
     move_tree(layout.stage_dir("stage1"), join_url(target, "stage1"))
     move_tree(layout.tensorboard("stage1"), layout.tensorboard(f"stage1_collapsed{attempt}"))
     record = {"attempt": attempt, **record}
-    write_bytes(join_url(target, ATTEMPT_FILE), (json.dumps(record, indent=2, default=str) + "\n").encode())
+    write_bytes(join_url(target, ATTEMPT_FILE), (json.dumps(redacted(record), indent=2, default=str) + "\n").encode())
     return record
 
 

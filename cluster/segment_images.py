@@ -21,10 +21,11 @@ import dataclasses
 import io
 import itertools
 import json
+import math
 import os
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,8 @@ from PIL import Image, UnidentifiedImageError
 from comgan.artifacts import ArtifactError, from_bytes, load_segmenter
 from data_shards.images import open_photo, to_rgb8
 from comgan import inference
-from data_shards.io import StorageError, filesystem, join_url, list_tree, read_bytes, url_exists, url_kind, write_bytes
+from data_shards.io import (StorageError, filesystem, join_url, list_tree, read_bytes, redact, redacted, url_exists,
+                            url_kind, write_bytes)
 from data_shards.progress import Progress
 
 from .storage import absolute_url
@@ -48,6 +50,8 @@ REPORT = "segment_report.json"
 OVERLAYS = "overlays"
 WARN_LIMIT = 10          # skipped photos named one line each on the console; all are in the report
 BACKGROUND_DIM = 1 / 3   # overlays: background brightness
+PLACEMENT_TIMEOUT = 1800.0  # s the Ray workers may take to start (an autoscaler's GPU node: boot, installs)
+RESOURCE_UNITS = 10000   # Ray grants CPUs and GPUs in steps of 1/10000
 
 
 class SegmentError(ValueError):
@@ -229,8 +233,8 @@ def _read_and_squash(photo: Photo, resolution: int, keep: bool) -> Decoded | str
         return f"cannot be read ({e})"  # a local file: permission denied on that file alone
     try:
         return squash(data, resolution, keep)
-    except UnidentifiedImageError:
-        return "not a readable image (no image format PIL knows; damaged, or another kind of file)"
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:  # not JPEG/PNG/WebP, or too many pixels
+        return f"not a readable image: {e}"
     except Exception as e:  # noqa: BLE001 -- a damaged or foreign file may fail anywhere inside PIL: skip it
         detail = (str(e).strip().splitlines() or [""])[0][:160]
         return f"not a readable image ({type(e).__name__}{': ' + detail if detail else ''})"
@@ -268,6 +272,10 @@ class PhotoSegmenter:
         self.device = resolve_device(settings.device)
         self.net = net.to(self.device)
         self.resolution = model.resolution
+
+    def ready(self) -> bool:
+        """Answers once the segmenter is loaded: the driver waits for this from every Ray worker."""
+        return True
 
     @torch.no_grad()
     def probabilities(self, batch: list[Decoded]) -> torch.Tensor:
@@ -320,20 +328,81 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
-def _fits_locally(workers: int, cpus: float, gpus: float) -> int:
-    from .pipeline import alive_nodes
+def _units(amount: float) -> int:
+    return round(amount * RESOURCE_UNITS)
 
+
+def check_request(cpus: float, gpus: float) -> None:
+    """Refuse per-worker amounts Ray can never grant, whatever the cluster (SegmentError)."""
+    for flag, amount in (("--cpus-per-worker", cpus), ("--gpus-per-worker", gpus)):
+        if not math.isfinite(amount) or amount < 0:
+            raise SegmentError(f"{flag} must be a number >= 0, got {amount:g}")
+        if amount and not _units(amount):
+            raise SegmentError(f"{flag} {amount:g}: Ray counts resources in steps of {1 / RESOURCE_UNITS:g}")
+    if gpus > 1 and not float(gpus).is_integer():
+        raise SegmentError(f"--gpus-per-worker {gpus:g}: a worker gets a fraction of one GPU or whole GPUs, "
+                           "never a mix (Ray would wait for such a worker forever)")
+
+
+def _amounts(cpus: float, gpus: float, gpus_always: bool = False) -> str:
+    return f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus or gpus_always else "")
+
+
+def workers_placeable(nodes: list[dict], workers: int, cpus: float, gpus: float) -> int:
+    """How many of `workers` workers of `cpus` CPUs and `gpus` GPUs each `nodes` hold at once.
+    `nodes`: each node's Ray resources ({"CPU": 8.0, "GPU": 1.0, ...}, ray.nodes()' "Resources").
+    A worker lies on one node: what is left over on several nodes does not add up to one."""
     total = 0
-    for node in alive_nodes():
-        fit = int(node.cpus // cpus) if cpus else workers
-        if gpus:
-            fit = min(fit, int(node.gpus // gpus))
+    for node in nodes:
+        fit = workers
+        for key, need in (("CPU", cpus), ("GPU", gpus)):
+            if _units(need):
+                fit = min(fit, _units(float(node.get(key, 0))) // _units(need))
         total += fit
-    return total
+    return min(total, workers)
+
+
+def placement_shortfall(nodes: list[dict], workers: int, cpus: float, gpus: float) -> str | None:
+    """None when `nodes` (as for workers_placeable) hold all `workers` workers at once, else one
+    line naming what is missing: resources in all, or a node big enough for one worker."""
+    fit = workers_placeable(nodes, workers, cpus, gpus)
+    if fit >= workers:
+        return None
+    request = f"--workers {workers} of {_amounts(cpus, gpus)} each"
+    totals = {key: sum(float(node.get(key, 0)) for node in nodes) for key in ("CPU", "GPU")}
+    have = f"{_amounts(totals['CPU'], totals['GPU'], gpus_always=bool(gpus))} on {len(nodes)} node(s)"
+    missing = [f"{workers * need - totals[key]:g} {key}" for key, need in (("CPU", cpus), ("GPU", gpus))
+               if _units(workers * need) > _units(totals[key])]
+    if missing:
+        return (f"{request} need {_amounts(workers * cpus, workers * gpus)} in all; the cluster has {have}: "
+                f"{' and '.join(missing)} missing")
+    shapes = Counter((float(node.get("CPU", 0)), float(node.get("GPU", 0))) for node in nodes)
+    listed = ", ".join(f"{n} x {_amounts(c, g, gpus_always=bool(gpus))}" for (c, g), n in shapes.most_common(4))
+    return (f"{request}: the cluster has {have} ({listed}{', ...' if len(shapes) > 4 else ''}), but a worker "
+            f"must fit on one node and they hold {fit} at once")
+
+
+def _node_resources() -> list[dict]:
+    import ray
+
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
+def not_started_error(nodes: list[dict], workers: int, started: int, cpus: float, gpus: float,
+                      timeout: float) -> str:
+    """The line for workers that were not all up `timeout` seconds after they were asked for."""
+    why = placement_shortfall(nodes, workers, cpus, gpus)
+    why = why or (f"the cluster ({_amounts(*(sum(float(n.get(k, 0)) for n in nodes) for k in ('CPU', 'GPU')))}"
+                  f" on {len(nodes)} node(s)) has room for them, but other work may hold it, or loading "
+                  "the segmenter takes longer")
+    return (f"only {started} of {workers} Ray worker(s) started within {timeout:g}s (--placement-timeout): "
+            f"{why}; use fewer --workers, smaller --cpus-per-worker / --gpus-per-worker, or a longer "
+            "--placement-timeout for a cluster that is still adding nodes")
 
 
 def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers: int,
-            cpus_per_worker: float, gpus_per_worker: float, on_batch, note: Callable[[str], None]) -> Outcome:
+            cpus_per_worker: float, gpus_per_worker: float, on_batch, note: Callable[[str], None],
+            placement_timeout: float = PLACEMENT_TIMEOUT) -> Outcome:
     """Chunks of the photo list, handed to `workers` actors as each finishes its last one."""
     import ray
     from ray.exceptions import RayError, RayTaskError
@@ -342,13 +411,13 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
     from .pipeline import init_ray
 
     local = init_ray()
-    if local:
-        fit = _fits_locally(workers, cpus_per_worker, gpus_per_worker)
-        if fit < workers:
-            gpus = f" and {gpus_per_worker:g} GPU(s)" if gpus_per_worker else ""
-            raise SegmentError(f"--workers {workers}: the local Ray cluster has room for {fit} worker(s) of "
-                               f"{cpus_per_worker:g} CPU(s){gpus} each; use fewer workers or --cpus-per-worker")
-    else:
+    short = placement_shortfall(_node_resources(), workers, cpus_per_worker, gpus_per_worker)
+    if short and local:  # a cluster started here has all the nodes it will ever have
+        raise SegmentError(f"{short}; use fewer --workers or smaller --cpus-per-worker / --gpus-per-worker")
+    if short:
+        note(f"note: {short}; waiting up to {placement_timeout:g}s (--placement-timeout) for the cluster "
+             "to add nodes")
+    if not local:
         local_paths = [u for u in (segmenter_url, photos[0].url, photos[0].mask) if _is_local_path(u)]
         if local_paths:
             note(f"note: {local_paths[0]} is a local path: every node of the Ray cluster must see it there "
@@ -361,6 +430,14 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
     chunks = [photos[i:i + size] for i in range(0, len(photos), size)]
     outcome = Outcome()
     try:
+        # Every worker up (placed, segmenter loaded) before any work: a worker Ray cannot place
+        # would otherwise hold its first chunk, and the job, forever. A worker whose start failed
+        # counts as up here; its error comes with the first chunk handed to it.
+        up, waiting = ray.wait([actor.ready.remote() for actor in actors], num_returns=len(actors),
+                               timeout=placement_timeout)
+        if waiting:
+            raise SegmentError(not_started_error(_node_resources(), workers, len(up), cpus_per_worker,
+                                                 gpus_per_worker, placement_timeout))
         for part in ActorPool(actors).map_unordered(lambda actor, chunk: actor.segment.remote(chunk), chunks):
             outcome.add(part)
             if on_batch is not None:
@@ -386,13 +463,20 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
 
 def segment_images(photos_url: str, segmenter_url: str, out_url: str, settings: Settings = Settings(),
                    workers: int = 0, overwrite: bool = False, cpus_per_worker: float = 1,
-                   gpus_per_worker: float = 0, stream: TextIO | None = None, progress: bool = True) -> dict:
+                   gpus_per_worker: float = 0, stream: TextIO | None = None, progress: bool = True,
+                   placement_timeout: float = PLACEMENT_TIMEOUT) -> dict:
     """Segment every photo under `photos_url` into `out_url` (layout: module docstring); returns
     the report, also written to <out>/segment_report.json. Raises SegmentError / ArtifactError /
     StorageError (one line) before any work for bad inputs or existing outputs without
-    `overwrite`; SegmentFailed after it when every photo was skipped or a Ray worker failed."""
+    `overwrite`, SegmentError also when Ray workers can never be placed, or are not all up after
+    `placement_timeout` seconds; SegmentFailed after it when every photo was skipped or a Ray
+    worker failed."""
     started = time.monotonic()
     stream = stream if stream is not None else sys.stderr
+    if workers:
+        check_request(cpus_per_worker, gpus_per_worker)
+        if not (math.isfinite(placement_timeout) and placement_timeout > 0):
+            raise SegmentError(f"--placement-timeout must be a number of seconds > 0, got {placement_timeout:g}")
     photos_url, out_url, segmenter_url = absolute_url(photos_url), absolute_url(out_url), absolute_url(segmenter_url)
     photos = plan(photos_url, out_url, settings.overlays)
     if not overwrite:
@@ -406,6 +490,7 @@ def segment_images(photos_url: str, segmenter_url: str, out_url: str, settings: 
     warned = 0
 
     def note(line: str) -> None:
+        line = redact(line)  # photo URLs without their credentials
         bar.note(line) if progress else print(line, file=stream, flush=True)
 
     def on_batch(count: int, skipped: list[dict]) -> None:
@@ -423,7 +508,8 @@ def segment_images(photos_url: str, segmenter_url: str, out_url: str, settings: 
         worker = PhotoSegmenter(segmenter_url, settings, artifact)
         outcome = worker.segment(photos, on_batch)
     else:
-        outcome = _on_ray(photos, segmenter_url, settings, workers, cpus_per_worker, gpus_per_worker, on_batch, note)
+        outcome = _on_ray(photos, segmenter_url, settings, workers, cpus_per_worker, gpus_per_worker, on_batch, note,
+                          placement_timeout)
     seconds = time.monotonic() - work_started
     bar.close()
     report = {
@@ -435,7 +521,7 @@ def segment_images(photos_url: str, segmenter_url: str, out_url: str, settings: 
         "photos_per_second": round(len(outcome.segmented) / max(seconds, 1e-6), 2),
         "segmented": outcome.segmented, "skipped": outcome.skipped,
     }
-    write_bytes(join_url(out_url, REPORT), report_json(report).encode())
+    write_bytes(join_url(out_url, REPORT), report_json(redacted(report)).encode())  # URLs without credentials
     if not outcome.segmented:
         first = outcome.skipped[0]
         raise SegmentFailed(f"none of the {len(photos)} photos could be segmented (e.g. {first['photo']}: "

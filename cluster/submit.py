@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import secrets
 import shlex
@@ -118,11 +119,34 @@ def find_auth_token() -> tuple[str | None, str]:
     return token, source
 
 
-def check_address(address: str) -> None:
-    scheme = urlsplit(address).scheme if "://" in address else "http"
-    if scheme not in ("http", "https"):
-        raise SubmitError(f"--address {address!r}: give the job server's URL, e.g. http://<head>:8265 "
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine by name or address (localhost, 127.0.0.0/8, ::1); names
+    are not resolved: a name that happens to point here is treated as remote."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_address(address: str, allow_insecure_http: bool = False) -> None:
+    """A job server URL the token may be sent to: https, or plain http to this machine (the SSH
+    tunnel of `ray attach -p 8265` / `ray dashboard`). Plain http to another host would carry the
+    bearer token, and the job, in clear text: only with `allow_insecure_http`."""
+    try:
+        parts = urlsplit(address if "://" in address else f"http://{address}")
+        host = parts.hostname or ""
+    except ValueError:
+        raise SubmitError(f"--address {address!r} is not a valid URL (e.g. http://127.0.0.1:8265)") from None
+    if parts.scheme not in ("http", "https"):
+        raise SubmitError(f"--address {address!r}: give the job server's URL, e.g. http://127.0.0.1:8265 "
                           f"(the dashboard port, not a ray:// client address)")
+    if parts.scheme == "http" and not is_loopback(host) and not allow_insecure_http:
+        raise SubmitError(f"--address {address!r} is plain http to another machine: the cluster's auth token "
+                          f"would cross the network unencrypted; reach the head through an SSH tunnel "
+                          f"(`ray dashboard ray_cluster.yaml`, then --address http://127.0.0.1:8265), use https, "
+                          f"or pass --allow-insecure-http if this network is trusted")
 
 
 @contextmanager
@@ -153,8 +177,8 @@ def job_server_errors(address: str, token_source: str) -> Iterator[None]:
 class JobServer:
     """A cluster's job server, reached with the token found on this machine."""
 
-    def __init__(self, address: str):
-        check_address(address)
+    def __init__(self, address: str, allow_insecure_http: bool = False):
+        check_address(address, allow_insecure_http)
         self.address = address
         token, self.token_source = find_auth_token()
         headers = {"Authorization": f"Bearer {token}"} if token else None

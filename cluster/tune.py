@@ -39,6 +39,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 from comgan.config import ConfigError, set_key
@@ -46,7 +47,8 @@ from comgan.config import ConfigError, set_key
 from .config import Config, config_from_dict, validate
 from .search_space import Axis
 from .storage import RunLayout, absolute_url
-from data_shards.io import arrow_filesystem, read_bytes, remove_tree, url_exists, write_bytes
+from data_shards.io import (arrow_filesystem, list_tree, read_bytes, redact, redacted, remove_tree, url_exists,
+                            write_bytes)
 
 OBJECTIVES = {"iou": "max", "health": "max", "fid": "min"}
 SEARCHES = ("grid", "random", "optuna")
@@ -54,6 +56,10 @@ SCHEDULERS = ("fifo", "asha")
 PROGRESS = "progress/images"
 TRIAL_DRIVER = {"CPU": 0, "memory": 256 * 2 ** 20}
 SETTINGS = "sweep.json"      # the sweep as started: --resume continues exactly that sweep
+# How a sweep's folder is told from a run's: a sweep writes sweep.json before anything else, and
+# Tune its experiment state (tuner.pkl); a run writes these at <storage>/<name>/ (storage.RunLayout)
+SWEEP_FILES = (SETTINGS, "tuner.pkl")
+RUN_FILES = ("config.yaml", "summary.json", "eval.json", "stage1", "stage2", "tensorboard")
 
 
 @dataclass
@@ -301,8 +307,26 @@ def trials_at_once(sweep: Sweep, cpus: int, gpus: int) -> int:
 # The sweep
 
 
+def check_sweep_folder(sweep: Sweep) -> None:
+    """Refuse a sweep whose folder, <storage>/<name>, holds anything but a sweep: a training run of
+    that name (the sweep would delete its tensorboard/ and write over its files) or other files.
+    A missing or empty folder, or one a sweep has started in, is fine."""
+    if any(url_exists(sweep.path(name)) for name in SWEEP_FILES):
+        return
+    run = [name for name in RUN_FILES if url_exists(sweep.path(name))]
+    if run:
+        raise ConfigError(f"--name {sweep.name}: {sweep.root} is a training run ({', '.join(run)}), not a sweep; "
+                          "a sweep there would delete its tensorboard/ and write over its files: give the sweep "
+                          "another --name (or --storage)")
+    other = list_tree(sweep.root)
+    if other:
+        raise ConfigError(f"--name {sweep.name}: {sweep.root} holds {len(other)} file(s) that are not a sweep's, "
+                          f"e.g. {other[0]}: give the sweep another --name (or --storage)")
+
+
 def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
     """Run (or, with `resume`, continue) the sweep; returns the results table's rows."""
+    check_sweep_folder(sweep)  # first: nothing is written, and Ray not started, beside a run
     import ray
     from ray import tune
 
@@ -401,6 +425,31 @@ def table_row(sweep: Sweep, result) -> dict:
     return row
 
 
+def _ended(stop: str) -> str:
+    if stop.startswith("error"):
+        return "failed"
+    if stop.startswith("watchdog"):
+        return "stopped by the watchdog"
+    if stop.startswith("ASHA"):
+        return "stopped by ASHA"
+    return "finished without an objective" if stop == "finished" else stop
+
+
+def no_result(sweep: Sweep, rows: list[dict]) -> str | None:
+    """None when a trial produced a result (an objective), else the line saying none did: how the
+    trials ended, the first failure's reason, and where every trial's is."""
+    if any(row["objective"] is not None for row in rows):
+        return None
+    if not rows:
+        return f"no trial produced a result: the sweep {sweep.root} ran no trial"
+    ended = Counter(_ended(row["stop"]) for row in rows)
+    line = f"no trial produced a result: {', '.join(f'{n} {how}' for how, n in ended.most_common())}"
+    failed = next((row for row in sorted(rows, key=lambda r: r["trial"]) if row["stop"].startswith("error")), None)
+    if failed:
+        line += f" (trial {failed['trial']}: {failed['stop'][len('error: '):]})"
+    return f"{line}; every trial's stop reason: {sweep.path('results.csv')}"
+
+
 def best_row(sweep: Sweep, rows: list[dict]) -> dict | None:
     scored = [r for r in rows if r["objective"] is not None]
     if not scored:
@@ -415,19 +464,22 @@ def write_results(sweep: Sweep, rows: list[dict]) -> None:
     best = best_row(sweep, rows)
     document = {"sweep": sweep.root, "objective": sweep.objective, "mode": sweep.mode, "search": sweep.search,
                 "space": [axis.__dict__ for axis in sweep.axes], "best": best, "trials": rows}
-    write_bytes(sweep.path("results.json"), (json.dumps(document, indent=2, default=str) + "\n").encode())
+    # Reports, read by people only: URLs without their credentials (sweep.json keeps the real
+    # ones, --resume reads its base config back).
+    write_bytes(sweep.path("results.json"), (json.dumps(redacted(document), indent=2, default=str) + "\n").encode())
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial"])
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(redacted(rows))
     write_bytes(sweep.path("results.csv"), text.getvalue().encode())
     if best:
         for name in ("generator", "segmenter"):
             if best[name]:
                 write_bytes(sweep.path("best", f"{name}.pt"), read_bytes(best[name]))
-        write_bytes(sweep.path("best", "trial.json"), (json.dumps(best, indent=2, default=str) + "\n").encode())
+        write_bytes(sweep.path("best", "trial.json"),
+                    (json.dumps(redacted(best), indent=2, default=str) + "\n").encode())
     write_hparams(sweep, rows)
-    print(format_table(sweep, rows, best), flush=True)
+    print(redact(format_table(sweep, rows, best)), flush=True)  # it names the sweep's URLs
 
 
 def write_hparams(sweep: Sweep, rows: list[dict]) -> None:

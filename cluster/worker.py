@@ -26,7 +26,7 @@ from comgan.artifacts import from_bytes, load_generator, to_bytes
 from comgan.stages import PREVIEW_COUNT, STAGES, StageSpec
 from comgan.training import Snapshot
 from comgan.watchdog import counts_toward_streak, health_score, trivial_reason
-from data_shards.io import read_bytes, write_bytes
+from data_shards.io import read_bytes, redact, redacted, write_bytes
 from data_shards.progress import format_duration
 from data_shards.reader import PROBLEM_KINDS, LoaderCursor, TrainBatch, train_loader
 
@@ -58,8 +58,9 @@ class StageJob:
 
 def say(message: str) -> None:
     """Print from a worker once: Ray Train patches print() to log *and* tee to the redirected
-    stdout, so the driver would show every line twice; the original stream is not patched."""
-    print(message, file=sys.__stdout__, flush=True)
+    stdout, so the driver would show every line twice; the original stream is not patched. URLs
+    are shown without their credentials."""
+    print(redact(message), file=sys.__stdout__, flush=True)
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -264,7 +265,9 @@ class StageRun:
         self.checkpoint(final)
 
     def checkpoint(self, metrics: dict) -> None:
-        snapshot = {"kind": self.spec.checkpoint_kind, "config": self.cfg.to_dict(), "state": self.state.state_dict()}
+        # The config is kept for the record (nothing reads it back), without URL credentials.
+        snapshot = {"kind": self.spec.checkpoint_kind, "config": redacted(self.cfg.to_dict()),
+                    "state": self.state.state_dict()}
         checkpoints.report(metrics, self.accelerator, snapshot, self.cursor.state_dict(), self.state.step)
 
     def watch(self, step: int) -> None:

@@ -40,11 +40,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from data_shards.images import mask_grey, open_image, to_rgb8
-from data_shards.io import filesystem, join_url, read_bytes
+from data_shards.images import SOURCE_FORMATS, mask_grey, open_image, to_rgb8
+from data_shards.io import filesystem, join_url, read_bytes, redact
 from data_shards.progress import Progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
+# ... opened only as images.SOURCE_FORMATS, whatever a file's bytes claim (no EPS, PDF, ...)
 # stored as they are: the reader decodes them (MPO: a camera JPEG with extra frames PIL ignores)
 PASS_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
 PASS_MODES = {"RGB", "RGBA", "L", "LA", "P", "1"}             # ... and converts these to RGB correctly
@@ -178,7 +179,7 @@ def load_sample(item: Item, resize: int | None = None, crop_bbox: bool = False,
     if data is None:
         return Skip(item.rel, "missing image")
     try:
-        img = open_image(data)
+        img = open_image(data, SOURCE_FORMATS)
     except DECODE_ERRORS as e:
         return Skip(item.rel, "unreadable image", str(e))
     width, height = img.size
@@ -188,7 +189,7 @@ def load_sample(item: Item, resize: int | None = None, crop_bbox: bool = False,
         if mdata is None:
             return Skip(item.rel, "missing mask", item.mask)
         try:
-            mimg = open_image(mdata)
+            mimg = open_image(mdata, SOURCE_FORMATS)
         except DECODE_ERRORS as e:
             return Skip(item.rel, "unreadable mask", str(e))
         if mimg.size != img.size:
@@ -268,7 +269,7 @@ class Source:
         if self.log is not None:
             self.log.note(message)
         else:
-            print(message, file=sys.stderr, flush=True)
+            print(redact(message), file=sys.stderr, flush=True)
 
 
 def _source(name: str, items: list[Item], shuffle_seed: int | None = 0, limit: int | None = None,

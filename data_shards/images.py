@@ -1,20 +1,60 @@
 """Pixel decoding shared by the converters (writing shards), the reader (streaming them) and
 jobs/segment_images.py (a user's own photos), so all read a 16-bit, palette, RGBA or 0/1-valued
-file the same way."""
+file the same way.
+
+Every user image is opened here, and only as one of a short list of formats (PHOTO_FORMATS;
+the converters' source folders also SOURCE_FORMATS), whatever its bytes claim to be: PIL would
+otherwise hand a `.jpg` holding PostScript to Ghostscript. An image of more than MAX_PIXELS is
+refused from its header, before a pixel is decoded (a 200 KB PNG can claim 178 megapixels).
+Both raise errors the callers' per-sample guards already count as an unreadable image, with a
+message saying why."""
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}   # PIL's modes for 16-bit grey PNG/TIFF
 ORIENTATION = 0x0112                # the EXIF tag; 1 = stored as displayed
 SIDEWAYS = {5, 6, 7, 8}             # orientations that swap width and height (90 or 270 degrees)
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP")   # shards and photos (MPO, a phone's JPEG, opens as JPEG)
+# What the converters read from a source folder (converters.IMAGE_SUFFIXES): never EPS, PDF, ...
+SOURCE_FORMATS = PHOTO_FORMATS + ("BMP", "TIFF", "PPM", "GIF")
+MAX_PIXELS = 100_000_000            # width x height of the largest image opened: 100 MP, a large photo
+# 16-bit grey -> 8 bits, rounded (value / 257, the exact inverse of 8 -> 16 bit): a table, not a
+# float64 copy of the image
+_TO_8BIT = ((np.arange(65536, dtype=np.uint32) + 128) // 257).astype(np.uint8)
 
 
-def open_image(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
+def _format_names(formats: tuple[str, ...]) -> str:
+    names = [{"WEBP": "WebP"}.get(f, f) for f in formats]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def open_header(data: bytes, formats: tuple[str, ...] = PHOTO_FORMATS) -> Image.Image:
+    """The image in `data`, its header read but no pixel decoded yet. UnidentifiedImageError when
+    it is none of `formats`, PIL's DecompressionBombError when it has more than MAX_PIXELS pixels;
+    both with a message that says so."""
+    with warnings.catch_warnings():
+        # PIL warns from 89 MP on; MAX_PIXELS decides here (PIL still refuses above twice its own)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data), formats=list(formats))
+        except UnidentifiedImageError:
+            raise UnidentifiedImageError(f"not a {_format_names(formats)} file (it starts with "
+                                         f"{bytes(data[:12])!r})") from None
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise Image.DecompressionBombError(
+            f"{width}x{height} pixels ({width * height / 1e6:.0f} MP) is more than the {MAX_PIXELS / 1e6:g} MP "
+            f"an image may have (data_shards.images.MAX_PIXELS): a decompression bomb, or no photo")
+    return img
+
+
+def open_image(data: bytes, formats: tuple[str, ...] = PHOTO_FORMATS) -> Image.Image:
+    img = open_header(data, formats)
     img.load()  # decode now: a truncated file fails here, inside the caller's per-sample guard
     return img
 
@@ -40,7 +80,7 @@ def open_photo(data: bytes, at_least: int | None = None) -> tuple[Image.Image, t
     """(upright image, its displayed (width, height)) of a photo file. With `at_least`, a JPEG is
     decoded at a reduced scale (1/2 to 1/8, several times faster) that keeps both sides at least
     that many pixels: enough for a small network input, while the size returned is the full one."""
-    img = Image.open(io.BytesIO(data))
+    img = open_header(data)
     width, height = img.size
     if orientation(img) in SIDEWAYS:
         width, height = height, width
@@ -54,8 +94,10 @@ def to_rgb8(img: Image.Image) -> Image.Image:
     """8-bit RGB of any PIL image: 16-bit grey is scaled (convert() would clip it to white),
     alpha is dropped, palettes are applied."""
     if img.mode in SIXTEEN_BIT:
-        grey = np.clip(np.asarray(img, dtype=np.float64) / 257 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
+        raw = np.asarray(img)
+        if raw.dtype.itemsize > 2:  # mode I: 32-bit ints; 16-bit images stored in it stay in range
+            raw = np.clip(raw, 0, 65535)
+        return Image.fromarray(_TO_8BIT[raw]).convert("RGB")
     if img.mode == "F":
         return Image.fromarray(np.clip(np.asarray(img) + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
     return img.convert("RGB")

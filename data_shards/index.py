@@ -50,6 +50,7 @@ from data_shards.io import (
     list_tree,
     open_url,
     read_bytes,
+    redact,
     url_exists,
     write_bytes,
 )
@@ -307,7 +308,7 @@ def index_shards(url: str, root: str, sizes: dict[str, int], progress: bool | Pr
     return {
         "format": FORMAT,
         "indexed": True,            # counted from the tars in place; nothing was decoded or copied
-        "source": url,
+        "source": redact(url),     # without user:password@ or a presigned signature
         "num_samples": total,
         "has_masks": masks == total,
         "num_masks": masks,

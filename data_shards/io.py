@@ -5,7 +5,10 @@ environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE, AWS_ENDPOI
 non-AWS server such as MinIO or moto) or from fsspec's own config (FSSPEC_S3_ENDPOINT_URL=...).
 
 Functions take and return URLs in the form the caller used: a plain path stays a plain path and
-s3://bucket/key keeps its scheme, so URLs can be written to configs and manifests unchanged.
+s3://bucket/key keeps its scheme. A URL may still carry credentials (user:password@host, the
+signature of a presigned URL): whatever the project writes to a file or prints passes through
+`redact` (one string, a URL or a line holding URLs) or `redacted` (a config or report, nested),
+so those reach no config.yaml, report, manifest or log; the caller keeps the real URL to open.
 
 Explicit, non-secret options (an endpoint, a region, a profile name) can be set once per process
 with `configure_s3`; the run config's `storage` section does that on the driver and in every
@@ -15,7 +18,9 @@ an endpoint that does not answer) surface as one-line `StorageError`s that name 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -26,6 +31,52 @@ _S3_OPTIONS: dict = {}
 
 class StorageError(OSError):
     """Storage that cannot be used as configured; the message is one line for the user."""
+
+
+# Credentials a URL can carry: user:password@ (or a bare token@) before the host, and the query
+# parameters of presigned URLs that hold a signature, key id or session token (S3 SigV4 and V2,
+# GCS, Azure SAS, a generic token=). Their values become REDACTED; the rest of the URL stays
+# readable. Userinfo holds no / ? # @ (RFC 3986), so a later "@" in a path or query is left alone.
+REDACTED = "REDACTED"
+SECRET_QUERY_KEYS = ("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "Signature", "AWSAccessKeyId",
+                     "X-Goog-Signature", "X-Goog-Credential", "sig", "token", "access_token")
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#@'\"<>]*@")
+_SECRET_QUERY = re.compile(r"([?&;](?:%s)=)[^&#\s'\"<>]*" % "|".join(map(re.escape, SECRET_QUERY_KEYS)),
+                           re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` (a URL, or a line or document holding URLs) with every URL's credentials replaced
+    by REDACTED: s3://AKIA:secret@bucket/x -> s3://REDACTED@bucket/x, and
+    https://h/x?X-Amz-Signature=abc&y=1 -> https://h/x?X-Amz-Signature=REDACTED&y=1."""
+    if "://" not in text and "=" not in text:
+        return text
+    return _SECRET_QUERY.sub(rf"\g<1>{REDACTED}", _USERINFO.sub(rf"\g<1>{REDACTED}@", text))
+
+
+def redacted(value):
+    """A copy of a config or report (dicts, lists, tuples, scalars) with `redact` applied to every
+    string in it; what is not a string is returned as it is."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redacted(v) for v in value)
+    return value
+
+
+class RedactingFilter(logging.Filter):
+    """Log records with `redact` applied to their message (arguments formatted in)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg, record.args = redact(message), None
+        return True
+
+
+# The data layer's warnings (reader, indexer) name shard URLs.
+logging.getLogger("data_shards").addFilter(RedactingFilter())
 
 
 def configure_s3(endpoint_url: str = "", region: str = "", profile: str = "", anonymous: bool = False) -> None:

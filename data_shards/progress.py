@@ -13,6 +13,8 @@ import sys
 import time
 from typing import TextIO
 
+from data_shards.io import redact
+
 
 def format_duration(seconds: float) -> str:
     seconds = int(max(0, seconds) + 0.5)
@@ -29,7 +31,7 @@ class Progress:
 
     def __init__(self, total: int | None = None, label: str = "", stream: TextIO | None = None,
                  enabled: bool = True, unit: str = "samples"):
-        self.label, self.unit, self.enabled = label, unit, enabled
+        self.label, self.unit, self.enabled = redact(label), unit, enabled  # labels and notes name URLs
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.count, self.start = 0, time.monotonic()
@@ -88,7 +90,7 @@ class Progress:
             return
         if self._drawn:
             self.stream.write("\r\033[K")
-        print(message, file=self.stream, flush=True)
+        print(redact(message), file=self.stream, flush=True)
         if self._drawn:
             self._draw(time.monotonic())
 

@@ -37,6 +37,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from PIL import Image
 
+from data_shards.images import open_header
 from data_shards.io import holds_anything, join_url, put_file, read_bytes, remove_url, url_exists, write_bytes
 from data_shards.progress import Progress
 from data_shards.synthetic import synthetic_samples
@@ -108,10 +109,10 @@ def _image_entry(sample: dict, key: str) -> tuple[str, bytes, tuple[int, int]]:
             raise ValueError(f"sample {key}: image_ext must be one of {', '.join(IMAGE_EXTS)}, got {ext!r}")
         data = bytes(sample["image_bytes"])
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with open_header(data) as img:  # JPEG, PNG or WebP, at most images.MAX_PIXELS
                 w, h = img.size
         except Exception as e:  # PIL raises several types for bytes that are no image
-            raise ValueError(f"sample {key}: image_bytes are not an image PIL can open ({e})") from None
+            raise ValueError(f"sample {key}: image_bytes are not an image this set can hold ({e})") from None
         return "image." + ext, data, (h, w)
     image = np.asarray(sample["image"], dtype=np.uint8)
     if image.ndim != 3 or image.shape[2] != 3:

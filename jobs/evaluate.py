@@ -32,7 +32,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cluster.cli import EXIT_USER_ERROR, USER_ERRORS
-from data_shards.io import url_exists
+from data_shards.io import redact, redacted, url_exists
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         if a.out:
             write_results(results, grid, a.out)
     except (*USER_ERRORS, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
 
@@ -118,11 +118,11 @@ def write_results(results: dict, grid, out: str) -> None:
     from data_shards.io import write_bytes
 
     if grid is None:
-        write_bytes(out, (json.dumps(results, indent=2) + "\n").encode())
-        print(f"wrote {out}")
+        write_bytes(out, (json.dumps(redacted(results), indent=2) + "\n").encode())
+        print(redact(f"wrote {out}"))
         return
     save_report(results, grid, out, grid_url(out))
-    print(f"wrote {out} and {grid_url(out)}")
+    print(redact(f"wrote {out} and {grid_url(out)}"))
 
 
 def grid_url(out: str) -> str:

@@ -39,7 +39,7 @@ from comgan.artifacts import ArtifactError, from_bytes, load_generator  # noqa: 
 from comgan.controls import (VARIED, control_codes, control_grid, default_categories, default_scale,  # noqa: E402
                              generate)
 from comgan.visualize import grid_to_uint8  # noqa: E402
-from data_shards.io import StorageError, join_url, read_bytes, url_exists, write_bytes  # noqa: E402
+from data_shards.io import StorageError, join_url, read_bytes, redact, url_exists, write_bytes  # noqa: E402
 
 
 class UserError(Exception):
@@ -154,10 +154,10 @@ def main(argv=None) -> int:
         lines = run(args)
     except (UserError, ArtifactError, StorageError, OSError) as e:  # OSError: storage the user has to fix
         text = str(e).strip().splitlines() or [type(e).__name__]
-        print(f"error: {text[0]}", file=sys.stderr)
+        print(f"error: {redact(text[0])}", file=sys.stderr)
         return EXIT_USER_ERROR
     for line in lines:
-        print(line)
+        print(redact(line))  # URLs without their credentials
     return 0
 
 

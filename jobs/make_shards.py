@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 import time
 
@@ -45,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_shards.converters import CONVERTERS, ConversionError  # noqa: E402
 from data_shards.index import DatasetError, write_index  # noqa: E402
+from data_shards.io import redact, redacted  # noqa: E402
 from data_shards.progress import Progress, format_duration  # noqa: E402
 from data_shards.writer import (ShardWriteError, check_destination, format_size, parse_size,  # noqa: E402
                                 write_shards, write_synthetic)
@@ -173,9 +173,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _recorded_options(args: argparse.Namespace) -> dict:
-    """The options as the manifest keeps them; user:password@ is cut from URLs."""
-    scrub = lambda v: re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", v) if isinstance(v, str) else v  # noqa: E731
-    return {k: scrub(v) for k, v in sorted(vars(args).items()) if k not in NOT_RECORDED}
+    """The options as the manifest keeps them: URLs without user:password@ or presigned signatures."""
+    return redacted({k: v for k, v in sorted(vars(args).items()) if k not in NOT_RECORDED})
 
 
 def convert(args: argparse.Namespace) -> dict:
@@ -225,22 +224,22 @@ def main(argv=None) -> int:
     start = time.monotonic()
     try:
         if args.converter == "index":
-            print(run_index(args, start))
+            print(redact(run_index(args, start)))
             return 0
         check_destination(args.dest, args.overwrite)  # before the source is listed (minutes); write_shards again
         manifest = convert(args)
     except (ConversionError, ShardWriteError, DatasetError, OSError) as e:  # OSError: storage the user has to fix
         lines = str(e).strip().splitlines() or [type(e).__name__]
-        print(f"error: {lines[0]}", file=sys.stderr)
+        print(f"error: {redact(lines[0])}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.converter == "index":
             print("interrupted: no manifest.json was written", file=sys.stderr)
             return 130
-        print(f"interrupted: re-run the command with --overwrite to write {args.dest} (an unfinished write leaves "
-              "no manifest.json, so nothing reads it)", file=sys.stderr)
+        print(f"interrupted: re-run the command with --overwrite to write {redact(args.dest)} (an unfinished "
+              "write leaves no manifest.json, so nothing reads it)", file=sys.stderr)
         return 130
-    print(summary(manifest, args.dest, time.monotonic() - start))
+    print(redact(summary(manifest, args.dest, time.monotonic() - start)))
     return 0
 
 

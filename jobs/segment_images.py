@@ -26,13 +26,17 @@ existing outputs are replaced only with --overwrite.
 and decoding ahead of the network in --io-threads threads. --workers N splits the photos into
 chunks for N Ray workers, each loading the segmenter once: on the cluster at RAY_ADDRESS (set by
 `ray job submit`), else on a local Ray cluster started for the job; on a multi-node cluster keep
-photos and masks on s3://. The segmenter's file (segmenter.pt, exported by jobs/train.py or
-jobs/segment.py) may be a path or any URL. S3 settings come from the standard AWS environment
+photos and masks on s3://. Workers a local cluster can never hold are refused at once (one line
+naming what is missing); on a cluster at RAY_ADDRESS, whose autoscaler may add nodes, the job
+waits at most --placement-timeout seconds for all workers to start, then gives up with that line.
+The segmenter's file (segmenter.pt, exported by jobs/train.py or jobs/segment.py) may be a path
+or any URL. S3 settings come from the standard AWS environment
 (AWS_PROFILE, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -46,8 +50,18 @@ def _amount(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
     return value
 
 
@@ -65,8 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineParser(prog="jobs/segment_images.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                epilog="Exit codes: 0 done (some photos may have been skipped: see the report), 1 no photo "
                       "could be segmented or a Ray worker failed, 2 a mistake in the command, a missing or "
-                      "wrong artifact, no photos, existing output without --overwrite, or storage that "
-                      "cannot be used.")
+                      "wrong artifact, no photos, existing output without --overwrite, storage that "
+                      "cannot be used, or Ray workers the cluster cannot hold (within --placement-timeout).")
     p.add_argument("--photos", required=True, metavar="URL", help="folder or URL prefix of the photos (recursive)")
     p.add_argument("--segmenter", required=True, metavar="URI", help="a segmenter.pt: a path or URL")
     p.add_argument("--out", required=True, metavar="URL", help="folder or URL prefix for the masks, overlays and report")
@@ -92,6 +106,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpus-per-worker", type=_amount, default=0, metavar="G",
                    help="GPUs Ray reserves per worker, e.g. 1, or 0.5 for two workers per GPU; workers run on CUDA "
                         "when > 0, else on CPU (default: %(default)s)")
+    p.add_argument("--placement-timeout", type=_seconds, default=1800, metavar="S",
+                   help="seconds the Ray workers may take to start (be placed on the cluster and load the "
+                        "segmenter) before the job gives up; a request the cluster can never hold is refused "
+                        "at once on a local cluster (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace masks, overlays and a report already at --out")
     p.add_argument("--quiet", action="store_true", help="no progress line (warnings and the summary still print)")
     return p.parse_args(argv)
@@ -107,7 +125,7 @@ def main(argv=None) -> int:
         summary,
     )
     from comgan.artifacts import ArtifactError
-    from data_shards.io import StorageError
+    from data_shards.io import StorageError, redact
 
     settings = Settings(threshold=args.threshold, batch=args.batch, overlays=args.overlays, device=args.device,
                         io_threads=args.io_threads, flip=args.flip,
@@ -115,19 +133,20 @@ def main(argv=None) -> int:
     try:
         report = segment_images(args.photos, args.segmenter, args.out, settings, workers=args.workers,
                                 overwrite=args.overwrite, cpus_per_worker=args.cpus_per_worker,
-                                gpus_per_worker=args.gpus_per_worker, progress=not args.quiet)
+                                gpus_per_worker=args.gpus_per_worker, progress=not args.quiet,
+                                placement_timeout=args.placement_timeout)
     except (SegmentError, ArtifactError, StorageError, OSError) as e:  # OSError: storage the user has to fix
         text = str(e).strip().splitlines() or [type(e).__name__]
-        print(f"error: {text[0]}", file=sys.stderr)
+        print(f"error: {redact(text[0])}", file=sys.stderr)
         return EXIT_USER_ERROR
     except SegmentFailed as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return EXIT_STAGE_FAILED
     except KeyboardInterrupt:
         print("interrupted: masks written so far are kept; re-run with --overwrite to redo them all",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(summary(report))
+    print(redact(summary(report)))
     return 0
 
 

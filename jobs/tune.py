@@ -33,7 +33,9 @@ also stops trials whose health lags at equal images seen.
 Outputs under <storage>/<name>/: results.csv and results.json (every trial's parameters, objective,
 stop reason, wall time, artifact URLs; also printed), best/ (the best trial's generator.pt,
 segmenter.pt and trial.json), tensorboard/ (hparams: tensorboard --logdir <storage>/<name>/tensorboard),
-runs/<trial id>/ (each trial's run) and Tune's own experiment state.
+runs/<trial id>/ (each trial's run) and Tune's own experiment state. A --name whose folder holds
+a training run (or anything else that is not a sweep) is refused; a sweep in which no trial
+produced a result (all failed or were stopped) exits 1.
 """
 from __future__ import annotations
 
@@ -43,8 +45,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.cli import (EXIT_INTERRUPTED, EXIT_USER_ERROR, USER_ERRORS, OneLineParser,  # noqa: E402
-                         int_at_least)
+from cluster.cli import (EXIT_INTERRUPTED, EXIT_STAGE_FAILED, EXIT_USER_ERROR, USER_ERRORS,  # noqa: E402
+                         OneLineParser, int_at_least)
+from data_shards.io import redact  # noqa: E402
 
 SWEEP_KEYS = ("config", "set", "space", "search", "samples", "objective", "inception", "fid_samples",
               "scheduler", "patience", "concurrent")
@@ -52,8 +55,10 @@ SWEEP_KEYS = ("config", "set", "space", "search", "samples", "objective", "incep
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineParser(prog="jobs/tune.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                      epilog="Exit codes: 0 done (see the table for each trial's stop reason), 2 a mistake in the "
-                             "command, sweep, config, data or storage, 130 interrupted (continue with --resume).")
+                      epilog="Exit codes: 0 done (see the table for each trial's stop reason), 1 no trial produced "
+                             "a result (every trial failed or was stopped), 2 a mistake in the command, sweep, "
+                             "config, data or storage (a --name taken by a run included), 130 interrupted "
+                             "(continue with --resume).")
     p.add_argument("space", nargs="*", metavar="KEY=VALUES",
                    help="what the sweep varies, e.g. beta=0,0.5,1 lam=loguniform:0.5:8 N=3,6,12")
     p.add_argument("--sweep", help="sweep YAML (config, set, space, search, samples, objective, ...); "
@@ -147,7 +152,10 @@ def main(argv=None) -> int:
         else:
             sweep = build_sweep(args)
         if args.dry_run:
-            print(f"sweep {sweep.root}: {sweep.search} search, {sweep.samples} sample(s), objective "
+            from cluster.tune import check_sweep_folder
+
+            check_sweep_folder(sweep)  # run_sweep checks it first too: a --name a run (or anything else) holds
+            print(f"sweep {redact(sweep.root)}: {sweep.search} search, {sweep.samples} sample(s), objective "
                   f"{sweep.objective} ({sweep.mode}imised)")
             for axis in sweep.axes:
                 print(f"  {axis.key}: {list(axis.values) if axis.values else f'{axis.kind}:{axis.low}:{axis.high}'}")
@@ -156,15 +164,21 @@ def main(argv=None) -> int:
 
         rows = run_sweep(sweep, resume=args.resume)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: continue with the same --name and --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     if any(r["stop"] == "not finished" for r in rows):
         print(f"some trials did not finish: continue with python jobs/tune.py --resume --name {sweep.name}"
-              + (f" --storage {sweep.storage}" if sweep.storage != "runs" else ""), file=sys.stderr)
+              + (f" --storage {redact(sweep.storage)}" if sweep.storage != "runs" else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
+    from cluster.tune import no_result
+
+    failed = no_result(sweep, rows)
+    if failed:
+        print(f"error: {redact(failed)}", file=sys.stderr)
+        return EXIT_STAGE_FAILED
     return 0
 
 

@@ -125,3 +125,30 @@ def test_the_equal_budget_benchmark_arms_are_what_they_claim(monkeypatch):
     assert fast.stage2.self_train_start == round(default.stage2.self_train_start * 1.5)
     with pytest.raises(ConfigError, match="stage1.stepz"):
         equal_budget.arm_arguments(1.5, ["stage1.stepz=3"])
+
+
+def test_the_saved_config_hides_url_credentials_and_a_rerun_still_resumes(tmp_path):
+    """config.yaml keeps URLs without user:password@ or a presigned signature; the run check
+    compares it redacted, so the same command (or one with a freshly signed URL) resumes the run."""
+    from cluster.pipeline import check_run_config
+    from cluster.storage import RunLayout
+
+    presigned = ("https://bucket.s3.amazonaws.com/eval?X-Amz-Credential=AKIAEXAMPLE%2F20260101"
+                 "&X-Amz-Security-Token=sessiontoken&X-Amz-Signature={}")
+    overrides = ["data.train=s3://AKIA:secret@bucket/x", f"data.eval={presigned.format('feedface0123')}"]
+    layout = RunLayout(str(tmp_path), "run")
+    cfg = load_config("tiny", overrides)
+    check_run_config(cfg, layout)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    for secret in ("secret", "AKIAEXAMPLE", "sessiontoken", "feedface0123"):
+        assert secret not in saved
+    assert "s3://REDACTED@bucket/x" in saved and "X-Amz-Signature=REDACTED" in saved
+    assert cfg.data.train == "s3://AKIA:secret@bucket/x", "the config in memory keeps the URL it opens"
+
+    check_run_config(load_config("tiny", overrides), layout)  # the same command again: resumes
+    resigned = [overrides[0], f"data.eval={presigned.format('0badcafe4567')}"]
+    check_run_config(load_config("tiny", resigned), layout)   # a new signature for the same object
+    other = r"data.train='s3://REDACTED@bucket/x', now 's3://REDACTED@other/x'"
+    with pytest.raises(ConfigError, match=other) as refused:
+        check_run_config(load_config("tiny", ["data.train=s3://AKIA:secret@other/x", overrides[1]]), layout)
+    assert "secret" not in str(refused.value)

@@ -250,3 +250,13 @@ def test_index_user_errors_are_one_line(tmp_path, case):
     }[case]
     one_line_error(run("index", *args), *words)
     assert not list(tmp_path.rglob("manifest.json"))
+
+
+def test_the_manifest_records_urls_without_their_credentials():
+    from jobs.make_shards import _recorded_options, parse_args
+
+    source = "https://host/photos?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=feedface0123"
+    options = _recorded_options(parse_args(["images", source, "s3://AKIA:secret@bucket/out"]))
+    assert options["source"] == "https://host/photos?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED"
+    assert options["dest"] == "s3://REDACTED@bucket/out"
+    assert not any(s in json.dumps(options) for s in ("AKIAEXAMPLE", "feedface0123", "secret"))

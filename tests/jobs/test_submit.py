@@ -201,6 +201,9 @@ def test_help_documents_token_schedule_and_exit_codes():
     (["--name", "x", "--", "--storage", "runs"], "--storage 'runs' is relative"),
     (["--address", "ray://127.0.0.1:10001", "--name", "x", "--", "--storage", "/tmp/r"], "not a ray:// client"),
     (["--name", "x", "--config", "tiny"], "unrecognized arguments: --config"),
+    (["--address", "http://10.0.0.5:8265", "--", "--storage", "/tmp/r"], "is plain http to another machine"),
+    (["--address", "head.example:8265", "--", "--storage", "/tmp/r"], "is plain http to another machine"),
+    (["--address", "http://[::1", "--", "--storage", "/tmp/r"], "is not a valid URL"),
 ])
 def test_mistakes_in_the_command_are_one_line(args, message):
     address = [] if "--address" in args else ["--address", "http://127.0.0.1:9"]
@@ -216,6 +219,49 @@ def test_unreachable_cluster_is_one_line():
     assert p.returncode == 2
     assert f"cannot reach the Ray job server at {address}" in one_error_line(p)
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:8265", "127.0.0.1:8265", "http://localhost:8265",
+                                     "http://127.0.0.2:8265", "http://[::1]:8265", "https://head.example:8265",
+                                     "https://10.0.0.5:8265"])
+def test_loopback_or_https_addresses_are_accepted(address):
+    from cluster.submit import check_address
+
+    check_address(address)
+
+
+@pytest.mark.parametrize("address", ["http://10.0.0.5:8265", "http://head.example:8265", "head:8265",
+                                     "http://127.0.0.1.example:8265"])
+def test_plain_http_to_another_host_needs_the_explicit_flag(address, monkeypatch):
+    from cluster import submit
+    from cluster.submit import SubmitError, check_address
+
+    with pytest.raises(SubmitError, match="plain http to another machine.*--allow-insecure-http"):
+        check_address(address)
+    check_address(address, allow_insecure_http=True)
+    # Refused before any client exists: the token never leaves this machine.
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "token-that-must-stay-here")
+    monkeypatch.setattr(submit, "JobSubmissionClient", lambda *a, **k: pytest.fail("a request was made"))
+    with pytest.raises(SubmitError) as refused:
+        submit.JobServer(address)
+    assert "token-that-must-stay-here" not in str(refused.value)
+
+
+def test_the_insecure_flag_reaches_the_job_server(monkeypatch):
+    import jobs.submit as tool
+    from cluster import submit
+
+    seen = {}
+
+    class Server:
+        def __init__(self, address, allow_insecure_http=False):
+            seen.update(address=address, allow=allow_insecure_http)
+            raise submit.SubmitError("stop here")
+
+    monkeypatch.setattr(submit, "JobServer", Server)
+    args = ["--address", "http://10.0.0.5:8265", "--allow-insecure-http", "--", "--storage", "/tmp/r"]
+    assert tool.main(args) == 2
+    assert seen == {"address": "http://10.0.0.5:8265", "allow": True}
 
 
 def test_run_name_expands_in_utc():

@@ -99,3 +99,29 @@ def test_shards_without_a_usable_image_stop_before_training_with_one_line(tmp_pa
     assert len(error) == 1 and "Traceback" not in p.stderr
     assert "64 samples tried in a row, none usable" in error[0] and "fields seen: json, picture.jpg" in error[0]
     assert not (tmp_path / "runs" / "tiny" / "stage1").exists(), "no worker started"
+
+
+# A key-in-URL and a presigned URL: used as given, never written or printed with their secrets.
+SECRET_TRAIN = "s3://AKIA:secret@bucket/x"
+PRESIGNED_EVAL = ("https://bucket.s3.amazonaws.com/eval?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                  "&X-Amz-Credential=AKIAEXAMPLE%2F20260101%2Fus-east-1%2Fs3%2Faws4_request"
+                  "&X-Amz-Security-Token=sessiontoken&X-Amz-Signature=feedface0123")
+URL_SECRETS = ("secret", "AKIAEXAMPLE", "sessiontoken", "feedface0123")
+
+
+def test_print_config_shows_urls_without_their_credentials():
+    p = run_train("--config", "tiny", f"data.train={SECRET_TRAIN}", f"data.eval={PRESIGNED_EVAL}", "--print-config")
+    assert p.returncode == 0, p.stderr
+    assert not [s for s in URL_SECRETS if s in p.stdout + p.stderr]
+    assert "train: s3://REDACTED@bucket/x" in p.stdout and "X-Amz-Signature=REDACTED" in p.stdout
+
+
+def test_a_mistake_about_a_url_with_credentials_is_one_line_without_them(tmp_path):
+    """Nothing at the URL (memory:// holds nothing in a new process): the error and the log lines
+    name the URL, not its password."""
+    p = run_train("--config", "tiny", "data.train=memory://AKIA:secret@bucket/x", "data.eval=''",
+                  f"--storage={tmp_path / 'runs'}")
+    assert p.returncode == 2, p.stderr
+    assert "error: data.train=memory://REDACTED@bucket/x: nothing is there" in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert "secret" not in p.stdout + p.stderr
