@@ -12,6 +12,7 @@ is never restored; Ray keeps the newest `run.keep_checkpoints` and deletes older
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -20,25 +21,105 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from comgan.artifacts import from_bytes, to_bytes
-from data_shards.io import read_bytes, url_exists
+from comgan.artifacts import ArtifactError, from_bytes, to_bytes
+from data_shards.io import join_url, list_folders, move_file, read_bytes, redact, sha256_hex, url_exists, write_bytes
 
 from . import faults
 
 CHECKPOINT_FILE = "state.pt"
+logger = logging.getLogger("comgan.checkpoints")
 
 
-def latest(kind: str) -> dict | None:
-    """The newest registered checkpoint of this stage (after a worker restart or a re-run)."""
+def latest(kind: str, stage_dir: str = "") -> dict | None:
+    """The newest registered checkpoint of this stage (after a worker restart or a re-run). One
+    that cannot be read (a damaged or truncated state.pt) is passed over with a warning for the
+    previous one kept in `stage_dir` (newest first); when none is readable the stage starts over,
+    with a warning: a damaged file must not keep a run from ever resuming."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as d:
-        with open(os.path.join(d, CHECKPOINT_FILE), "rb") as fh:
-            state = from_bytes(fh.read(), what=f"checkpoint {checkpoint.path}")
+    try:
+        with checkpoint.as_directory() as d:
+            with open(os.path.join(d, CHECKPOINT_FILE), "rb") as fh:
+                state = from_bytes(fh.read(), what=f"checkpoint {checkpoint.path}")
+    except (ArtifactError, OSError) as e:
+        state = _previous_checkpoint(checkpoint.path, stage_dir, e)
+        if state is None:
+            return None
     if state["kind"] != kind:
         raise RuntimeError(f"checkpoint {checkpoint.path} is a {state['kind']}, expected {kind}")
     return state
+
+
+def _previous_checkpoint(broken_path: str, stage_dir: str, error: BaseException) -> dict | None:
+    """The newest readable checkpoint in `stage_dir` older than the unreadable `broken_path`."""
+    broken = str(broken_path).rstrip("/").rsplit("/", 1)[-1]
+    first = (str(error).splitlines() or [type(error).__name__])[0]
+    older = [n for n in list_folders(stage_dir, "checkpoint_") if n < broken] if stage_dir else []
+    for name in reversed(older):
+        url = join_url(stage_dir, name, CHECKPOINT_FILE)
+        try:
+            state = from_bytes(read_bytes(url), what=f"checkpoint {url}")
+        except (ArtifactError, OSError) as e:
+            logger.warning(redact(f"checkpoint {url} is not readable either ({type(e).__name__})"))
+            continue
+        logger.warning(redact(f"the latest checkpoint {broken} cannot be read ({first}); resuming from the "
+                              f"previous one kept, {name}"))
+        return state
+    logger.warning(redact(f"the latest checkpoint {broken} cannot be read ({first}) and no earlier one is kept "
+                          f"in {stage_dir or 'the stage folder'}: the stage starts over from step 0"))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Exported artifacts (generator.pt, segmenter.pt): written with their sha256 beside them, and
+# trusted on a re-run only when they load and match it.
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def export_artifact(url: str, data: bytes) -> None:
+    """Write a stage's artifact, then its sha256 in <url>.sha256 (after it: a checksum never vouches
+    for a file that was not completely written)."""
+    write_bytes(url, data)
+    write_bytes(url + CHECKSUM_SUFFIX, f"{sha256_hex(data)}  {url.rstrip('/').rsplit('/', 1)[-1]}\n".encode())
+
+
+def artifact_problem(url: str, kind: str) -> str | None:
+    """Why the artifact at `url` (which exists) cannot be trusted, or None when it loads as a
+    `kind` file and matches its recorded sha256. One written before checksums were recorded (no
+    .sha256 beside it) is trusted when it loads."""
+    data = read_bytes(url)
+    sidecar = url + CHECKSUM_SUFFIX
+    if url_exists(sidecar):
+        recorded = read_bytes(sidecar).decode("utf-8", "replace").split()
+        if not recorded or recorded[0].lower() != sha256_hex(data):
+            return f"its sha256 does not match {sidecar.rsplit('/', 1)[-1]} ({len(data)} bytes)"
+    try:
+        obj = from_bytes(data, what=url)
+    except ArtifactError as e:
+        return str(e)
+    if obj.get("kind") != kind:
+        return f"it is a {obj.get('kind')!r} file, expected {kind!r}"
+    return None
+
+
+def artifact_done(url: str, kind: str, warn=None) -> bool:
+    """Whether a stage's exported artifact is there and sound, so that the stage need not run.
+    A damaged one (truncated, unreadable, not matching its sha256) is set aside, renamed to
+    <url>.bad-<time> (never deleted), with a warning through `warn`, and False is returned: the
+    stage runs again from its latest checkpoint and exports anew."""
+    if not url_exists(url):
+        return False
+    problem = artifact_problem(url, kind)
+    if problem is None:
+        return True
+    aside = f"{url}.bad-{time.strftime('%Y%m%d-%H%M%S')}"
+    move_file(url, aside)
+    move_file(url + CHECKSUM_SUFFIX, aside + CHECKSUM_SUFFIX)
+    message = f"{url} cannot be used ({problem}): set aside as {aside}; the stage runs again from its latest checkpoint"
+    (warn or logger.warning)(redact(message))
+    return False
 
 
 def process_state(accelerator: Accelerator, loader: dict) -> dict:

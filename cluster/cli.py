@@ -10,8 +10,10 @@ from data_shards.io import StorageError, redact
 from data_shards.reader import DatasetError
 
 from .config import Config, ConfigError, load_config
+from .lease import RunLeased
 
-USER_ERRORS = (ConfigError, DatasetError, ArtifactError, StorageError)
+# RunLeased: another driver holds the run (the same --name started twice): one line, like a config mistake.
+USER_ERRORS = (ConfigError, DatasetError, ArtifactError, StorageError, RunLeased)
 EXIT_USER_ERROR, EXIT_STAGE_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 

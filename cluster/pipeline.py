@@ -32,7 +32,7 @@ from data_shards.io import (arrow_filesystem, holds_anything, join_url, move_tre
 from data_shards.reader import check_usable, read_manifest
 from data_shards.writer import write_synthetic
 
-from . import evaluate, faults
+from . import checkpoints, evaluate, faults, lease
 from .config import Config, ConfigError, config_from_dict
 from .storage import RunLayout, absolute_url, configure_storage
 from .tensorboard import RunWriter
@@ -253,21 +253,32 @@ def run_pipeline(cfg: Config, stage1_only: bool = False, callbacks: tuple = ()) 
     `callbacks` go to both stages' trainers."""
     started = time.time()
     layout = prepare_run(cfg)
-    summary = {"run": layout.root}
-    generator = train_generator(cfg, layout, summary, callbacks)
-    if not stage1_only:
-        train_segmenter(cfg, layout, generator, summary, callbacks)
-        if cfg.data.eval:
-            results = evaluate_run(cfg, layout, started)
-            summary["eval"] = {k: v for k, v in results.items() if k != "per_image"}  # eval.json has them
-    summary["wall_seconds"] = time.time() - started
-    write_bytes(layout.summary, (json.dumps(redacted(summary), indent=2, default=str) + "\n").encode())
+    # One run, one writer: the lease is taken before this driver writes anything into the run
+    # folder, renewed while it runs and released however it ends (cluster/lease.py).
+    with lease.acquire(layout.root, say=lambda msg: log(f"warning: {msg}")) as run_lease:
+        check_run_config(cfg, layout)
+        place_workers(cfg)
+        summary = {"run": layout.root}
+        generator = train_generator(cfg, layout, summary, callbacks)
+        run_lease.check()
+        if not stage1_only:
+            train_segmenter(cfg, layout, generator, summary, callbacks)
+            run_lease.check()
+            if cfg.data.eval:
+                results = evaluate_run(cfg, layout, started)
+                summary["eval"] = {k: v for k, v in results.items() if k != "per_image"}  # eval.json has them
+        summary["wall_seconds"] = time.time() - started
+        run_lease.check()
+        write_bytes(layout.summary, (json.dumps(redacted(summary), indent=2, default=str) + "\n").encode())
     log(f"finished in {time.time() - started:.0f}s; TensorBoard: tensorboard --logdir {layout.path('tensorboard')}")
     return summary
 
 
 def prepare_run(cfg: Config) -> RunLayout:
-    """Everything that can fail on a user mistake, checked before any worker starts."""
+    """The checks of a user's inputs that write nothing into the run folder; run_pipeline then
+    takes the run's lease, checks the run folder's config and places the workers, all before any
+    worker starts. (ensure_data may write the built-in synthetic set: into its own shared
+    folders, not the run's, which no run lease could guard.)"""
     resolve_urls(cfg)
     layout = RunLayout(absolute_url(cfg.run.storage), cfg.run_name)
     log(f"run {cfg.run_name}: {layout.root}")
@@ -275,8 +286,6 @@ def prepare_run(cfg: Config) -> RunLayout:
     if cfg.stage2.generator:
         check_generator(cfg.stage2.generator, cfg)
     ensure_data(cfg)
-    check_run_config(cfg, layout)
-    place_workers(cfg)
     return layout
 
 
@@ -308,7 +317,7 @@ def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tu
     collapsed = collapsed_attempts(layout)
     if collapsed:
         summary["stage1_collapsed"] = collapsed
-    if url_exists(layout.generator):
+    if checkpoints.artifact_done(layout.generator, "comgan.generator", warn=lambda m: log(f"stage1: warning: {m}")):
         log(f"stage1: {layout.generator} exists, not retraining")
         return layout.generator
     while True:
@@ -362,7 +371,8 @@ def keep_the_healthiest_attempt(layout: RunLayout, m: dict, collapsed: list[dict
     if best is None or best["health"] <= last["health"]:
         return m
     collapsed.append(set_attempt_aside(layout, len(collapsed) + 1, last))
-    write_bytes(layout.generator, read_bytes(join_url(layout.collapsed(best["attempt"]), "stage1", "generator.pt")))
+    checkpoints.export_artifact(layout.generator,
+                                read_bytes(join_url(layout.collapsed(best["attempt"]), "stage1", "generator.pt")))
     log(f"stage1: attempt {best['attempt']} (run.seed={best['seed']}) was the healthiest "
         f"({best['health']:.3f} against {last['health']:.3f} of the last): its generator.pt is handed on")
     return {**best["metrics"], "attempt": best["attempt"]}
@@ -399,7 +409,7 @@ def set_attempt_aside(layout: RunLayout, attempt: int, record: dict) -> dict:
 
 
 def train_segmenter(cfg: Config, layout: RunLayout, generator: str, summary: dict, callbacks: tuple = ()) -> None:
-    if url_exists(layout.segmenter):
+    if checkpoints.artifact_done(layout.segmenter, "comgan.segmenter", warn=lambda m: log(f"stage2: warning: {m}")):
         log(f"stage2: {layout.segmenter} exists, not retraining")
         return
     m = run_stage("stage2", cfg, layout, artifact=layout.segmenter, generator=generator, callbacks=callbacks)

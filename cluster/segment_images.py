@@ -4,7 +4,8 @@ Layout of the output folder (any URL), for a photo at <photos>/<dir>/<name>.<ext
     <out>/<dir>/<name>.png             the mask: 8-bit grey (mode L), 0 background / 255 foreground,
                                        at the photo's displayed size (EXIF orientation applied)
     <out>/overlays/<dir>/<name>.jpg    with overlays: the photo, background dimmed to a third
-    <out>/segment_report.json          settings, timing, and every photo segmented or skipped (why)
+    <out>/segment_report.json          settings, timing, and every photo segmented or skipped (why);
+                                       written as the job goes ("complete": false until the end)
 
 Geometry: a segmenter sees square images at its own resolution, so each photo is resized (squashed,
 not cropped, so every pixel gets a mask) to that square, its mask probabilities are upsampled
@@ -17,6 +18,7 @@ thread pool ahead of the network, mask upsampling/encoding/writes in another beh
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -24,6 +26,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +53,8 @@ REPORT = "segment_report.json"
 OVERLAYS = "overlays"
 WARN_LIMIT = 10          # skipped photos named one line each on the console; all are in the report
 BACKGROUND_DIM = 1 / 3   # overlays: background brightness
+FULL_SIZE_AT_ONCE = 2    # photos whose full-size mask / overlay is computed at once (a 48 MP one: ~0.7 GB)
+REPORT_EVERY = 100       # photos between two writes of the report while the job runs
 PLACEMENT_TIMEOUT = 1800.0  # s the Ray workers may take to start (an autoscaler's GPU node: boot, installs)
 RESOURCE_UNITS = 10000   # Ray grants CPUs and GPUs in steps of 1/10000
 
@@ -205,13 +210,25 @@ def mask_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# Each 8-bit value dimmed (as (v * BACKGROUND_DIM).astype(uint8) would): a lookup in uint8, never a
+# float copy of a photo (a 48 MP photo in float64 is 1.2 GB, per writer thread).
+_DIMMED = (np.arange(256) * BACKGROUND_DIM).astype(np.uint8)
+
+
+def dim_background(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3]: `rgb` where `mask` (bool [H, W]) is set, dimmed elsewhere; one new array."""
+    out = _DIMMED[rgb]
+    np.copyto(out, rgb, where=mask[..., None])
+    return out
+
+
 def overlay_jpeg(data: bytes, mask: np.ndarray) -> bytes:
     """The photo as displayed with its background dimmed: what the mask keeps stays bright."""
     img, _ = open_photo(data)
     rgb = np.asarray(to_rgb8(img))
-    dim = (rgb * BACKGROUND_DIM).astype(np.uint8)
+    del img
     buf = io.BytesIO()
-    Image.fromarray(np.where(mask[..., None], rgb, dim)).save(buf, format="JPEG", quality=90)
+    Image.fromarray(dim_background(rgb, mask)).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
@@ -250,13 +267,21 @@ def _ordered(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, ahead: int
         yield result
 
 
-def _write(photo: Photo, prob: torch.Tensor, decoded: Decoded, threshold: float) -> dict:
-    mask = full_size_mask(prob, decoded.size, threshold)
-    write_bytes(photo.mask, mask_png(mask))
-    if photo.overlay:
-        write_bytes(photo.overlay, overlay_jpeg(decoded.data, mask))
+def _write(photo: Photo, prob: torch.Tensor, decoded: Decoded, threshold: float,
+           full_size: threading.Semaphore | None = None) -> dict:
+    """Mask (and overlay) of one photo, written. The full-size pixel work (the upsampled mask, the
+    decoded photo) runs in at most `full_size`'s count of threads at once; uploads do not wait for it."""
+    with full_size or contextlib.nullcontext():
+        mask = full_size_mask(prob, decoded.size, threshold)
+        png = mask_png(mask)
+        overlay = overlay_jpeg(decoded.data, mask) if photo.overlay else None
+        foreground = round(float(np.count_nonzero(mask)) / max(mask.size, 1), 4)
+        del mask
+    write_bytes(photo.mask, png)
+    if overlay is not None:
+        write_bytes(photo.overlay, overlay)
     return {"photo": photo.rel, "mask": os.path.splitext(photo.rel)[0] + ".png", "size": list(decoded.size),
-            "foreground": round(float(mask.mean()), 4)}
+            "foreground": foreground}
 
 
 class PhotoSegmenter:
@@ -284,22 +309,34 @@ class PhotoSegmenter:
         return inference.probabilities(self.net, images, self.resolution, self.settings.flip,
                                        self.settings.colour).float().cpu()
 
-    def segment(self, photos: list[Photo], on_batch: Callable[[int, list[dict]], None] | None = None) -> Outcome:
-        """Segment `photos`, writing their masks (and overlays). `on_batch(count, skipped)` is called
-        as each batch's files are written, with the photos finished and those skipped among them."""
+    def segment(self, photos: list[Photo], on_batch: Callable[[Outcome], None] | None = None) -> Outcome:
+        """Segment `photos`, writing their masks (and overlays). `on_batch(part)` is called as each
+        batch's files are written, with the photos of that batch segmented and skipped.
+
+        Memory is bounded whatever the photos' size: full-size pixel work (upsampled masks, decoded
+        photos for overlays) runs in at most FULL_SIZE_AT_ONCE threads, and the network waits while
+        too many photos are queued for the writers (with overlays each holds its file's bytes)."""
         s, outcome = self.settings, Outcome()
         readers = ThreadPoolExecutor(s.io_threads, thread_name_prefix="read")
         writers = ThreadPoolExecutor(s.io_threads, thread_name_prefix="write")
+        full_size = threading.Semaphore(FULL_SIZE_AT_ONCE)
+        queued = threading.Semaphore(2 * max(s.io_threads, FULL_SIZE_AT_ONCE) if s.overlays else 2 * s.batch)
+
+        def submit(photo: Photo, prob: torch.Tensor, d: Decoded):
+            queued.acquire()  # the bounded queue between the network and the writers
+            future = writers.submit(_write, photo, prob, d, s.threshold, full_size)
+            future.add_done_callback(lambda _: queued.release())
+            return future
 
         def finish(writes: list, skipped: list[dict]) -> None:
-            outcome.segmented += [w.result() for w in writes]
-            outcome.skipped += skipped
+            part = Outcome([w.result() for w in writes], skipped)
+            outcome.add(part)
             if on_batch is not None and (writes or skipped):
-                on_batch(len(writes) + len(skipped), skipped)
+                on_batch(part)
 
         try:
             decoded = _ordered(readers, lambda p: _read_and_squash(p, self.resolution, s.overlays), photos,
-                               ahead=2 * s.batch)
+                               ahead=s.batch if s.overlays else 2 * s.batch)
             previous: tuple[list, list] = ([], [])
             pairs = zip(photos, decoded)
             while batch := list(itertools.islice(pairs, s.batch)):
@@ -307,8 +344,7 @@ class PhotoSegmenter:
                 skipped = [{"photo": p.rel, "reason": d} for p, d in batch if isinstance(d, str)]
                 probs = self.probabilities([d for _, d in ok]) if ok else None
                 finish(*previous)  # the batch before's writes: at most two batches held at a time
-                previous = ([writers.submit(_write, p, probs[i], d, s.threshold)
-                             for i, (p, d) in enumerate(ok)], skipped)
+                previous = ([submit(p, probs[i], d) for i, (p, d) in enumerate(ok)], skipped)
             finish(*previous)
         finally:
             readers.shutdown(wait=True, cancel_futures=True)
@@ -441,7 +477,7 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
         for part in ActorPool(actors).map_unordered(lambda actor, chunk: actor.segment.remote(chunk), chunks):
             outcome.add(part)
             if on_batch is not None:
-                on_batch(len(part.segmented) + len(part.skipped), part.skipped)
+                on_batch(part)
     except RayTaskError as e:  # a user error raised inside a worker (storage): one line, as in-process
         cause = getattr(e, "cause", None)
         if isinstance(cause, (StorageError, SegmentError, ArtifactError)):
@@ -464,69 +500,135 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
 def segment_images(photos_url: str, segmenter_url: str, out_url: str, settings: Settings = Settings(),
                    workers: int = 0, overwrite: bool = False, cpus_per_worker: float = 1,
                    gpus_per_worker: float = 0, stream: TextIO | None = None, progress: bool = True,
-                   placement_timeout: float = PLACEMENT_TIMEOUT) -> dict:
+                   placement_timeout: float = PLACEMENT_TIMEOUT, resume: bool = False,
+                   report_every: int = REPORT_EVERY) -> dict:
     """Segment every photo under `photos_url` into `out_url` (layout: module docstring); returns
     the report, also written to <out>/segment_report.json. Raises SegmentError / ArtifactError /
     StorageError (one line) before any work for bad inputs or existing outputs without
-    `overwrite`, SegmentError also when Ray workers can never be placed, or are not all up after
+    `overwrite` or `resume`, SegmentError also when Ray workers can never be placed, or are not all up after
     `placement_timeout` seconds; SegmentFailed after it when every photo was skipped or a Ray
-    worker failed."""
+    worker failed.
+
+    The report is written as the job goes (after the first batch, then every `report_every`
+    photos, and when it is interrupted), with "complete": false until the end. With `resume`,
+    photos whose mask (and, with overlays, overlay) is already in `out_url` are not done again:
+    the report lists them among the segmented (their entries from the report found there, when
+    it has them) and counts them in "num_resumed"."""
     started = time.monotonic()
     stream = stream if stream is not None else sys.stderr
+    if resume and overwrite:
+        raise SegmentError("--resume keeps the masks already written and --overwrite replaces them: give one")
     if workers:
         check_request(cpus_per_worker, gpus_per_worker)
         if not (math.isfinite(placement_timeout) and placement_timeout > 0):
             raise SegmentError(f"--placement-timeout must be a number of seconds > 0, got {placement_timeout:g}")
     photos_url, out_url, segmenter_url = absolute_url(photos_url), absolute_url(out_url), absolute_url(segmenter_url)
     photos = plan(photos_url, out_url, settings.overlays)
-    if not overwrite:
+    report_url = join_url(out_url, REPORT)
+    resumed: list[dict] = []
+    todo = photos
+    if resume:
+        todo, resumed = already_done(photos, out_url)
+    elif not overwrite:
         existing = existing_outputs(photos, out_url)
         if existing:
             raise SegmentError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; "
-                               "use --overwrite to replace them")
+                               "use --overwrite to replace them, or --resume to continue")
     artifact, resolution = read_segmenter(segmenter_url)
     device = resolve_device(settings.device) if workers == 0 else None
-    bar = Progress(total=len(photos), label="segmenting", stream=stream, enabled=progress, unit="photos")
+    bar = Progress(total=len(todo), label="segmenting", stream=stream, enabled=progress, unit="photos")
     warned = 0
+    order = {p.rel: i for i, p in enumerate(photos)}
+    done = Outcome(list(resumed), [])  # everything so far, for the report written as the job goes
+    work_started = time.monotonic()
+    unreported = 0
+    written = False
+
+    def report(complete: bool) -> dict:
+        seconds = time.monotonic() - work_started
+        new = len(done.segmented) - len(resumed)
+        return {
+            "photos": photos_url, "segmenter": segmenter_url, "out": out_url,
+            "settings": {**asdict(settings), "device": str(device) if device else f"{workers} Ray worker(s)",
+                         "resolution": resolution, "workers": workers},
+            "complete": complete,
+            "num_photos": len(photos), "num_segmented": len(done.segmented), "num_skipped": len(done.skipped),
+            "num_resumed": len(resumed),
+            "seconds": round(seconds, 3), "total_seconds": round(time.monotonic() - started, 3),
+            "photos_per_second": round(new / max(seconds, 1e-6), 2),
+            "segmented": sorted(done.segmented, key=lambda d: order.get(d["photo"], len(order))),
+            "skipped": sorted(done.skipped, key=lambda d: order.get(d["photo"], len(order))),
+        }
+
+    def write_report(complete: bool) -> dict:
+        nonlocal unreported, written
+        document = report(complete)
+        write_bytes(report_url, report_json(redacted(document)).encode())  # URLs without credentials
+        unreported, written = 0, True
+        return document
 
     def note(line: str) -> None:
         line = redact(line)  # photo URLs without their credentials
         bar.note(line) if progress else print(line, file=stream, flush=True)
 
-    def on_batch(count: int, skipped: list[dict]) -> None:
-        nonlocal warned
-        for s in skipped:
+    def on_batch(part: Outcome) -> None:
+        nonlocal warned, unreported
+        done.add(part)
+        for s in part.skipped:
             warned += 1
             if warned <= WARN_LIMIT:
                 note(f"warning: skipped {s['photo']}: {s['reason']}")
             elif warned == WARN_LIMIT + 1:
                 note(f"warning: more photos skipped; {REPORT} lists them all")
-        bar.advance(count)
+        bar.advance(len(part.segmented) + len(part.skipped))
+        unreported += len(part.segmented) + len(part.skipped)
+        if not written or unreported >= report_every:
+            write_report(complete=False)
 
-    work_started = time.monotonic()
-    if workers == 0:
-        worker = PhotoSegmenter(segmenter_url, settings, artifact)
-        outcome = worker.segment(photos, on_batch)
-    else:
-        outcome = _on_ray(photos, segmenter_url, settings, workers, cpus_per_worker, gpus_per_worker, on_batch, note,
-                          placement_timeout)
-    seconds = time.monotonic() - work_started
-    bar.close()
-    report = {
-        "photos": photos_url, "segmenter": segmenter_url, "out": out_url,
-        "settings": {**asdict(settings), "device": str(device) if device else f"{workers} Ray worker(s)",
-                     "resolution": resolution, "workers": workers},
-        "num_photos": len(photos), "num_segmented": len(outcome.segmented), "num_skipped": len(outcome.skipped),
-        "seconds": round(seconds, 3), "total_seconds": round(time.monotonic() - started, 3),
-        "photos_per_second": round(len(outcome.segmented) / max(seconds, 1e-6), 2),
-        "segmented": outcome.segmented, "skipped": outcome.skipped,
-    }
-    write_bytes(join_url(out_url, REPORT), report_json(redacted(report)).encode())  # URLs without credentials
-    if not outcome.segmented:
-        first = outcome.skipped[0]
+    if resumed:
+        note(f"resuming: {len(resumed)} of {len(photos)} photos already have their mask in {out_url}")
+    try:
+        if todo and workers == 0:
+            PhotoSegmenter(segmenter_url, settings, artifact).segment(todo, on_batch)
+        elif todo:
+            _on_ray(todo, segmenter_url, settings, workers, cpus_per_worker, gpus_per_worker, on_batch, note,
+                    placement_timeout)
+    except BaseException:
+        if unreported:  # what was written since the last report, for --resume and for the user
+            with contextlib.suppress(Exception):
+                write_report(complete=False)
+        raise
+    finally:
+        bar.close()
+    result = write_report(complete=True)
+    if not done.segmented:
+        first = done.skipped[0]
         raise SegmentFailed(f"none of the {len(photos)} photos could be segmented (e.g. {first['photo']}: "
-                               f"{first['reason']}); see {join_url(out_url, REPORT)}")
-    return report
+                               f"{first['reason']}); see {report_url}")
+    return result
+
+
+def already_done(photos: list[Photo], out_url: str) -> tuple[list[Photo], list[dict]]:
+    """(the photos still to do, report entries of those done before): a photo is done when its mask,
+    and with overlays its overlay, is in `out_url` (one listing). Entries come from the report
+    there when it has them, else they name the photo and its mask; all are marked "resumed"."""
+    there = set(existing_outputs(photos, out_url))
+    previous = {}
+    report_url = join_url(out_url, REPORT)
+    if report_url in there:
+        try:
+            previous = {e["photo"]: e for e in json.loads(read_bytes(report_url)).get("segmented", [])
+                        if isinstance(e, dict) and "photo" in e}
+        except (ValueError, TypeError, AttributeError):  # a damaged report: the masks are what counts
+            previous = {}
+    todo, resumed = [], []
+    for p in photos:
+        if p.mask in there and (p.overlay is None or p.overlay in there):
+            entry = previous.get(p.rel) or {"photo": p.rel, "mask": os.path.splitext(p.rel)[0] + ".png"}
+            resumed.append({**entry, "resumed": True})
+        else:
+            todo.append(p)
+    return todo, resumed
 
 
 def report_json(report: dict) -> str:
@@ -540,6 +642,8 @@ def report_json(report: dict) -> str:
 
 def summary(report: dict) -> str:
     skipped = f" ({report['num_skipped']} skipped, listed in the report)" if report["num_skipped"] else ""
+    if report.get("num_resumed"):
+        skipped += f" ({report['num_resumed']} done by an earlier run)"
     return (f"segmented {report['num_segmented']} of {report['num_photos']} photos{skipped} in "
             f"{report['seconds']:.1f}s, {report['photos_per_second']:.1f} photos/s; masks in {report['out']}, "
             f"report {join_url(report['out'], REPORT)}")

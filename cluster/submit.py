@@ -3,7 +3,10 @@
 The run name comes from a strftime pattern expanded with the current UTC time, so one schedule
 entry names one run per period; jobs/train.py resumes a run of the same name from its latest
 checkpoint, so submitting that name again continues the run instead of starting it over. A run
-is written by at most one job at a time: a name with a PENDING or RUNNING job is refused.
+is written by at most one job at a time: a name with a PENDING or RUNNING job is refused here,
+as a convenience (it is list-then-submit, so two schedules firing at once can both pass); the
+guard is the run lease the driver takes in the run folder (cluster/lease.py): of two drivers of
+one run, the second stops at once.
 
 Every failure a user can cause or fix (unreachable cluster, missing or wrong token, bad run name)
 is raised as SubmitError with a one-line message; the token itself never appears in one.
@@ -195,7 +198,8 @@ class JobServer:
         return auth + shlex.join(["ray", "job", verb, "--address", self.address, *args])
 
     def refuse_if_running(self, name: str) -> None:
-        """Two drivers must never write one run: their checkpoints and artifacts would interleave."""
+        """Two drivers must never write one run: their checkpoints and artifacts would interleave.
+        An early, friendly refusal only (racy: list, then submit); the driver's run lease is the guard."""
         with self.errors():
             jobs = self.client.list_jobs()
         for job in jobs:

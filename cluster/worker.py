@@ -26,7 +26,7 @@ from comgan.artifacts import from_bytes, load_generator, to_bytes
 from comgan.stages import PREVIEW_COUNT, STAGES, StageSpec
 from comgan.training import Snapshot
 from comgan.watchdog import counts_toward_streak, health_score, trivial_reason
-from data_shards.io import read_bytes, redact, redacted, write_bytes
+from data_shards.io import read_bytes, redact, redacted
 from data_shards.progress import format_duration
 from data_shards.reader import PROBLEM_KINDS, LoaderCursor, TrainBatch, train_loader
 
@@ -158,7 +158,7 @@ class StageRun:
 
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         state = spec.create(cfg)
-        saved = checkpoints.latest(spec.checkpoint_kind)
+        saved = checkpoints.latest(spec.checkpoint_kind, job.stage_dir)
         if saved:
             state.load_state_dict(saved["state"])
             if rank == 0:
@@ -254,7 +254,7 @@ class StageRun:
                 f"{self.cfg.run.watch_patience} checks in a row ({self.watched.get('watch/now')})")
         elif acc.is_main_process:
             artifact, metrics = self.spec.export(state, self.cfg, self.cfg.run.inference_batch)
-            write_bytes(self.job.artifact, to_bytes(artifact))
+            checkpoints.export_artifact(self.job.artifact, to_bytes(artifact))  # with its sha256 beside it
             final.update(metrics)  # summary.json: e.g. the mask statistics of what is handed to stage 2
             self.log_images(state.step)
             # Under export/: the training curves come from the live networks, these from the export.

@@ -20,7 +20,9 @@ photo <photos>/<dir>/<name>.<ext>, --out gets:
                              fraction) or skipped (why)
 Files that are not readable images (damaged, truncated, another format under an image name) are
 named in a warning, skipped and listed in the report. --out may not lie inside --photos, and
-existing outputs are replaced only with --overwrite.
+existing outputs are replaced only with --overwrite. The report is written as the job goes (every
+100 photos, "complete": false until the end), so an interrupted run can be continued with --resume:
+photos whose mask (and, with --overlays, overlay) is already at --out are not done again.
 
 --workers 0 (the default) runs here, --batch photos per forward pass on --device, with reading
 and decoding ahead of the network in --io-threads threads. --workers N splits the photos into
@@ -110,7 +112,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds the Ray workers may take to start (be placed on the cluster and load the "
                         "segmenter) before the job gives up; a request the cluster can never hold is refused "
                         "at once on a local cluster (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace masks, overlays and a report already at --out")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true", help="replace masks, overlays and a report already at --out")
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run: photos whose mask (and overlay) is already at --out are "
+                            "not done again, and the report lists them")
     p.add_argument("--quiet", action="store_true", help="no progress line (warnings and the summary still print)")
     return p.parse_args(argv)
 
@@ -134,7 +140,7 @@ def main(argv=None) -> int:
         report = segment_images(args.photos, args.segmenter, args.out, settings, workers=args.workers,
                                 overwrite=args.overwrite, cpus_per_worker=args.cpus_per_worker,
                                 gpus_per_worker=args.gpus_per_worker, progress=not args.quiet,
-                                placement_timeout=args.placement_timeout)
+                                placement_timeout=args.placement_timeout, resume=args.resume)
     except (SegmentError, ArtifactError, StorageError, OSError) as e:  # OSError: storage the user has to fix
         text = str(e).strip().splitlines() or [type(e).__name__]
         print(f"error: {redact(text[0])}", file=sys.stderr)
@@ -143,8 +149,8 @@ def main(argv=None) -> int:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return EXIT_STAGE_FAILED
     except KeyboardInterrupt:
-        print("interrupted: masks written so far are kept; re-run with --overwrite to redo them all",
-              file=sys.stderr)
+        print("interrupted: masks written so far are kept, and the report lists them; re-run with --resume "
+              "to continue, or --overwrite to redo them all", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(redact(summary(report)))
     return 0

@@ -378,3 +378,102 @@ def test_photos_and_masks_on_s3(s3_bucket, tmp_path, segmenter_file, oracle, cap
         assert m.shape == (height, width) and iou(m, expected_mask(width, height, top)) > 0.85, rel
     assert json.loads(read_bytes(join_url(out, "segment_report.json")))["num_segmented"] == 3
     one_line_error(main(*args), capsys, "4 output file(s) already exist", f"{out}/a.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 27 point 16: bounded memory with --overlays, a report written as the job goes, --resume
+
+def test_the_overlay_path_never_makes_a_float64_array():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    keep = rng.random((30, 40)) > 0.5
+    out = segment_module.dim_background(rgb, keep)
+    assert out.dtype == np.uint8 and out.shape == rgb.shape
+    old = np.where(keep[..., None], rgb, (rgb * segment_module.BACKGROUND_DIM).astype(np.uint8))
+    assert np.array_equal(out, old), "the same pixels as the float formula"
+
+    # the whole overlay of a 3 MP photo: no array of 8 (or 4) bytes per channel on the way
+    import tracemalloc
+
+    width, height = 2000, 1500
+    data = encode(scene(width, height), "JPEG", quality=90)
+    keep = expected_mask(width, height)
+    tracemalloc.start()
+    try:
+        jpeg = segment_module.overlay_jpeg(data, keep)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    photo_bytes = width * height * 3
+    assert peak < 3.5 * photo_bytes, f"peak {peak / photo_bytes:.1f} x the uint8 photo"
+    shown = np.asarray(Image.open(io.BytesIO(jpeg)))
+    assert shown.shape == (height, width, 3) and shown[0, 0, 0] > 200 and shown[0, -1, 0] < 20
+
+
+def _interrupt_at_batch(monkeypatch, n):
+    """The network raises KeyboardInterrupt (Ctrl-C) on its n-th batch."""
+    real = segment_module.PhotoSegmenter.probabilities
+    calls = []
+
+    def probabilities(self, batch):
+        calls.append(len(batch))
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(segment_module.PhotoSegmenter, "probabilities", probabilities)
+
+
+FIVE = ("a.jpg", "b.png", "grey.png", "c.webp", "nested/deeper/D.JPG")
+
+
+def test_a_report_exists_after_the_first_batch(tmp_path, segmenter_file, oracle, monkeypatch):
+    write_photos(tmp_path / "photos", {k: v for k, v in photo_set().items() if k in FIVE})
+    out = tmp_path / "masks"
+    _interrupt_at_batch(monkeypatch, 3)  # batch 1's files are written once batch 2 is computed
+    with pytest.raises(KeyboardInterrupt):
+        segment_module.segment_images(str(tmp_path / "photos"), str(segmenter_file), str(out),
+                                      segment_module.Settings(batch=2, io_threads=1, device="cpu"), progress=False)
+    report = json.loads((out / "segment_report.json").read_text())
+    assert report["complete"] is False and report["num_photos"] == 5
+    assert [e["photo"] for e in report["segmented"]][:2] == ["a.jpg", "b.png"]
+    assert all((out / e["mask"]).exists() for e in report["segmented"])
+    assert not [p for p in out.rglob("*") if ".partial" in p.name]
+
+
+def test_resume_skips_photos_whose_mask_exists_and_the_report_accounts_for_them(tmp_path, segmenter_file, oracle,
+                                                                              monkeypatch, capsys):
+    photos = {k: v for k, v in photo_set().items() if k in FIVE}
+    write_photos(tmp_path / "photos", photos)
+    out = tmp_path / "masks"
+    args = ("--photos", tmp_path / "photos", "--segmenter", segmenter_file, "--out", out, "--overlays",
+            "--batch", "2", "--io-threads", "1", "--device", "cpu", "--quiet")
+    with monkeypatch.context() as m:
+        _interrupt_at_batch(m, 3)
+        assert main(*args) == job.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "--resume" in err, err
+    done_before = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert {"a.png", "b.png"} <= set(done_before) and len(done_before) < 5
+    marker = b"not redone"
+    (out / "a.png").write_bytes(marker)  # a photo with its mask and overlay: left alone
+    (out / "overlays" / "b.jpg").unlink()  # the mask without its overlay: done again
+
+    one_line_error(main(*args), capsys, "already exist", "--resume")  # refused without --resume
+    one_line_error(main(*args, "--resume", "--overwrite"), capsys, "not allowed with")
+
+    assert main(*args, "--resume") == 0
+    assert "(%d done by an earlier run)" % (len(done_before) - 1) in capsys.readouterr().out
+    assert (out / "a.png").read_bytes() == marker
+    assert mask(out / "b.png").shape == (50, 25) and (out / "overlays" / "b.jpg").exists()
+    report = json.loads((out / "segment_report.json").read_text())
+    assert report["complete"] is True and report["num_segmented"] == 5 and report["num_skipped"] == 0
+    assert report["num_resumed"] == len(done_before) - 1
+    entries = {e["photo"]: e for e in report["segmented"]}
+    assert [e["photo"] for e in report["segmented"]] == sorted(photos)
+    assert entries["a.jpg"]["resumed"] is True and entries["a.jpg"]["size"] == [40, 30], "kept from the first report"
+    assert not entries["b.png"].get("resumed")
+    for rel, (_, w, h, _) in photos.items():
+        if rel != "a.jpg":
+            assert mask(out / (rel.rsplit(".", 1)[0] + ".png")).shape == (h, w)
+            assert (out / "overlays" / (rel.rsplit(".", 1)[0] + ".jpg")).exists()
