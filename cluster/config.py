@@ -49,14 +49,14 @@ class RunConfig:
     # watch/ in TensorBoard, and the first trivial solution found is named in the log and summary.
     watch_every: int = 250
     watch_samples: int = 256
-    # Stage 1 begun again on a trivial solution: when the watchdog finds one at watch_patience
-    # checks in a row, or at its last check, the attempt is set aside under
-    # <run>/stage1_collapsed/attempt<k>/ (its TensorBoard under tensorboard/stage1_collapsed<k>)
-    # and stage 1 starts over with run.seed + 1000 * k, up to collapse_restarts times; the last
-    # attempt always runs to the end, and if it is trivial too, the healthiest attempt that ran to
-    # the end is handed on. On the default job one seed in three lost an object style this way
-    # (benchmarks/results/README.md). 0: never (Tune sweeps never restart a trial).
-    collapse_restarts: int = 1
+    # Stage 1 begun again on a trivial solution (0: never, the watchdog only warns): when the
+    # watchdog finds one at watch_patience checks in a row, or at its last check, the attempt is
+    # set aside under <run>/stage1_collapsed/attempt<k>/ (its TensorBoard under
+    # tensorboard/stage1_collapsed<k>) and stage 1 starts over with run.seed + 1000 * k, up to
+    # collapse_restarts times; the last attempt always runs to the end, and if it is trivial too,
+    # the healthiest attempt that ran to the end is handed on. Off by default: no restart of the
+    # default job has paid yet (benchmarks/results/README.md); Tune sweeps never restart a trial.
+    collapse_restarts: int = 0
     watch_patience: int = 2
 
 

@@ -86,6 +86,9 @@ class Stage2Config:
     lr: float = 1e-3
     adam_beta1: float = 0.5
     adam_beta2: float = 0.999
+    # Share of the last steps over which S's and D_m's learning rate falls linearly to zero (0 =
+    # constant). At a constant lr S still moves fast when it is exported.
+    lr_decay: float = 0.0
     lam: float = 2.0            # lambda: weight of the L1 consistency S(x_bar) ~ x_bar_m
     # The stage-1 artifact (generator.pt, any URL) stage 2 learns from; empty: this run's own
     # stage1/generator.pt, trained first. jobs/segment.py --generator sets it.
@@ -324,6 +327,8 @@ def validate_stages(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage2.self_train_confidence must be in [0.5, 1), got {s2.self_train_confidence}")
     if not 0 <= s2.self_train_ema < 1:
         raise ConfigError(f"stage2.self_train_ema must be in [0, 1), got {s2.self_train_ema}")
+    if not 0 <= s2.lr_decay <= 1:
+        raise ConfigError(f"stage2.lr_decay must be in [0, 1] (0 = constant), got {s2.lr_decay}")
     if s2.lam < 0:
         raise ConfigError(f"stage2.lam (lambda) must be >= 0, got {s2.lam}")
     if s1.r1_every < 1:

@@ -240,6 +240,10 @@ class Stage2Step(_Step):
         s, c = self.state, self.cfg
         S, D_m, opt_S, opt_Dm = self.use("S"), self.use("D_m"), self.use("opt_S"), self.use("opt_Dm")
         real = speed.as_input(real, c.speed)
+        lr = decayed_lr(c.stage2.lr, s.step, c.stage2.steps, c.stage2.lr_decay)
+        for optimizer in (opt_S, opt_Dm):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         fake_img, fake_mask = self.generate(real.shape[0], real.device)
         self_training = c.stage2.self_train_weight > 0 and s.step >= c.stage2.self_train_start
         if self_training:
@@ -296,6 +300,15 @@ class Stage2Step(_Step):
         confident = confident * unguarded.view(-1, 1, 1, 1)
         return (*diff_augment(real, pseudo, confident, policy=parse_policy(self.cfg.stage2.self_train_augment)),
                 unguarded)
+
+
+def decayed_lr(lr: float, step: int, steps: int, decay: float) -> float:
+    """lr, falling linearly over the last `decay` share of `steps` to lr / (decay steps) at the
+    last step (never zero: the last step still learns). A function of the step alone, so a resumed
+    run follows the same schedule."""
+    span = round(decay * steps)
+    remaining = steps - step  # steps left, this one included
+    return lr if span <= 0 or remaining > span else lr * remaining / span
 
 
 def area_within(masks: torch.Tensor, reference_area: torch.Tensor, guard: float) -> torch.Tensor:
