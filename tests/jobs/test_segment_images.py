@@ -359,7 +359,7 @@ def test_a_ray_worker_writes_the_same_masks_as_this_process(local_ray, tmp_path,
 
     # more workers than the local cluster's 2 CPUs hold: refused before any actor would wait forever
     code = main(*common, "--out", tmp_path / "more", "--workers", 3)
-    one_line_error(code, capsys, "--workers 3", "room for 2 worker(s)")
+    one_line_error(code, capsys, "--workers 3", "1 CPU missing")
 
 
 def test_photos_and_masks_on_s3(s3_bucket, tmp_path, segmenter_file, oracle, capsys):
