@@ -329,15 +329,7 @@ def remove_tree(url: str) -> None:
 def move_file(src: str, dst: str) -> None:
     """Move one file to a new URL on the same filesystem: a rename locally, copy then delete on an
     object store. Nothing happens if `src` does not exist."""
-    fs, path = filesystem(src)
-    _, target = filesystem(dst)
-    if not fs.exists(path):
-        return
-    if _is_local(fs):
-        _make_parent(fs, target)
-        os.replace(path, target)
-        return
-    fs.mv(path, target)
+    _move(src, dst, lambda fs, path, target: fs.mv(path, target))
 
 
 @_user_errors
@@ -357,6 +349,16 @@ def list_folders(url: str, prefix: str = "") -> list[str]:
 def move_tree(src: str, dst: str) -> None:
     """Move a folder (or prefix) to a new URL on the same filesystem: a rename locally, copy then
     delete on an object store. Nothing happens if `src` does not exist."""
+    def copy_then_delete(fs, path, target):
+        fs.copy(path.rstrip("/") + "/", target.rstrip("/") + "/", recursive=True)
+        fs.rm(path, recursive=True)
+
+    _move(src, dst, copy_then_delete)
+
+
+def _move(src: str, dst: str, on_object_store) -> None:
+    """What move_file and move_tree share: nothing when `src` is missing, os.replace locally
+    (atomic, any kind of entry), else `on_object_store(fs, path, target)`."""
     fs, path = filesystem(src)
     _, target = filesystem(dst)
     if not fs.exists(path):
@@ -365,8 +367,7 @@ def move_tree(src: str, dst: str) -> None:
         _make_parent(fs, target)
         os.replace(path, target)
         return
-    fs.copy(path.rstrip("/") + "/", target.rstrip("/") + "/", recursive=True)
-    fs.rm(path, recursive=True)
+    on_object_store(fs, path, target)
 
 
 def arrow_filesystem(url: str):
