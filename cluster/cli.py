@@ -10,10 +10,12 @@ from data_shards.io import StorageError, redact
 from data_shards.reader import DatasetError
 
 from .config import Config, ConfigError, load_config
+from .failures import StageStopped
 from .lease import RunLeased
 
 # RunLeased: another driver holds the run (the same --name started twice): one line, like a config mistake.
-USER_ERRORS = (ConfigError, DatasetError, ArtifactError, StorageError, RunLeased)
+# StageStopped: a worker met one of these errors (cluster/failures.py).
+USER_ERRORS = (ConfigError, DatasetError, ArtifactError, StorageError, RunLeased, StageStopped)
 EXIT_USER_ERROR, EXIT_STAGE_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 

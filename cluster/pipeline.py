@@ -3,7 +3,9 @@
 Each stage runs as a Ray Train TorchTrainer under <storage>/<run>/<stage>; a stage whose exported
 artifact already exists is not run again, and a stage interrupted part-way resumes from its latest
 checkpoint, so re-running the same command continues a run instead of starting over. Within one
-run, a failed worker group is restarted from the latest checkpoint up to run.max_failures times.
+run, a failed worker group is restarted from the latest checkpoint up to run.max_failures times,
+unless its error cannot heal (bad data, a damaged artifact): that stops the stage at once
+(cluster/failures.py).
 With stage2.generator set (jobs/segment.py) stage 1 is skipped and stage 2 learns from that
 artifact, after the driver has checked that it fits the config.
 """
@@ -32,7 +34,7 @@ from data_shards.io import (arrow_filesystem, holds_anything, join_url, move_tre
 from data_shards.reader import check_usable, read_manifest
 from data_shards.writer import write_synthetic
 
-from . import checkpoints, evaluate, faults, lease
+from . import checkpoints, evaluate, failures, faults, lease
 from .config import Config, ConfigError, config_from_dict
 from .storage import RunLayout, absolute_url, configure_storage
 from .tensorboard import RunWriter
@@ -44,7 +46,8 @@ ATTEMPT_FILE = "attempt.json"
 
 
 class StageFailed(RuntimeError):
-    """A stage ran out of restarts; its latest checkpoint is kept for the next attempt."""
+    """A stage ran out of restarts on failures that may heal; its latest checkpoint is kept for the
+    next attempt. (Those that cannot heal stop it at once: failures.StageStopped.)"""
 
 
 def log(msg: str) -> None:
@@ -238,13 +241,17 @@ def run_stage(stage: str, cfg: Config, layout: RunLayout, artifact: str, generat
     )
     precision = "" if cfg.run.mixed_precision == "no" else f", {cfg.run.mixed_precision} mixed precision"
     log(f"{stage}: {cfg.run.workers} worker(s) x {cpus} CPU{' + 1 GPU' if cfg.run.use_gpu else ''}{precision}")
+    failures.clear(layout.stage_dir(stage))  # a record of an earlier run: its cause may be fixed
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
+        failures.raise_if_recorded(layout.stage_dir(stage), stage)
         raise StageFailed(
-            f"{stage} failed after {restarts_allowed(cfg)}: {first_line(e)[:300]} (worker logs above). "
-            f"Its checkpoints are kept in {layout.stage_dir(stage)}: run the same command again to resume"
+            f"{stage} failed after {restarts_allowed(cfg)}: {first_line(e)[:300]} (worker logs above). This may "
+            f"heal (a lost worker or node, a network error): its checkpoints are kept in "
+            f"{layout.stage_dir(stage)}; run the same command again to resume"
         ) from None
+    failures.raise_if_recorded(layout.stage_dir(stage), stage)  # the restarted attempt found the record and ended
     return dict(result.metrics or {})
 
 

@@ -30,7 +30,7 @@ from data_shards.io import read_bytes, redact, redacted
 from data_shards.progress import format_duration
 from data_shards.reader import PROBLEM_KINDS, LoaderCursor, TrainBatch, train_loader
 
-from . import checkpoints, faults
+from . import checkpoints, failures, faults
 from .config import Config, config_from_dict
 from .stats import StatsTicker
 from .storage import configure_storage
@@ -122,9 +122,17 @@ def prepare(accelerator: Accelerator, state: Snapshot) -> dict:
 
 
 def stage_worker(loop_config: dict) -> None:
-    """What Ray Train runs on every worker, for either stage."""
-    run = StageRun.start(loop_config["job"])
-    run.finish(run.train())
+    """What Ray Train runs on every worker, for either stage. An error no restart can heal is
+    recorded before it propagates, and the attempt Ray then starts ends at once (cluster/failures.py)."""
+    job = loop_config["job"]
+    if failures.recorded(job.stage_dir):
+        return
+    try:
+        run = StageRun.start(job)
+        run.finish(run.train())
+    except failures.FOR_GOOD as e:
+        failures.record(job.stage_dir, job.stage, e)
+        raise
 
 
 @dataclass

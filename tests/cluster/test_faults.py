@@ -165,3 +165,28 @@ def test_a_run_folder_refuses_a_changed_config(local_ray, tiny_shards, runs):
     with pytest.raises(ConfigError, match=r"was started with stage1.beta=1.0, now 0.5: use a new --name"):
         run_pipeline(tiny_config(tiny_shards, runs, "refuses", "stage1.beta=0.5"), stage1_only=True)
     assert not (runs / "refuses" / "stage1").exists(), "refused before any worker started"
+
+
+@pytest.mark.timeout(420)  # without the classification, max_failures=-1 would retry this forever
+def test_an_error_no_restart_can_heal_stops_the_stage_at_once(local_ray, tiny_shards, runs, tmp_path):
+    """Shards deleted after the driver's check: every worker attempt would fail the same way. The
+    stage stops on the first failure with the reader's own line, and once the shards are back the
+    same command runs through."""
+    from cluster.failures import RECORD, StageStopped
+    from cluster.pipeline import run_pipeline
+
+    data = tmp_path / "train"
+    shutil.copytree(tiny_shards / "train", data)
+    first, *rest = sorted(data.glob("*.tar"))  # the driver's check reads the first shard only
+    for shard in rest:
+        shard.rename(tmp_path / shard.name)
+    cfg = lambda: tiny_config(tiny_shards, runs, "shards-gone", f"data.train={data}", "run.max_failures=-1")  # noqa: E731
+    with pytest.raises(StageStopped, match=r"stage1 stopped: .*\.tar is listed in manifest.json but missing "
+                                           r"\(DatasetError\)\. Not retried"):
+        run_pipeline(cfg(), stage1_only=True)
+    assert not (runs / "shards-gone" / "stage1" / RECORD).exists(), "the driver clears the record"
+
+    for shard in rest:
+        (tmp_path / shard.name).rename(shard)
+    summary = run_pipeline(cfg(), stage1_only=True)
+    assert summary["stage1"]["step"] == STEPS
