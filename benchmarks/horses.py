@@ -1,11 +1,18 @@
 """Real-photo benchmark: DS-ComGAN on the Weizmann horses against GrabCut and trivial baselines.
 
+The `photos` preset's own benchmark, on the horses and the flowers with a held-out quarter, is
+benchmarks/photos.py. This one keeps the tools behind benchmarks/results/horses.json: variants on
+all 200 horses, stage 2 alone on a fixed generator (--generator), colour-refined scores.
+The rows of horses.json ran the former `horses` preset (cluster/configs/horses.yaml, replaced by
+`photos`); as it last stood, it is the `photos` preset with stage1.steps=2000 stage2.steps=1200 stage2.self_train_start=600
+run.checkpoint_every=500 run.image_every=500 (and data.* set by this script) is that preset.
+
 1. Converts an images/ + masks/ folder (default: ../shared/data/weizmann_horse) to shards: each
    photo and its mask squashed to a square of --size px (the geometry every method is scored in).
    Training shards hold the images only; masks are for evaluation only. By default every photo is
    trained on (without its mask) and scored, as unsupervised segmentation is usually evaluated;
    --holdout N keeps N photos out of training and scores those only.
-2. Trains each variant with `python jobs/train.py --config horses <overrides>`, exactly as a user
+2. Trains each variant with `python jobs/train.py --config photos <overrides>`, exactly as a user
    would (local Ray on a laptop; add --storage s3://... and run.use_gpu=true on a cluster: the same
    script scales to the paper configuration with --config paper-like YAML and overrides).
 3. Prints one table: per variant, strict IoU / Dice of the segmenter scored at --size px (its
@@ -35,19 +42,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from data_shards.writer import write_shards  # noqa: E402
+from photos import write_photo_shards  # noqa: E402  (photos -> squashed shards, shared with benchmarks/photos.py)
 
 OUT = ROOT / "benchmarks" / "out" / "horses"
 RESULTS = ROOT / "benchmarks" / "results"
 
-# name -> overrides of the `horses` preset; each is one run of jobs/train.py. Rows of horses.json
-# from before 2026-12-02 ran an older preset (no border prior, stage 2 without self-training at
-# adv_weight 1 for 1000 steps); benchmarks/results/README.md gives each row's command.
+# name -> overrides of the preset (--config); each is one run of jobs/train.py. Rows of horses.json
+# ran the former `horses` preset (see above), those from before 2026-12-02 an older version of it
+# (no border prior, stage 2 without self-training at adv_weight 1 for 1000 steps);
+# benchmarks/results/README.md gives each row's command.
 VARIANTS = {
     "base": [],
     "bf16": ["run.mixed_precision=bf16"],  # on a CPU with avx512_bf16: the recipe within 60 minutes here
@@ -63,10 +71,6 @@ VARIANTS = {
 }
 
 
-def squashed(path: Path, size: int, mode: str, resample) -> np.ndarray:
-    return np.asarray(Image.open(path).convert(mode).resize((size, size), resample))
-
-
 def make_shards(source: Path, size: int, holdout: int, seed: int = 0) -> dict:
     """train (images only) and eval (images + masks) shard sets under OUT/shards; written once."""
     images = sorted((source / "images").glob("*.jpg"))
@@ -74,20 +78,12 @@ def make_shards(source: Path, size: int, holdout: int, seed: int = 0) -> dict:
         raise SystemExit(f"error: no images in {source / 'images'}")
     order = np.random.default_rng(seed).permutation(len(images))
     held = {images[i].stem for i in order[:holdout]}
-
-    def sample(path: Path, with_mask: bool) -> dict:
-        s = {"key": path.stem, "image": squashed(path, size, "RGB", Image.LANCZOS)}
-        if with_mask:
-            s["mask"] = squashed(source / "masks" / f"{path.stem}.png", size, "L", Image.BILINEAR) > 127
-        return s
-
     sets = {"train": [p for p in images if p.stem not in held], "eval": [p for p in images if p.stem in held] or images}
     urls = {}
     for name, paths in sets.items():
         url = OUT / "shards" / f"{name}-{size}px-holdout{holdout}"
         if not (url / "manifest.json").exists():
-            write_shards((sample(p, name != "train") for p in paths), str(url), samples_per_shard=64,
-                         total=len(paths), progress=False)
+            write_photo_shards(paths, url, size, masks=source / "masks" if name != "train" else None)
         urls[name] = str(url)
     return urls
 
@@ -162,7 +158,7 @@ def main() -> int:
     p.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "weizmann_horse"))
     p.add_argument("--size", type=int, default=128, help="squashed photo size, the scoring geometry")
     p.add_argument("--holdout", type=int, default=0, help="photos kept out of training (0: train and score on all)")
-    p.add_argument("--config", default="horses")
+    p.add_argument("--config", default="photos")
     p.add_argument("--storage", default=str(OUT / "runs"))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--variant", nargs="+", metavar=("NAME", "KEY=VALUE"), help="one custom variant instead")

@@ -151,7 +151,7 @@ def main() -> int:
     r = sub.add_parser("run")
     r.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE"))
     r.add_argument("--grid", nargs="+", metavar="KEY=V1,V2", help="every combination of these values")
-    r.add_argument("--config", default="horses")
+    r.add_argument("--config", default="photos")  # horses_sweep.jsonl's rows ran the former `horses` preset
     r.add_argument("--data", default=str(DEFAULT_DATA))
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
     r.add_argument("--parallel", type=int, default=1, help="variants trained at once (processes)")

@@ -44,7 +44,7 @@ def add_run_arguments(p: argparse.ArgumentParser, default_name: str = "the confi
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. stage1.beta=0.5 stage2.lam=2 model.num_categories=10")
     p.add_argument("--config", default="default",
-                   help="preset name (default, tiny, paper, horses) or path to a YAML file (default: %(default)s)")
+                   help="preset name (default, tiny, paper, photos) or path to a YAML file (default: %(default)s)")
     p.add_argument("--workers", type=int, help="number of Ray Train workers (data-parallel processes)")
     p.add_argument("--storage", help="where runs are kept: a folder or URL such as s3://bucket/runs (default: runs)")
     p.add_argument("--name", help=f"run name; the same name resumes that run (default: {default_name})")

@@ -170,7 +170,8 @@ def _folder_sizes(url: str) -> dict[str, int]:
         return sizes
     fs, path = filesystem(url)
     if "://" not in url and not fs.exists(path):  # object stores have prefixes, not folders
-        raise DatasetError(f"no shard dataset at {url}: the folder does not exist")
+        raise DatasetError(f"no shard dataset at {url}: the folder does not exist (write shards of a folder of "
+                           f"photos there with python jobs/make_shards.py folder PHOTOS {shlex.quote(url)})")
     if any(rel.lower().endswith(IMAGE_SUFFIXES) for rel in list_tree(url)):
         shards = url.rstrip("/") + "-shards"
         raise DatasetError(f"no shard dataset at {url}: it holds images, not shards; make shards of them with "

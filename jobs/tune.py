@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="what the sweep varies, e.g. beta=0,0.5,1 lam=loguniform:0.5:8 N=3,6,12")
     p.add_argument("--sweep", help="sweep YAML (config, set, space, search, samples, objective, ...); "
                                    "command-line options override it")
-    p.add_argument("--config", help="preset name (default, tiny, paper, horses) or config YAML (default: default)")
+    p.add_argument("--config", help="preset name (default, tiny, paper, photos) or config YAML (default: default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="fixed",
                    help="a config override every trial shares (repeatable), e.g. --set stage1.steps=400")
     p.add_argument("--search", choices=["grid", "random", "optuna"], help="how trials are drawn (default: grid)")
