@@ -135,11 +135,17 @@ def screen_draw(seed: int, numerics: str, config: str, overrides: list[str], gri
             Path(grid_path).parent.mkdir(parents=True, exist_ok=True)
             Path(grid_path).with_suffix(".pt").write_bytes(to_bytes(generator_artifact(generator, m)))
     t1 = time.time()
-    S = screen_stage2(cfg, generator, batch)
+    S, other = screen_stage2(cfg, generator, batch)
     t2 = time.time()
-    with torch.no_grad():
-        pred = torch.cat([S(held_out[i:i + 100]) for i in range(0, len(held_out), 100)]) > 0.5
+
+    def predict(net):
+        with torch.no_grad():
+            return torch.cat([net(held_out[i:i + 100]) for i in range(0, len(held_out), 100)]) > 0.5
+
+    pred = predict(S)
     scores = segmentation_scores(pred, truth)
+    # The network the job did not export (S's EMA teacher, or S itself), scored for comparison.
+    row["iou_other_net"] = segmentation_scores(predict(other), truth)["iou_strict"].mean().item()
     if grid_path:
         save_grid(grid_path, generator, m, held_out, truth, pred)
     return {**row, "iou": scores["iou_strict"].mean().item(), "iou_paper": scores["iou_paper"].mean().item(),
@@ -181,15 +187,16 @@ def screen_stage1(cfg, batch) -> tuple:
 
 
 def screen_stage2(cfg, generator, batch):
-    """Stage 2 on the frozen generator: the segmenter the job would export, in eval mode."""
+    """Stage 2 on the frozen generator: (the segmenter the job would export, the other one of S
+    and its EMA teacher), both in eval mode."""
     from comgan.training import Stage2State, Stage2Step
 
     s2 = Stage2State.create(cfg)
     step2 = Stage2Step(s2, cfg, generator=generator)
     for _ in range(cfg.stage2.steps):
         step2(batch(cfg.stage2.batch_size))
-    S = s2.S_teacher if cfg.stage2.export_teacher else s2.S
-    return S.eval()
+    exported, other = (s2.S_teacher, s2.S) if cfg.stage2.export_teacher else (s2.S, s2.S_teacher)
+    return exported.eval(), other.eval()
 
 
 def job_draw(seed: int, numerics: str, config: str, overrides: list[str], storage: str, name: str) -> dict:
@@ -285,7 +292,8 @@ def row_line(r: dict) -> str:
     restart = f"restart at {r['restart_at']}" if r.get("restart_at") else "no restart"
     health = f"{r['health']:.3f}" if r.get("health") is not None else "-"
     return (f"{r['numerics']:>8} seed {r['seed']:>2}: strict IoU {r['iou']:.3f}  health {health}  "
-            f"findings {r['findings']}  {restart}  {r['wall_s']:.0f} s  {r.get('final_reason', '')}")
+            f"findings {r['findings']}  {restart}  {r['wall_s']:.0f} s  {r.get('final_reason', '')}"
+            + (f"  (other net {r['iou_other_net']:.3f})" if r.get("iou_other_net") is not None else ""))
 
 
 def summarise(rows: list[dict]) -> dict:

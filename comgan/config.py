@@ -46,6 +46,10 @@ class Stage1Config:
     adam_beta1: float = 0.5
     adam_beta2: float = 0.999
     beta: float = 1.0           # weight of the mask binary-entropy term
+    # Steps over which beta rises linearly from ~0 to its value (0 = from the first step). Early
+    # in stage 1 many masks are faint; the entropy term drives a faint mask to 0, which can leave
+    # an object style to the background branch for good.
+    beta_warmup: int = 0
     mask_area_weight: float = 20.0  # weight of a hinge keeping each mask's area in [min, max] (not in the paper: 0)
     mask_area_min: float = 0.05    # the hinge's bounds: by default they forbid only (nearly) empty
     mask_area_max: float = 0.95    # or full masks; a lower max says "objects are the smaller part"
@@ -331,6 +335,8 @@ def validate_stages(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage2.lr_decay must be in [0, 1] (0 = constant), got {s2.lr_decay}")
     if s2.lam < 0:
         raise ConfigError(f"stage2.lam (lambda) must be >= 0, got {s2.lam}")
+    if s1.beta_warmup < 0:
+        raise ConfigError(f"stage1.beta_warmup must be >= 0 steps (0 = off), got {s1.beta_warmup}")
     if s1.r1_every < 1:
         raise ConfigError(f"stage1.r1_every must be >= 1, got {s1.r1_every}")
     if not 0 <= s1.ema_decay < 1:

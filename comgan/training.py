@@ -168,7 +168,7 @@ class Stage1Step(_Step):
             out.mask.retain_grad()  # the gradient that reaches the mask: the paper's Figure 4 gauge
         entropy = losses.binary_entropy(out.mask)
         area = losses.mask_area_hinge(out.mask, c.stage1.mask_area_min, c.stage1.mask_area_max)
-        loss_g = adv + info_f + info_b + c.stage1.beta * entropy
+        loss_g = adv + info_f + info_b + warmed_beta(c.stage1.beta, s.step, c.stage1.beta_warmup) * entropy
         if c.stage1.mask_area_weight:
             loss_g = loss_g + c.stage1.mask_area_weight * area
         if composite_info is not None:
@@ -300,6 +300,12 @@ class Stage2Step(_Step):
         confident = confident * unguarded.view(-1, 1, 1, 1)
         return (*diff_augment(real, pseudo, confident, policy=parse_policy(self.cfg.stage2.self_train_augment)),
                 unguarded)
+
+
+def warmed_beta(beta: float, step: int, warmup: int) -> float:
+    """beta, rising linearly from beta / warmup at step 0 to beta from step warmup - 1 on (warmup
+    0: beta throughout). A function of the step alone, so a resumed run follows the same schedule."""
+    return beta if warmup <= 0 else beta * min(1.0, (step + 1) / warmup)
 
 
 def decayed_lr(lr: float, step: int, steps: int, decay: float) -> float:

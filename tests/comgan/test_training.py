@@ -93,6 +93,12 @@ def test_mask_gradient_norms_are_reported(cfg):
     assert st["grad/mask"] > 0 and st["grad/mask_net"] > 0
 
 
+def test_beta_rises_linearly_over_its_warmup_steps():
+    from comgan.training import warmed_beta
+    assert [warmed_beta(2.0, step, 4) for step in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert warmed_beta(2.0, 0, 0) == 2.0
+
+
 def test_stage2_lr_falls_linearly_over_its_last_share_of_steps(cfg):
     """stage2.lr_decay = 0.5 of 8 steps: lr for steps 0-3, then 4/4, 3/4, 2/4, 1/4 of it; the
     optimisers of S and D_m follow it step by step; 0 keeps it constant."""
