@@ -1,4 +1,5 @@
-"""Fixtures shared by all test packages: tiny shard sets and a real local Ray cluster."""
+"""Fixtures shared by all test packages: tiny shard sets, a real local Ray cluster, and the guard that
+keeps Ray out of tests without the ray marker."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,57 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+# ---------------------------------------------------------------------------------------------
+# Two tiers: `pytest -m "not ray" tests` is the fast one and never starts Ray. A test that starts
+# Ray (in this process, or in a subprocess such as jobs/train.py) must carry @pytest.mark.ray; an
+# unmarked one that tries fails at once, naming the marker, instead of starting a cluster.
+
+RAY_MISSING_MARK = "this test starts Ray: mark it with @pytest.mark.ray"
+# What RAY_ADDRESS holds in an unmarked test, subprocesses included: with no ':' in it, ray.init
+# refuses it at once ("Invalid address format: <this>"). An address where nothing listens is no
+# good: ray.init retries its connection to it for minutes. Ray's job client also takes RAY_ADDRESS
+# over the address it is given: test_submit.py's run_submit drops it for that reason.
+NO_RAY_ADDRESS = "this test starts Ray; mark it with @pytest.mark.ray"
+# Fixtures that start a Ray cluster themselves (test_submit.py's token_head runs `ray start --head`).
+RAY_FIXTURES = ("local_ray", "token_head")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Session and module fixtures are set up before any function-scoped one: refuse an unmarked
+    test that asks for a Ray cluster here, before the fixture would start (or reuse) one."""
+    if item.get_closest_marker("ray") is None:
+        wanted = [name for name in RAY_FIXTURES if name in getattr(item, "fixturenames", ())]
+        if wanted:
+            pytest.fail(f"{RAY_MISSING_MARK} (it uses the {wanted[0]} fixture)", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_unless_marked(request, monkeypatch):
+    """In a test without the ray marker: RAY_ADDRESS names no cluster (subprocesses inherit it,
+    and ray.init honours it), and ray.init in this process fails with RAY_MISSING_MARK, also where
+    a cluster started by an earlier marked test is still up (ray.is_initialized says no, so Ray's
+    own auto-init and cluster.pipeline.init_ray both go through ray.init)."""
+    if request.node.get_closest_marker("ray") is not None:
+        yield
+        return
+    monkeypatch.setenv("RAY_ADDRESS", NO_RAY_ADDRESS)
+    try:
+        import ray  # the project imports it anyway; about half a second once per session
+        import ray._private.worker as ray_worker
+    except ImportError:
+        ray = ray_worker = None
+
+    def refuse(*args, **kwargs):
+        pytest.fail(RAY_MISSING_MARK)
+
+    if ray is not None:
+        monkeypatch.setattr(ray, "init", refuse)
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(ray_worker, "init", refuse, raising=False)
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +81,9 @@ def tiny_shards(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def local_ray(s3_server):
-    """A real local Ray cluster with 2 CPUs, shared by the tests that need one. Started after the S3
-    server so its workers inherit the AWS_* environment that points at it."""
+    """A real local Ray cluster with 2 CPUs, shared by the tests that need one (each marked
+    @pytest.mark.ray). Started after the S3 server so its workers inherit the AWS_* environment
+    that points at it."""
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

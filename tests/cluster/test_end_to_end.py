@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -17,6 +18,7 @@ def tensorboard_tags(folder: Path) -> dict:
     return acc.Tags()
 
 
+@pytest.mark.ray
 def test_two_workers_end_to_end(local_ray, tiny_shards, tmp_path, capsys):
     from cluster.pipeline import run_pipeline
 
@@ -69,6 +71,7 @@ def test_two_workers_end_to_end(local_ray, tiny_shards, tmp_path, capsys):
     assert again["eval"]["segmenter"] == results["segmenter"]
 
 
+@pytest.mark.ray
 def test_the_watchdog_names_a_run_forced_into_full_masks_and_stage1_starts_again(
         local_ray, tiny_shards, tmp_path, capsys):
     """An area hinge that demands masks over 99 % of the image: within a few steps the

@@ -34,6 +34,7 @@ def tiny_on_s3(bucket: str) -> tuple[str, str]:
     return train, held_out
 
 
+@pytest.mark.ray
 def test_pipeline_streams_from_and_stores_to_s3(local_ray, s3_bucket, capfd):
     from cluster.pipeline import run_pipeline
 

@@ -155,6 +155,8 @@ def token_head(tmp_path_factory):
 # Helpers
 
 def run_submit(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    if env is None:  # Ray's job client takes RAY_ADDRESS over --address: these tests give --address
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run([*SUBMIT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
