@@ -77,19 +77,20 @@ DEFAULT_VARIANTS = ("plain", "channels_last", "code_as_bias", "fused_glu", "fuse
 # The machine's roof
 
 
-def conv_roof(device: str, repeats: int) -> dict[str, float]:
+def conv_roof(device: str, repeats: int, batch: int = 8, size: int = 128, warmup: int = 2) -> dict[str, float]:
     """GFLOP/s of one 3x3 conv (128 -> 256 ch, 128x128, batch 8), forward + backward, in fp32
-    (on a GPU: cuDNN autotuned, TF32 off)."""
+    (on a GPU: cuDNN autotuned, TF32 off). --quick passes a smaller batch and size: a smoke run's
+    figure, not the machine's roof."""
     speed.set_backend_flags(replace(PLAIN, cudnn_benchmark=True))
     torch.backends.cudnn.allow_tf32 = False
-    x = torch.randn(8, 128, 128, 128, device=device, requires_grad=True)
+    x = torch.randn(batch, 128, size, size, device=device, requires_grad=True)
     w = torch.randn(256, 128, 3, 3, device=device, requires_grad=True)
-    flop = 3 * 2 * 8 * 256 * 128 * 9 * 128 * 128   # forward, grad input, grad weight
+    flop = 3 * 2 * batch * 256 * 128 * 9 * size * size   # forward, grad input, grad weight
     result = {}
     for name, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
         xi = x.detach().contiguous(memory_format=fmt).requires_grad_()
         wi = w.detach().contiguous(memory_format=fmt).requires_grad_()
-        for _ in range(2):  # warm-up: oneDNN / cuDNN pick their kernels
+        for _ in range(warmup):  # warm-up: oneDNN / cuDNN pick their kernels
             F.conv2d(xi, wi, padding=1).sum().backward()
         times = []
         for _ in range(repeats):
@@ -281,6 +282,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--memory", action="store_true", help="also peak memory, one fresh process per variant")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one more step per variant)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run (the tests): the conv roof on batch 1 at 32x32, one warm-up, one repeat "
+                        "(seconds, not a minute on a CPU); its figure is not the machine's roof")
     p.add_argument("--out", help="JSON file (default: benchmarks/results/speed_<preset>_b<batch>_<device>.json)")
     p.add_argument("--memory-child", nargs=2, metavar=("STAGE", "VARIANT"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -308,11 +312,13 @@ def main(argv=None) -> int:
         return 2
     print(f"speed.py: preset {a.preset}, batch {a.batch}, {a.device}, {torch.get_num_threads()} threads; "
           f"variants {' '.join(variants)}", flush=True)
-    roof = conv_roof(a.device, repeats=3)
+    roof = conv_roof(a.device, repeats=1, batch=1, size=32, warmup=1) if a.quick else conv_roof(a.device, repeats=3)
     print(f"  conv roof: {roof['nchw']:.0f} GFLOP/s NCHW, {roof['channels_last']:.0f} GFLOP/s channels_last", flush=True)
     report = {"preset": a.preset, "overrides": a.set, "batch": a.batch, "device": a.device, "steps": a.steps,
               "rounds": a.rounds, "machine": machine(a.device), "conv_roof_gflop_s": roof,
               "date": time.strftime("%Y-%m-%d"), "stages": {}}
+    if a.quick:
+        report["quick"] = True  # the roof above is a smoke run's
     for stage in a.stages:
         results = measure_stage(stage, cfg, variants, a)
         if a.memory:
