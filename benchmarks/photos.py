@@ -217,26 +217,27 @@ def run_one(variant: str, overrides: list[str], collection: str, seed: int, nume
     run = storage / name
     resumed = run.exists()
     env = draw_env(numerics)
-    cmd = [sys.executable, str(ROOT / "jobs" / "train.py"), "--config", "photos", f"data.train={urls['train']}",
-           f"data.eval={urls['eval-heldout']}", f"run.seed={seed}", "--storage", str(storage), "--name", name,
-           *overrides]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.time()
-    rc = subprocess.call(cmd, cwd=ROOT, env=env)
-    train_s = time.time() - t0
-    if rc:
-        print(f"[photos] {name}: jobs/train.py exited with {rc}; no row written", flush=True)
+
+    def command(script: str, *args: str) -> float | None:
+        """Run one of the jobs; its wall seconds, or None (and a line) when it failed."""
+        cmd = [sys.executable, str(ROOT / "jobs" / script), *args]
+        print("$", " ".join(cmd), flush=True)
+        t0 = time.time()
+        if subprocess.call(cmd, cwd=ROOT, env=env):
+            print(f"[photos] {name}: jobs/{script} failed; no row written", flush=True)
+            return None
+        return time.time() - t0
+
+    train_s = command("train.py", "--config", "photos", f"data.train={urls['train']}",
+                      f"data.eval={urls['eval-heldout']}", f"run.seed={seed}", "--storage", str(storage),
+                      "--name", name, *overrides)
+    if train_s is None:
         return None
     summary = json.loads((run / "summary.json").read_text())
     report = run / "eval128_trained.json"
-    cmd = [sys.executable, str(ROOT / "jobs" / "evaluate.py"), "--segmenter", str(run / "stage2" / "segmenter.pt"),
-           "--data", urls["eval-trained"], "--resolution", str(SIZE), "--grabcut", "--out", str(report), "--overwrite"]
-    print("$", " ".join(cmd), flush=True)
-    t1 = time.time()
-    rc = subprocess.call(cmd, cwd=ROOT, env=env)
-    eval_s = time.time() - t1
-    if rc:
-        print(f"[photos] {name}: jobs/evaluate.py exited with {rc}; no row written", flush=True)
+    eval_s = command("evaluate.py", "--segmenter", str(run / "stage2" / "segmenter.pt"), "--data",
+                     urls["eval-trained"], "--resolution", str(SIZE), "--grabcut", "--out", str(report), "--overwrite")
+    if eval_s is None:
         return None
     return make_row(variant, overrides, collection, seed, numerics, name, summary, json.loads(report.read_text()),
                     train_s, eval_s, resumed)
