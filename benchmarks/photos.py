@@ -66,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from cluster.cli import OneLineParser  # noqa: E402  (usage mistakes as one error line, exit 2)
 from data_shards.writer import write_shards  # noqa: E402
 from robustness import cpu_model, draw_env  # noqa: E402  (the numerics' environments, shared)
 
@@ -93,12 +94,6 @@ RESERVED = ("data.train=", "data.eval=", "run.seed=")  # the benchmark sets thes
 
 class BenchmarkError(Exception):
     """A mistake in the command or the sources: one `error:` line, exit 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +331,7 @@ def table(rows: list[dict]) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = Parser(prog="benchmarks/photos.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = OneLineParser(prog="benchmarks/photos.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                epilog="Exit codes: 0 every run done (or skipped as done), 1 a run failed (its row is not written; "
                       "rerun to retry), 2 a mistake in the command or a source folder.")
     p.add_argument("--collections", nargs="+", default=list(COLLECTIONS), metavar="NAME",
