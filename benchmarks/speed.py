@@ -63,8 +63,8 @@ VARIANTS = {
     "fused_adam": (replace(PLAIN, fused_optimizer=True), None),
     # Winograd reads NHWC, so alone it comes with channels_last (without it nothing changes).
     "winograd": (replace(PLAIN, channels_last=True, winograd=True), None),
-    "fast-winograd": (replace(FAST, winograd=False), None),        # the defaults before Winograd
     "fast": (FAST, None),
+    "fast+winograd": (replace(FAST, winograd=True), None),         # opt-in: a native kernel
     "fast+compile": (replace(FAST, compile=True), None),
     "fast+tf32": (replace(FAST, tf32=True), None),                 # GPU only
     "fast+bf16": (FAST, torch.bfloat16),                           # autocast, as run.mixed_precision=bf16

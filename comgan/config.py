@@ -141,9 +141,10 @@ class SpeedConfig:
     code_as_bias: bool = True
     fused_glu: bool = True        # GLU by F.glu / chunk instead of two slices (see networks.GLU)
     fused_optimizer: bool = True  # Adam as one fused kernel (CPU and CUDA)
-    # CPU: wide 3x3 convs by Winograd F(4x4, 3x3), 4x fewer multiplications (comgan/winograd.py;
-    # a native kernel built on first use). Needs channels_last; GPUs leave it to cuDNN.
-    winograd: bool = True
+    # CPU: wide 3x3 convs (64+ channels at 32x32 px and up: only the paper preset has them) by
+    # Winograd F(4x4, 3x3), 4x fewer multiplications (comgan/winograd.py). Opt-in: its native
+    # kernel needs a C++ compiler and is built on first use. Needs channels_last; GPUs use cuDNN.
+    winograd: bool = False
     compile: bool = False         # torch.compile every trained network (slow to start; see README)
     tf32: bool = False            # GPU: TF32 in matmuls too (PyTorch allows it in convolutions by default)
     cudnn_benchmark: bool = True  # GPU: let cuDNN time its algorithms once per input shape

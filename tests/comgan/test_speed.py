@@ -2,6 +2,7 @@
 with every switch on is compared with the plain formulation (all off) on the same weights, codes
 and inputs, in fp32: losses, every gradient, and the weights after the optimisers' update."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from comgan.networks import GLU, Generator, conv_with_constant_channels, sample_
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
 
 FAST = SpeedConfig()  # the defaults: channels_last, code as bias, fused Adam (no compile: slow to start)
+FAST_WINOGRAD = dataclasses.replace(FAST, winograd=True)  # the opt-in native kernel on top
 PLAIN = SpeedConfig.plain()
 
 
@@ -110,10 +112,10 @@ def test_stage1_step_fast_equals_plain(small):
     assert_same_update(weights(before), weights(plain), weights(fast), "weights after the update")
 
 
-def fast_and_plain_generators(cfg):
+def fast_and_plain_generators(cfg, fast_speed=FAST):
     generator = Stage1State.create(with_speed(cfg, PLAIN)).G_ema
     fast = copy.deepcopy(generator)
-    speed.prepare_networks([fast], FAST)
+    speed.prepare_networks([fast], fast_speed)
     return generator, fast
 
 
@@ -144,12 +146,12 @@ def test_steps_with_winograd_on_every_conv_equal_the_plain_step(one_thread, smal
     real = torch.rand(8, 3, 32, 32) * 2 - 1
     if stage == 1:
         saved = Stage1State.create(with_speed(small, PLAIN)).state_dict()
-        runs = [run_steps(Stage1State, Stage1Step, with_speed(small, s), saved, real) for s in (PLAIN, FAST)]
+        runs = [run_steps(Stage1State, Stage1Step, with_speed(small, s), saved, real) for s in (PLAIN, FAST_WINOGRAD)]
     else:
-        generator, fast_generator = fast_and_plain_generators(small)
+        generator, fast_generator = fast_and_plain_generators(small, FAST_WINOGRAD)
         saved = Stage2State.create(with_speed(small, PLAIN)).state_dict()
         runs = [run_steps(Stage2State, Stage2Step, with_speed(small, s), saved, real, generator=g)
-                for s, g in ((PLAIN, generator), (FAST, fast_generator))]
+                for s, g in ((PLAIN, generator), (FAST_WINOGRAD, fast_generator))]
     (plain, plain_stats), (fast, fast_stats) = runs
     assert calls
     assert_same(plain_stats, fast_stats, "losses", 1e-5)

@@ -20,6 +20,19 @@ def any_width(monkeypatch):
     monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
 
 
+def test_the_defaults_never_build_or_call_the_kernel(monkeypatch):
+    """Opt-in: with the default speed switches even a layer wide enough to pay stays direct, so a
+    machine without a C++ compiler never meets the native build."""
+    def refuse():
+        raise AssertionError("the default speed switches reached the native Winograd kernel")
+
+    monkeypatch.setattr(winograd, "extension", refuse)
+    conv = Conv3x3(64, 64)
+    speed.prepare_networks([conv], SpeedConfig())
+    x = torch.randn(1, 64, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(conv(x), F.conv2d(x, conv.weight, None, 1, 1), atol=1e-5)
+
+
 def test_the_kernel_builds_here():
     """CI builds it: a silent fallback to the direct kernel would pass every other test."""
     assert winograd.extension() is not None
