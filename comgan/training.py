@@ -135,54 +135,54 @@ class _Step:
 
 class Stage1Step(_Step):
     def __call__(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        s, c = self.state, self.cfg
+        state, cfg = self.state, self.cfg
         G, D_z = self.use("G"), self.use("D_z")
         opt_D, opt_G = self.use("opt_D"), self.use("opt_G")
-        real = speed.as_input(real, c.speed)
-        z, f, b, f_idx, b_idx = sample_codes(real.shape[0], c.model, device=real.device)
+        real = speed.as_input(real, cfg.speed)
+        z, f, b, f_idx, b_idx = sample_codes(real.shape[0], cfg.model, device=real.device)
         out = G(z, f, b)
-        policy = parse_policy(c.stage1.augment)
+        policy = parse_policy(cfg.stage1.augment)
 
         def aug(x):  # D_z sees every image, real or fake, through the same random augmentation
             return diff_augment(x, policy=policy)
 
         # Phase Dz: real -> 1, composite and global-feature image -> 0.
-        s.D_z.requires_grad_(True)
+        state.D_z.requires_grad_(True)
         opt_D.zero_grad(set_to_none=True)
-        r1 = c.stage1.r1_gamma > 0 and s.step % c.stage1.r1_every == 0
+        r1 = cfg.stage1.r1_gamma > 0 and state.step % cfg.stage1.r1_every == 0
         real_seen = aug(real).detach().requires_grad_(r1)
         d_real, d_fake, d_global = D_z(real_seen), D_z(aug(out.image.detach())), D_z(aug(out.global_image.detach()))
         loss_d = losses.bce_real(d_real) + losses.bce_fake(d_fake) + losses.bce_fake(d_global)
         if r1:
             penalty = losses.r1_penalty(d_real, real_seen)
-            loss_d = loss_d + c.stage1.r1_gamma / 2 * c.stage1.r1_every * penalty
+            loss_d = loss_d + cfg.stage1.r1_gamma / 2 * cfg.stage1.r1_every * penalty
         self.backward(loss_d)
         opt_D.step()
 
         # Phase Gmain: G, D_f, D_b together (InfoGAN-style); the plain D_z, frozen, judges.
-        s.D_z.requires_grad_(False)
+        state.D_z.requires_grad_(False)
         opt_G.zero_grad(set_to_none=True)
-        adv = losses.bce_real(s.D_z(aug(out.image))) + losses.bce_real(s.D_z(aug(out.global_image)))
+        adv = losses.bce_real(state.D_z(aug(out.image))) + losses.bce_real(state.D_z(aug(out.global_image)))
         info_f, info_b, composite_info = self.info_losses(out, f_idx, b_idx)
         if out.mask.requires_grad:
             out.mask.retain_grad()  # the gradient that reaches the mask: the paper's Figure 4 gauge
         entropy = losses.binary_entropy(out.mask)
-        area = losses.mask_area_hinge(out.mask, c.stage1.mask_area_min, c.stage1.mask_area_max)
-        loss_g = adv + info_f + info_b + warmed_beta(c.stage1.beta, s.step, c.stage1.beta_warmup) * entropy
-        if c.stage1.mask_area_weight:
-            loss_g = loss_g + c.stage1.mask_area_weight * area
+        area = losses.mask_area_hinge(out.mask, cfg.stage1.mask_area_min, cfg.stage1.mask_area_max)
+        loss_g = adv + info_f + info_b + warmed_beta(cfg.stage1.beta, state.step, cfg.stage1.beta_warmup) * entropy
+        if cfg.stage1.mask_area_weight:
+            loss_g = loss_g + cfg.stage1.mask_area_weight * area
         if composite_info is not None:
-            loss_g = loss_g + c.stage1.composite_info_weight * composite_info
-        border = losses.mask_border_loss(out.mask, c.stage1.mask_border_ring)
-        if c.stage1.mask_border_weight:
-            loss_g = loss_g + c.stage1.mask_border_weight * border
+            loss_g = loss_g + cfg.stage1.composite_info_weight * composite_info
+        border = losses.mask_border_loss(out.mask, cfg.stage1.mask_border_ring)
+        if cfg.stage1.mask_border_weight:
+            loss_g = loss_g + cfg.stage1.mask_border_weight * border
         self.backward(loss_g)
-        grads = mask_gradient_norms(out.mask, s.G)
+        grads = mask_gradient_norms(out.mask, state.G)
         opt_G.step()
-        s.D_z.requires_grad_(True)
+        state.D_z.requires_grad_(True)
 
-        s.step += 1
-        update_ema(s.G_ema, s.G, ema_decay_at(s.step, c.stage1.ema_decay))
+        state.step += 1
+        update_ema(state.G_ema, state.G, ema_decay_at(state.step, cfg.stage1.ema_decay))
         stats = {
             "loss/D_z": loss_d, "loss/G_adv": adv, "loss/D_f_info": info_f, "loss/D_b_info": info_b,
             "loss/binary_entropy": entropy, "loss/mask_area_hinge": area,
@@ -230,29 +230,29 @@ class Stage2Step(_Step):
     generator: nn.Module | None = None   # the frozen G_ema, in eval mode
 
     @torch.no_grad()
-    def generate(self, batch: int, device, generator: torch.Generator | None = None):
-        """(x_bar, x_bar_m) of fresh codes; `generator` gives previews their own random stream."""
-        z, f, b, _, _ = sample_codes(batch, self.cfg.model, device=device, generator=generator)
+    def generate(self, batch: int, device, rng: torch.Generator | None = None):
+        """(x_bar, x_bar_m) of fresh codes; `rng` gives previews their own random stream."""
+        z, f, b, _, _ = sample_codes(batch, self.cfg.model, device=device, generator=rng)
         out = self.generator(z, f, b)
         return out.image, out.mask
 
     def __call__(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        s, c = self.state, self.cfg
+        state, cfg = self.state, self.cfg
         S, D_m, opt_S, opt_Dm = self.use("S"), self.use("D_m"), self.use("opt_S"), self.use("opt_Dm")
-        real = speed.as_input(real, c.speed)
-        lr = decayed_lr(c.stage2.lr, s.step, c.stage2.steps, c.stage2.lr_decay)
+        real = speed.as_input(real, cfg.speed)
+        lr = decayed_lr(cfg.stage2.lr, state.step, cfg.stage2.steps, cfg.stage2.lr_decay)
         for optimizer in (opt_S, opt_Dm):
             for group in optimizer.param_groups:
                 group["lr"] = lr
         fake_img, fake_mask = self.generate(real.shape[0], real.device)
-        self_training = c.stage2.self_train_weight > 0 and s.step >= c.stage2.self_train_start
+        self_training = cfg.stage2.self_train_weight > 0 and state.step >= cfg.stage2.self_train_start
         if self_training:
             real, pseudo, confident, unguarded = self.pseudo_labels(real, fake_mask.mean())
         # One S call on generated and real images: one DDP forward, shared BatchNorm statistics.
         pred_fake, pred_real = S(torch.cat([fake_img, real])).chunk(2)
 
         # Phase Dm: the generator's masks are "real"; S's predictions on both domains are "fake".
-        s.D_m.requires_grad_(True)
+        state.D_m.requires_grad_(True)
         opt_Dm.zero_grad(set_to_none=True)
         loss_dm = (losses.bce_real(D_m(fake_mask)) + losses.bce_fake(D_m(pred_fake.detach()))
                    + losses.bce_fake(D_m(pred_real.detach())))
@@ -260,23 +260,23 @@ class Stage2Step(_Step):
         opt_Dm.step()
 
         # Phase S: consistency with x_bar_m plus fooling the plain, frozen D_m on both domains.
-        s.D_m.requires_grad_(False)
+        state.D_m.requires_grad_(False)
         opt_S.zero_grad(set_to_none=True)
         cons = losses.consistency_loss(pred_fake, fake_mask)
-        adv = losses.bce_real(s.D_m(pred_fake)) + losses.bce_real(s.D_m(pred_real))
-        loss_s = c.stage2.lam * cons + c.stage2.adv_weight * adv
+        adv = losses.bce_real(state.D_m(pred_fake)) + losses.bce_real(state.D_m(pred_real))
+        loss_s = cfg.stage2.lam * cons + cfg.stage2.adv_weight * adv
         stats = {}
         if self_training:
             self_loss = losses.pseudo_label_loss(pred_real, pseudo, confident)
-            loss_s = loss_s + c.stage2.self_train_weight * self_loss
+            loss_s = loss_s + cfg.stage2.self_train_weight * self_loss
             stats = {"loss/S_self_train": self_loss, "seg/confident_share": confident.mean(),
                      "seg/guarded_images": 1 - unguarded.mean()}
         self.backward(loss_s)
         opt_S.step()
-        s.D_m.requires_grad_(True)
+        state.D_m.requires_grad_(True)
 
-        s.step += 1
-        update_ema(s.S_teacher, s.S, c.stage2.self_train_ema)  # from step 0: ready when self-training starts
+        state.step += 1
+        update_ema(state.S_teacher, state.S, cfg.stage2.self_train_ema)  # from step 0: ready when self-training starts
         stats.update({"loss/D_m": loss_dm, "loss/S_consistency": cons, "loss/S_adv": adv, "loss/S_total": loss_s,
                       "seg/pred_real_mean": pred_real.mean(), "seg/pred_fake_mean": pred_fake.mean()})
         return {k: v.detach() for k, v in stats.items()}
