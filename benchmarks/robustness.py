@@ -91,8 +91,9 @@ def save_grid(path: str, generator, model_cfg, images, truth, pred, count: int =
 
 
 def screen_draw(seed: int, numerics: str, config: str, overrides: list[str], grid_path: str = "",
-                generator_path: str = "") -> dict:
-    """One draw in this process. With `generator_path`, stage 2 only, on that saved generator."""
+                generator_path: str = "", curve_every: int = 0) -> dict:
+    """One draw in this process. With `generator_path`, stage 2 only, on that saved generator.
+    With `curve_every`, S and its EMA teacher are also scored every that many stage-2 steps."""
     import numpy as np
     import torch
 
@@ -134,13 +135,16 @@ def screen_draw(seed: int, numerics: str, config: str, overrides: list[str], gri
         if grid_path:
             Path(grid_path).parent.mkdir(parents=True, exist_ok=True)
             Path(grid_path).with_suffix(".pt").write_bytes(to_bytes(generator_artifact(generator, m)))
-    t1 = time.time()
-    S, other = screen_stage2(cfg, generator, batch)
-    t2 = time.time()
-
     def predict(net):
         with torch.no_grad():
             return torch.cat([net(held_out[i:i + 100]) for i in range(0, len(held_out), 100)]) > 0.5
+
+    def score(net) -> float:
+        return segmentation_scores(predict(net), truth)["iou_strict"].mean().item()
+
+    t1 = time.time()
+    S, other, row["s2_curve"] = screen_stage2(cfg, generator, batch, score, curve_every)
+    t2 = time.time()
 
     pred = predict(S)
     scores = segmentation_scores(pred, truth)
@@ -186,17 +190,31 @@ def screen_stage1(cfg, batch) -> tuple:
                 "restarts": int(restart_at is not None), "checks": checks, "grad_curve": grad_curve}
 
 
-def screen_stage2(cfg, generator, batch):
+def screen_stage2(cfg, generator, batch, score, curve_every: int = 0):
     """Stage 2 on the frozen generator: (the segmenter the job would export, the other one of S
-    and its EMA teacher), both in eval mode."""
+    and its EMA teacher, both in eval mode; [step, S's IoU, the teacher's IoU] every
+    `curve_every` steps, as `score` gives them on the network in eval mode; [] without it). The
+    run is the same with or without the curve: each network goes back to its mode, and scoring
+    draws no random numbers."""
     from comgan.training import Stage2State, Stage2Step
+
+    def in_eval_mode(net) -> float:
+        was_training = net.training
+        net.eval()
+        try:
+            return score(net)
+        finally:
+            net.train(was_training)
 
     s2 = Stage2State.create(cfg)
     step2 = Stage2Step(s2, cfg, generator=generator)
-    for _ in range(cfg.stage2.steps):
+    curve = []
+    for i in range(1, cfg.stage2.steps + 1):
         step2(batch(cfg.stage2.batch_size))
+        if curve_every and (i % curve_every == 0 or i == cfg.stage2.steps):
+            curve.append([i, in_eval_mode(s2.S), in_eval_mode(s2.S_teacher)])
     exported, other = (s2.S_teacher, s2.S) if cfg.stage2.export_teacher else (s2.S, s2.S_teacher)
-    return exported.eval(), other.eval()
+    return exported.eval(), other.eval(), curve
 
 
 def job_draw(seed: int, numerics: str, config: str, overrides: list[str], storage: str, name: str) -> dict:
@@ -258,7 +276,7 @@ def run_draws(a) -> None:
         if a.mode == "screen":
             grid = Path(a.out).with_suffix("") / f"{a.label}_{numerics}_seed{seed}.png"
             cmd = [sys.executable, __file__, "--draw", f"--seed={seed}", f"--numerics={numerics}",
-                   f"--config={a.config}", f"--grid={grid}", "--", *a.overrides]
+                   f"--config={a.config}", f"--grid={grid}", f"--curve-every={a.curve_every}", "--", *a.overrides]
             source = None
             if a.generators_of:  # stage 2 only, on the generator that label's draw saved
                 source = next((r for r in rows if r["mode"] == "screen" and r["label"] == a.generators_of
@@ -345,10 +363,12 @@ def main() -> None:
     p.add_argument("--generator", default="", help=argparse.SUPPRESS)
     p.add_argument("--generators-of", metavar="LABEL",
                    help="screen mode: stage 2 only, on the generators that LABEL's draws saved (stage-2 variants)")
+    p.add_argument("--curve-every", type=int, default=0, metavar="STEPS",
+                   help="screen mode: also score S and its EMA teacher every STEPS stage-2 steps (row's s2_curve)")
     a = p.parse_args()
     if a.draw:
         print(json.dumps(screen_draw(a.seed, a.numerics[0] if isinstance(a.numerics, list) else a.numerics,
-                                     a.config, a.overrides, a.grid, a.generator)))
+                                     a.config, a.overrides, a.grid, a.generator, a.curve_every)))
         return
     if a.table:
         rows = load_rows(Path(a.table))
