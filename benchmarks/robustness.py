@@ -1,6 +1,6 @@
 """How often the default recipe holds: many draws, each a seed under one of two CPU numerics.
 
-A GAN recipe's outcome depends on the seed and on how the CPU's kernels round (DESIGN.md,
+A GAN recipe's outcome depends on the seed and on how the CPU's kernels round (docs/DESIGN.md,
 section 7). A draw is one (numerics, seed) pair:
 
 - `native`: the machine's own kernels;

@@ -1,4 +1,4 @@
-"""What a run directory contains, in one place (DESIGN.md section 6), on any fsspec URL.
+"""What a run directory contains, in one place (docs/DESIGN.md section 6), on any fsspec URL.
 
 <storage>/<run>/config.yaml, stage1/ (Ray Train checkpoints + generator.pt), stage2/
 (checkpoints + segmenter.pt), tensorboard/, eval.json, eval_grid.png, summary.json, and

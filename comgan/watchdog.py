@@ -20,7 +20,7 @@ with the generator in eval mode. A composite can look right while its layers are
   (`watch/layer_gap`, the mask-weighted mean of |x_f - x_b| / 2, in [0, 1]);
 - a foreground category that shows nothing of its own (`watch/fg_gap_min_ratio`, the smallest
   per-category layer gap over their median; per category under `watch/fg_gap/<f>` when N <= 16).
-The mask depends on z alone (DESIGN.md, section 3), so the mask *area* cannot differ between
+The mask depends on z alone (docs/DESIGN.md, section 3), so the mask *area* cannot differ between
 foreground categories; what a category changes is x_f, hence the per-category layer gap.
 
 `trivial_reason` turns the measures into the reason a run has gone trivial, or None.

@@ -217,7 +217,7 @@ def recorded_stage1(cfg) -> tuple[Stage1State, list, Phase]:
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["plain", "wrapped_D_z"])
 def test_stage1_loss_terms_see_the_right_tensors(cfg, wrapped):
-    """The paper's L_D and L_G (section 4 of DESIGN.md): the composite info term, not in the
+    """The paper's L_D and L_G (section 4 of docs/DESIGN.md): the composite info term, not in the
     paper, is off here and has its own test below."""
     cfg.stage1.composite_info_weight = 0.0
     torch.manual_seed(0)
