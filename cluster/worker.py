@@ -36,9 +36,6 @@ from .stats import StatsTicker
 from .storage import configure_storage
 from .tensorboard import RunWriter
 
-# Each stage reads the shards in its own order (stage 2 must not replay stage 1's batches).
-DATA_SEED_OFFSET = {"stage1": 0, "stage2": 7919}
-
 
 @dataclass(frozen=True)
 class StageJob:
@@ -176,7 +173,7 @@ class StageRun:
         prepared = prepare(accelerator, state)
 
         resume = checkpoints.rank_state(saved, accelerator, "loader")
-        seed = cfg.run.seed + DATA_SEED_OFFSET[spec.name]
+        seed = cfg.run.seed + spec.data_seed_offset
         if saved and resume is None:  # another worker count: a fresh order that does not replay the start
             seed += state.step
         loader = train_loader(cfg.data.train, spec.settings(cfg).batch_size // world, rank=rank, world_size=world,
@@ -194,38 +191,44 @@ class StageRun:
         return run
 
     def train(self) -> dict:
-        """Steps, ticks (reduced stats, progress, TensorBoard), previews and checkpoints."""
+        """Steps until the stage's last (or the watchdog's stop), with on their cadences: a tick
+        (reduced stats, progress line, TensorBoard), previews, the watchdog, and checkpoints; the
+        last step does everything but the checkpoint, which `finish` makes with the export."""
         run, settings, state = self.cfg.run, self.spec.settings(self.cfg), self.state
         ticker = StatsTicker(self.accelerator)
         t_start = tick_time = time.time()
         tick_step, last = state.step, {}
         skipped = torch.zeros(len(PROBLEM_KINDS), dtype=torch.float64)  # bad samples this rank met
-        while state.step < settings.steps:
+        done = state.step >= settings.steps
+        while not done:
             batch = next(self.data)
             self.cursor.update(batch)
             skipped += torch.tensor(batch.problems, dtype=torch.float64)
             ticker.add(self.step_fn(batch.images.to(self.accelerator.device, non_blocking=True)))
             step = state.step
             faults.point("step", step)
-            if step % run.log_every == 0 or step == settings.steps:
+            done = step >= settings.steps
+            if due(step, run.log_every, done):
                 now = time.time()
                 last = {**ticker.reduce(), **data_problems(self.accelerator, skipped)}
                 last["perf/images_per_s"] = (step - tick_step) * settings.batch_size / max(now - tick_time, 1e-9)
                 self.log_progress(step, last)
                 tick_time, tick_step = now, step
-            if self.writer and (step % run.image_every == 0 or step == settings.steps):
+            if self.writer and due(step, run.image_every, done):
                 self.log_images(step)
-            watch_now = self.spec.watch and run.watch_every and (step % run.watch_every == 0 or step == settings.steps)
+            watch_now = bool(self.spec.watch and run.watch_every and due(step, run.watch_every, done))
             if watch_now and self.writer:
                 self.watch(step)
-            if watch_now and self.job.stop_when_trivial and step < settings.steps and self.trivial_for_too_long():
+            if done:
+                break
+            if watch_now and self.job.stop_when_trivial and self.trivial_for_too_long():
                 self.abandoned = True
                 break
-            if step % run.checkpoint_every == 0 and step < settings.steps:
+            if step % run.checkpoint_every == 0:
                 if self.writer:
                     self.writer.flush()
                 self.checkpoint(self.progress(step, last))
-            elif watch_now and step < settings.steps:
+            elif watch_now:
                 # The measures reach Ray (and a Tune sweep's stopper) as soon as they are taken;
                 # a report is a barrier, so every rank makes it.
                 ray.train.report(self.progress(step, last))
@@ -245,8 +248,7 @@ class StageRun:
         """What every report carries: the step, the training images the whole job has seen (stage 2
         continues stage 1's count, a measure that only grows, for Tune's schedulers), the last
         tick's stats and the watchdog's last measures."""
-        before = self.cfg.stage1.steps * self.cfg.stage1.batch_size if self.spec.name == "stage2" else 0
-        images = before + step * self.spec.settings(self.cfg).batch_size
+        images = self.spec.images_before(self.cfg) + step * self.spec.settings(self.cfg).batch_size
         return {"step": step, "progress/images": images, **last, **self.watched, **self.trivial}
 
     def finish(self, last: dict) -> None:
@@ -307,6 +309,11 @@ class StageRun:
             eta = (settings.steps - step) * settings.batch_size / max(rate, 1e-9)
             say(progress_line(self.spec, step, settings.steps, rate, eta, stats))
             self.writer.scalars(stats, step)
+
+
+def due(step: int, every: int, last: bool) -> bool:
+    """Whether a cadence of `every` steps falls on `step`; the stage's last step is always due."""
+    return last or step % every == 0
 
 
 def data_problems(accelerator: Accelerator, skipped: torch.Tensor) -> dict:

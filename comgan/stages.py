@@ -35,6 +35,12 @@ class StageSpec:
     previews: Callable[..., dict[str, torch.Tensor]]   # (state, cfg, generator, real) -> {tag: grid}
     export: Callable[..., tuple[dict, dict]]           # (state, cfg, chunk) -> (artifact, metrics)
     progress_keys: tuple[str, ...]                     # stats shown on the progress line
+    # Added to run.seed for the order in which the stage reads the shards: each stage has its own
+    # (stage 2 must not replay stage 1's batches). Any fixed number other than stage 1's will do.
+    data_seed_offset: int
+    # Training images seen before this stage starts (cfg) -> int: stage 2 continues stage 1's
+    # count, so `progress/images` only grows across a whole job (Tune's schedulers compare on it).
+    images_before: Callable[[ComGANConfig], int]
     watch: Callable[..., dict[str, float]] | None = None  # (state, cfg, samples, chunk) -> watchdog measures
 
     def settings(self, cfg: ComGANConfig):
@@ -86,6 +92,7 @@ STAGE1 = StageSpec(
     create=Stage1State.create,
     make_step=_stage1_step, previews=_stage1_previews, export=_stage1_export,
     progress_keys=("loss/D_z", "loss/G_adv", "loss/binary_entropy", "mask/mean"),
+    data_seed_offset=0, images_before=lambda cfg: 0,
     watch=_stage1_watch,
 )
 
@@ -119,6 +126,7 @@ STAGE2 = StageSpec(
     create=Stage2State.create,
     make_step=_stage2_step, previews=_stage2_previews, export=_stage2_export,
     progress_keys=("loss/D_m", "loss/S_consistency", "loss/S_adv", "loss/S_self_train", "seg/pred_real_mean"),
+    data_seed_offset=7919, images_before=lambda cfg: cfg.stage1.steps * cfg.stage1.batch_size,
 )
 
 STAGES = {spec.name: spec for spec in (STAGE1, STAGE2)}
