@@ -1,6 +1,6 @@
 """The model's and the two stages' settings, and the typed loading every config section shares.
 
-Defaults here are the laptop default (32 px, CPU, 5-15 minutes). comgan owns what decides the
+Defaults here are the laptop default (32 px, CPU, minutes on 2 cores). comgan owns what decides the
 mathematics (model, stage1, stage2) and how its steps compute it (speed); the run config that adds
 data, storage and run settings, the presets and `load_config` live in cluster/config.py. The helpers below (`apply_mapping`,
 `set_key`) fill any nested dataclass from YAML mappings and dotted `key=value` overrides with type

@@ -6,7 +6,8 @@
 3. Its mask statistics over a fixed set of codes are recorded (collapse and empty masks show).
 
 Every pass here is no-grad and runs in chunks of `chunk` images, so memory is bounded by the
-chunk whatever the number of samples (at the paper config one image costs ~50 MB of activations).
+chunk whatever the number of samples (at the paper config one image costs about 70 MB of
+activations; tests/comgan/test_export_memory.py).
 Codes come from generators seeded here, never from the training random stream, so exporting (or
 not) cannot change what training does, and the same weights export to the same artifact.
 """

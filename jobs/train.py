@@ -1,6 +1,6 @@
 r"""Train DS-ComGAN end to end: stage 1 (disentangling generator), stage 2 (segmenter), evaluation.
 
-On a laptop (local Ray, CPU, built-in synthetic data, 5-15 minutes):
+On a laptop (local Ray, CPU, built-in synthetic data; 8-35 minutes on 2 cores, see the README):
     python jobs/train.py
 With another preset or YAML file, and overrides:
     python jobs/train.py --config tiny stage1.beta=0.5 model.num_categories=8
