@@ -11,7 +11,6 @@ is never restored; Ray keeps the newest `run.keep_checkpoints` and deletes older
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -175,18 +174,3 @@ def report(metrics: dict, accelerator: Accelerator, state: dict, loader: dict, s
             faults.point("checkpoint", step)
             fh.write(data[len(data) // 2:])
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-
-def wait_until_registered(stage_dir: str, step: int, timeout: float = 120.0) -> None:
-    """Block until the checkpoint of `step` (or a later one) is registered in the stage's
-    checkpoint manager snapshot. Ray Train registers a reported checkpoint only when its controller
-    next polls the workers (every 2 s): a worker lost before that loses the report too. Used by the
-    fault injection, which must lose exactly the steps after a committed checkpoint."""
-    snapshot = stage_dir.rstrip("/") + "/checkpoint_manager_snapshot.json"
-    deadline = time.time() + timeout
-    while step > 0 and time.time() < deadline:
-        if url_exists(snapshot):
-            latest_result = json.loads(read_bytes(snapshot)).get("latest_checkpoint_result") or {}
-            if latest_result.get("metrics", {}).get("step", -1) >= step:
-                return
-        time.sleep(0.2)

@@ -36,6 +36,7 @@ from comgan.visualize import grid_to_uint8, image_grid
 from data_shards.io import read_bytes, redacted, write_bytes
 from data_shards.reader import DatasetError, ProblemLog, eval_batches
 
+from . import placement
 from .baselines import grabcut_batch
 
 METHODS = ("segmenter", "grabcut", "all_foreground", "centred_box")
@@ -77,10 +78,9 @@ def _concat(batches: list[dict]) -> dict[str, torch.Tensor]:
 def _run_parts(args: tuple, workers: int) -> list[dict]:
     if workers <= 0:
         return [score_part(*args[:2], 0, 1, *args[2:])]
-    import ray
+    import ray  # only with workers: scoring in this process never loads Ray
 
-    from .pipeline import init_ray
-    init_ray()
+    placement.init_ray()
     task = ray.remote(num_cpus=1)(score_part)
     return ray.get([task.remote(*args[:2], part, workers, *args[2:]) for part in range(workers)])
 

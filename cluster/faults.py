@@ -11,11 +11,14 @@ through. The driver reads the variable and hands it to the workers with their co
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+from data_shards.io import read_bytes, url_exists
 
 ENV = "COMGAN_FAULT"
 POINTS = ("step", "checkpoint")
@@ -94,12 +97,27 @@ def install(text: str, stage: str, rank: int, stage_dir: str, checkpoint_every: 
     fault = parse(text)
     if fault is None:
         return
-    from .checkpoints import wait_until_registered  # checkpoints imports this module
 
     def settle(step: int) -> None:
         wait_until_registered(stage_dir, (step - 1) // checkpoint_every * checkpoint_every)
 
     _installed = lambda at, step: fault.fire(stage, rank, step, at, lambda: settle(step))  # noqa: E731
+
+
+def wait_until_registered(stage_dir: str, step: int, timeout: float = 120.0) -> None:
+    """Block until the checkpoint of `step` (or a later one) is registered in the stage's
+    checkpoint manager snapshot. Ray Train registers a reported checkpoint only when its controller
+    next polls the workers (every 2 s): a worker lost before that loses the report too, and a fault
+    must lose exactly the steps after a committed checkpoint. (It reads Ray Train's snapshot file,
+    not a checkpoint of ours: nothing but fault injection needs it.)"""
+    snapshot = stage_dir.rstrip("/") + "/checkpoint_manager_snapshot.json"
+    deadline = time.time() + timeout
+    while step > 0 and time.time() < deadline:
+        if url_exists(snapshot):
+            latest_result = json.loads(read_bytes(snapshot)).get("latest_checkpoint_result") or {}
+            if latest_result.get("metrics", {}).get("step", -1) >= step:
+                return
+        time.sleep(0.2)
 
 
 def point(at: str, step: int) -> None:

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
 import os
 import shlex
 import time
-from dataclasses import dataclass
 
 import ray
 import yaml
@@ -34,7 +32,7 @@ from data_shards.io import (arrow_filesystem, holds_anything, join_url, move_tre
 from data_shards.reader import check_usable, read_manifest
 from data_shards.writer import write_synthetic
 
-from . import checkpoints, evaluate, failures, faults, lease
+from . import checkpoints, evaluate, failures, faults, lease, placement
 from .config import Config, ConfigError, config_from_dict
 from .storage import RunLayout, absolute_url, configure_storage
 from .tensorboard import RunWriter
@@ -122,87 +120,6 @@ def check_fault_spec() -> None:
         raise ConfigError(str(e)) from None
 
 
-def init_ray() -> bool:
-    """Connect to RAY_ADDRESS's cluster, or start a local one; True when the cluster is local
-    (then its nodes are all there will ever be: no autoscaler can add any)."""
-    address = os.environ.get("RAY_ADDRESS") or None
-    if ray.is_initialized():
-        return address is None
-    if address is None:
-        quiet_local_cluster()
-    # A new local cluster keeps its dashboard: Ray Train's placement-group cleaner polls the
-    # state API it serves (without it: a warning every few seconds). It listens on 127.0.0.1.
-    ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-    return address is None
-
-
-class _DropNotice(logging.Filter):
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
-
-
-def quiet_local_cluster() -> None:
-    """Drop two lines a laptop run printed that mean nothing to its user, and nothing else:
-    - Ray's notice that token authentication is on (it is, and it should be; failures still show);
-    - per stage, a core_worker error about Ray Train's PreemptionWatcher actor, which watches for
-      cloud spot-instance preemption: a local cluster has none, so it is not started (the env var
-      reaches the Train controller, which the cluster started here inherits it from)."""
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        _DropNotice("Token authentication is enabled"))
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-
-
-@dataclass(frozen=True)
-class Node:
-    cpus: int
-    gpus: int
-
-
-def alive_nodes() -> list[Node]:
-    return [Node(int(n["Resources"].get("CPU", 0)), int(n["Resources"].get("GPU", 0)))
-            for n in ray.nodes() if n.get("Alive")]
-
-
-def workers_that_fit(nodes: list[Node], cpus: int, use_gpu: bool) -> int:
-    """How many workers of `cpus` CPUs (and one GPU each with use_gpu) these nodes can host."""
-    return sum(min(n.cpus // cpus, n.gpus if use_gpu else n.cpus) for n in nodes)
-
-
-def worker_resources(cfg: Config, nodes: list[Node]) -> int:
-    """The CPUs Ray reserves per worker: run.cpus_per_worker, or (0, auto) the most that still
-    places every worker on the nodes that are up, e.g. all of a laptop's CPUs split evenly."""
-    r = cfg.run
-    if r.cpus_per_worker:
-        return r.cpus_per_worker
-    if r.use_gpu and not any(n.gpus for n in nodes):
-        raise ConfigError("run.cpus_per_worker=0 (auto) needs GPU nodes that are already up; with GPU nodes "
-                          "that an autoscaler adds later, name it, e.g. run.cpus_per_worker=3 on 4-vCPU GPU nodes")
-    cpus = max([1] + [n.cpus for n in nodes])
-    while cpus > 1 and workers_that_fit(nodes, cpus, r.use_gpu) < r.workers:
-        cpus -= 1
-    return cpus
-
-
-def check_placement(cfg: Config, cpus: int, nodes: list[Node], fixed_cluster: bool) -> None:
-    """Refuse a request that can never be placed (Ray would wait for it forever); on a cluster
-    that an autoscaler may grow, say what the stage is waiting for."""
-    r = cfg.run
-    fit = workers_that_fit(nodes, cpus, r.use_gpu)
-    if fit >= r.workers:
-        return
-    want = f"{r.workers} worker(s) of {cpus} CPU{' + 1 GPU' if r.use_gpu else ''}"
-    have = ", ".join(f"{n.cpus} CPU{f' + {n.gpus} GPU' if n.gpus else ''}" for n in nodes) or "none"
-    if fixed_cluster:
-        raise ConfigError(f"{want} can never be placed on this machine ({have}); lower run.workers or "
-                          f"run.cpus_per_worker")
-    log(f"waiting for the cluster to add nodes: {want} requested, the nodes up now ({have}) hold {fit}; "
-        f"without an autoscaler this waits forever (Ctrl-C, then lower run.workers or run.cpus_per_worker)")
-
-
 def first_line(error: BaseException) -> str:
     """The first non-empty line of an error from Ray (whose messages carry whole tracebacks)."""
     return next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
@@ -221,7 +138,6 @@ def run_stage(stage: str, cfg: Config, layout: RunLayout, artifact: str, generat
                    stage_dir=layout.stage_dir(stage), tensorboard=layout.tensorboard(stage), artifact=artifact,
                    generator=generator, fault=os.environ.get(faults.ENV, ""), stop_when_trivial=stop_when_trivial)
     cpus = job.cpus_per_worker
-    resources = {"CPU": cpus, **({"GPU": 1} if cfg.run.use_gpu else {})}
     # Ray Train persists checkpoints through pyarrow; hand it the same fsspec filesystem (and
     # options) that everything else uses, so one set of settings reaches every byte of the run.
     filesystem, root = arrow_filesystem(layout.root)
@@ -229,7 +145,7 @@ def run_stage(stage: str, cfg: Config, layout: RunLayout, artifact: str, generat
         stage_worker,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=cfg.run.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=placement.resources_per_worker(cfg)),
         # The stage's name under the run is fixed, so a re-run finds and resumes its checkpoints.
         run_config=RunConfig(name=stage, storage_path=root, storage_filesystem=filesystem,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
@@ -309,10 +225,12 @@ def resolve_urls(cfg: Config) -> None:
 def place_workers(cfg: Config) -> None:
     """Connect to (or start) Ray, resolve run.cpus_per_worker to what each worker gets, and refuse
     a request this cluster can never place."""
-    fixed_cluster = init_ray()
-    nodes = alive_nodes()
-    cfg.run.cpus_per_worker = worker_resources(cfg, nodes)
-    check_placement(cfg, cfg.run.cpus_per_worker, nodes, fixed_cluster)
+    fixed_cluster = placement.init_ray()
+    nodes = placement.alive_nodes()
+    cfg.run.cpus_per_worker = placement.cpus_per_worker(cfg, nodes)
+    waiting = placement.check_placement(cfg, cfg.run.cpus_per_worker, nodes, fixed_cluster)
+    if waiting:
+        log(waiting)
 
 
 def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tuple = ()) -> str:

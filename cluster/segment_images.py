@@ -28,7 +28,7 @@ import os
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -46,6 +46,7 @@ from data_shards.io import (StorageError, filesystem, join_url, list_tree, read_
                             url_kind, write_bytes)
 from data_shards.progress import Progress
 
+from . import placement
 from .storage import absolute_url
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -56,7 +57,6 @@ BACKGROUND_DIM = 1 / 3   # overlays: background brightness
 FULL_SIZE_AT_ONCE = 2    # photos whose full-size mask / overlay is computed at once (a 48 MP one: ~0.7 GB)
 REPORT_EVERY = 100       # photos between two writes of the report while the job runs
 PLACEMENT_TIMEOUT = 1800.0  # s the Ray workers may take to start (an autoscaler's GPU node: boot, installs)
-RESOURCE_UNITS = 10000   # Ray grants CPUs and GPUs in steps of 1/10000
 
 
 class SegmentError(ValueError):
@@ -364,73 +364,25 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
-def _units(amount: float) -> int:
-    return round(amount * RESOURCE_UNITS)
-
-
 def check_request(cpus: float, gpus: float) -> None:
     """Refuse per-worker amounts Ray can never grant, whatever the cluster (SegmentError)."""
     for flag, amount in (("--cpus-per-worker", cpus), ("--gpus-per-worker", gpus)):
         if not math.isfinite(amount) or amount < 0:
             raise SegmentError(f"{flag} must be a number >= 0, got {amount:g}")
-        if amount and not _units(amount):
-            raise SegmentError(f"{flag} {amount:g}: Ray counts resources in steps of {1 / RESOURCE_UNITS:g}")
+        if amount and not placement.units(amount):
+            raise SegmentError(f"{flag} {amount:g}: Ray counts resources in steps of "
+                               f"{1 / placement.RESOURCE_UNITS:g}")
     if gpus > 1 and not float(gpus).is_integer():
         raise SegmentError(f"--gpus-per-worker {gpus:g}: a worker gets a fraction of one GPU or whole GPUs, "
                            "never a mix (Ray would wait for such a worker forever)")
 
 
-def _amounts(cpus: float, gpus: float, gpus_always: bool = False) -> str:
-    return f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus or gpus_always else "")
-
-
-def workers_placeable(nodes: list[dict], workers: int, cpus: float, gpus: float) -> int:
-    """How many of `workers` workers of `cpus` CPUs and `gpus` GPUs each `nodes` hold at once.
-    `nodes`: each node's Ray resources ({"CPU": 8.0, "GPU": 1.0, ...}, ray.nodes()' "Resources").
-    A worker lies on one node: what is left over on several nodes does not add up to one."""
-    total = 0
-    for node in nodes:
-        fit = workers
-        for key, need in (("CPU", cpus), ("GPU", gpus)):
-            if _units(need):
-                fit = min(fit, _units(float(node.get(key, 0))) // _units(need))
-        total += fit
-    return min(total, workers)
-
-
-def placement_shortfall(nodes: list[dict], workers: int, cpus: float, gpus: float) -> str | None:
-    """None when `nodes` (as for workers_placeable) hold all `workers` workers at once, else one
-    line naming what is missing: resources in all, or a node big enough for one worker."""
-    fit = workers_placeable(nodes, workers, cpus, gpus)
-    if fit >= workers:
-        return None
-    request = f"--workers {workers} of {_amounts(cpus, gpus)} each"
-    totals = {key: sum(float(node.get(key, 0)) for node in nodes) for key in ("CPU", "GPU")}
-    have = f"{_amounts(totals['CPU'], totals['GPU'], gpus_always=bool(gpus))} on {len(nodes)} node(s)"
-    missing = [f"{workers * need - totals[key]:g} {key}" for key, need in (("CPU", cpus), ("GPU", gpus))
-               if _units(workers * need) > _units(totals[key])]
-    if missing:
-        return (f"{request} need {_amounts(workers * cpus, workers * gpus)} in all; the cluster has {have}: "
-                f"{' and '.join(missing)} missing")
-    shapes = Counter((float(node.get("CPU", 0)), float(node.get("GPU", 0))) for node in nodes)
-    listed = ", ".join(f"{n} x {_amounts(c, g, gpus_always=bool(gpus))}" for (c, g), n in shapes.most_common(4))
-    return (f"{request}: the cluster has {have} ({listed}{', ...' if len(shapes) > 4 else ''}), but a worker "
-            f"must fit on one node and they hold {fit} at once")
-
-
-def _node_resources() -> list[dict]:
-    import ray
-
-    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
-
-
-def not_started_error(nodes: list[dict], workers: int, started: int, cpus: float, gpus: float,
+def not_started_error(nodes: list[placement.Node], workers: int, started: int, cpus: float, gpus: float,
                       timeout: float) -> str:
     """The line for workers that were not all up `timeout` seconds after they were asked for."""
-    why = placement_shortfall(nodes, workers, cpus, gpus)
-    why = why or (f"the cluster ({_amounts(*(sum(float(n.get(k, 0)) for n in nodes) for k in ('CPU', 'GPU')))}"
-                  f" on {len(nodes)} node(s)) has room for them, but other work may hold it, or loading "
-                  "the segmenter takes longer")
+    why = placement.shortfall(nodes, workers, cpus, gpus, f"--workers {workers}")
+    why = why or (f"the cluster ({placement.amounts(*placement.totals(nodes))} on {len(nodes)} node(s)) has room "
+                  "for them, but other work may hold it, or loading the segmenter takes longer")
     return (f"only {started} of {workers} Ray worker(s) started within {timeout:g}s (--placement-timeout): "
             f"{why}; use fewer --workers, smaller --cpus-per-worker / --gpus-per-worker, or a longer "
             "--placement-timeout for a cluster that is still adding nodes")
@@ -444,10 +396,9 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
     from ray.exceptions import RayError, RayTaskError
     from ray.util import ActorPool
 
-    from .pipeline import init_ray
-
-    local = init_ray()
-    short = placement_shortfall(_node_resources(), workers, cpus_per_worker, gpus_per_worker)
+    local = placement.init_ray()
+    short = placement.shortfall(placement.alive_nodes(), workers, cpus_per_worker, gpus_per_worker,
+                                f"--workers {workers}")
     if short and local:  # a cluster started here has all the nodes it will ever have
         raise SegmentError(f"{short}; use fewer --workers or smaller --cpus-per-worker / --gpus-per-worker")
     if short:
@@ -472,7 +423,7 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
         up, waiting = ray.wait([actor.ready.remote() for actor in actors], num_returns=len(actors),
                                timeout=placement_timeout)
         if waiting:
-            raise SegmentError(not_started_error(_node_resources(), workers, len(up), cpus_per_worker,
+            raise SegmentError(not_started_error(placement.alive_nodes(), workers, len(up), cpus_per_worker,
                                                  gpus_per_worker, placement_timeout))
         for part in ActorPool(actors).map_unordered(lambda actor, chunk: actor.segment.remote(chunk), chunks):
             outcome.add(part)

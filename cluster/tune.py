@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 
 from comgan.config import ConfigError, set_key
 
+from . import placement
 from .config import Config, config_from_dict, validate
 from .search_space import Axis
 from .storage import RunLayout, absolute_url
@@ -292,15 +293,14 @@ def scheduler(sweep: Sweep):
                          grace_period=max(1, min(2 * first_check, stage1)), reduction_factor=2)
 
 
-def trials_at_once(sweep: Sweep, cpus: int, gpus: int) -> int:
-    """Trials whose workers all fit the cluster at the same time (at least 1)."""
+def trials_at_once(sweep: Sweep, nodes: list[placement.Node]) -> int:
+    """Trials whose workers all fit `nodes` at the same time (at least 1). A trial's workers may
+    lie on several nodes: it is the workers that must each fit on one."""
     if sweep.concurrent:
         return sweep.concurrent
     r = sweep.base.run
-    fit = cpus // (r.workers * max(r.cpus_per_worker, 1))
-    if r.use_gpu:
-        fit = min(fit, gpus // r.workers)
-    return max(1, fit)
+    workers = placement.workers_that_fit(nodes, max(r.cpus_per_worker, 1), placement.gpus_per_worker(r))
+    return max(1, workers // r.workers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,7 +327,6 @@ def check_sweep_folder(sweep: Sweep) -> None:
 def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
     """Run (or, with `resume`, continue) the sweep; returns the results table's rows."""
     check_sweep_folder(sweep)  # first: nothing is written, and Ray not started, beside a run
-    import ray
     from ray import tune
 
     from . import pipeline
@@ -349,8 +348,7 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
     pipeline.place_workers(cfg)
     # Only a trial's last report carries its objective; the stages' reports before it do not.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    resources = ray.cluster_resources()
-    at_once = trials_at_once(sweep, int(resources.get("CPU", 0)), int(resources.get("GPU", 0)))
+    at_once = trials_at_once(sweep, placement.alive_nodes())
     settings = {"base": cfg.to_dict(), "runs": sweep.path("runs"), "objective": sweep.objective,
                 "inception": sweep.inception, "fid_samples": sweep.fid_samples}
     # The trial actor only drives: its stages' workers hold the CPUs and GPUs (in the placement group

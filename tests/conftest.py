@@ -42,7 +42,7 @@ def _no_ray_unless_marked(request, monkeypatch):
     """In a test without the ray marker: RAY_ADDRESS names no cluster (subprocesses inherit it,
     and ray.init honours it), and ray.init in this process fails with RAY_MISSING_MARK, also where
     a cluster started by an earlier marked test is still up (ray.is_initialized says no, so Ray's
-    own auto-init and cluster.pipeline.init_ray both go through ray.init)."""
+    own auto-init and cluster.placement.init_ray both go through ray.init)."""
     if request.node.get_closest_marker("ray") is not None:
         yield
         return

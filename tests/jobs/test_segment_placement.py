@@ -1,8 +1,9 @@
 """jobs/segment_images.py --workers N never waits without end: a request the cluster's nodes can
 never hold is refused up front in one line naming what is missing, amounts Ray can never grant
 are refused before anything starts, and the wait for workers to start is bounded
-(--placement-timeout). The decisions are pure functions of the nodes' Ray resources, and the
-wiring is checked with a stand-in for Ray's API: no Ray cluster here."""
+(--placement-timeout). How many workers fit and the line naming what is missing are
+cluster/placement.py's (tests/cluster/test_placement.py); here the job's own checks, and the
+wiring with a stand-in for Ray's API: no Ray cluster here."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from cluster.placement import Node
 from cluster.segment_images import (
     PLACEMENT_TIMEOUT,
     Photo,
@@ -21,9 +23,7 @@ from cluster.segment_images import (
     _on_ray,
     check_request,
     not_started_error,
-    placement_shortfall,
     segment_images,
-    workers_placeable,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,34 +31,14 @@ _spec = importlib.util.spec_from_file_location("jobs_segment_images_cli", ROOT /
 job = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(job)
 
+# Each node's resources as ray.nodes() reports them ("Resources"); nodes() reads them as cluster.placement does.
 LAPTOP = [{"CPU": 8.0, "memory": 1e10, "node:127.0.0.1": 1.0}]
 GPU_NODES = [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
 HEAD_ONLY = [{"CPU": 0.0}]  # ray_cluster.yaml: a CPU-less head, GPU workers added by the autoscaler
 
 
-def test_requests_that_fit_are_let_through():
-    assert placement_shortfall(LAPTOP, 8, 1, 0) is None
-    assert placement_shortfall(GPU_NODES, 2, 4, 1) is None
-    assert placement_shortfall(GPU_NODES, 4, 2, 0.5) is None  # two workers per GPU
-    assert placement_shortfall([{"CPU": 1.0, "GPU": 1.0}], 10, 0.1, 0.1) is None  # 1.0 // 0.1 is 9.0 in floats
-    assert placement_shortfall(HEAD_ONLY, 3, 0, 0) is None  # asks for nothing: fits anywhere
-    assert workers_placeable(GPU_NODES, 8, 1, 1) == 2
-
-
-def test_missing_resources_are_named_in_one_line():
-    line = placement_shortfall(LAPTOP, 2, 1, 1)
-    assert line == "--workers 2 of 1 CPU + 1 GPU each need 2 CPU + 2 GPU in all; the cluster has 8 CPU + 0 GPU " \
-                   "on 1 node(s): 2 GPU missing"
-    line = placement_shortfall(LAPTOP, 4, 4, 0)
-    assert line == "--workers 4 of 4 CPU each need 16 CPU in all; the cluster has 8 CPU on 1 node(s): 8 CPU missing"
-    assert "4 CPU and 4 GPU missing" in placement_shortfall(HEAD_ONLY, 4, 1, 1)
-
-
-def test_a_worker_bigger_than_every_node_is_named_even_when_the_total_is_enough():
-    line = placement_shortfall(GPU_NODES, 1, 1, 2)
-    assert line == "--workers 1 of 1 CPU + 2 GPU each: the cluster has 8 CPU + 2 GPU on 2 node(s) " \
-                   "(2 x 4 CPU + 1 GPU), but a worker must fit on one node and they hold 0 at once"
-    assert "\n" not in line
+def nodes(resources: list[dict]) -> list[Node]:
+    return [Node(r.get("CPU", 0), r.get("GPU", 0)) for r in resources]
 
 
 @pytest.mark.parametrize("cpus, gpus, message", [
@@ -84,11 +64,11 @@ def test_they_are_refused_before_any_photo_is_listed(tmp_path):
 
 
 def test_workers_that_did_not_start_in_time_are_one_line():
-    line = not_started_error(HEAD_ONLY, 4, 0, 1, 1, 600)
+    line = not_started_error(nodes(HEAD_ONLY), 4, 0, 1, 1, 600)
     assert line.startswith("only 0 of 4 Ray worker(s) started within 600s (--placement-timeout): --workers 4 of "
                            "1 CPU + 1 GPU each need 4 CPU + 4 GPU in all")
     assert line.endswith("or a longer --placement-timeout for a cluster that is still adding nodes")
-    line = not_started_error(GPU_NODES, 2, 1, 1, 1, 600)  # they would fit: something else holds them
+    line = not_started_error(nodes(GPU_NODES), 2, 1, 1, 1, 600)  # they would fit: something else holds them
     assert "only 1 of 2" in line and "has room for them, but other work may hold it" in line
     assert "\n" not in line
 
@@ -142,7 +122,7 @@ class FakeRay(types.ModuleType):
 
 @pytest.fixture
 def fake_ray(monkeypatch):
-    import cluster.pipeline  # the real module (it imports ray) before the stand-in goes in
+    import cluster.placement
 
     def install(nodes: list[dict], local: bool) -> FakeRay:
         fake = FakeRay(nodes)
@@ -153,7 +133,7 @@ def fake_ray(monkeypatch):
         util.ActorPool = lambda actors: pytest.fail("work was handed to workers that never started")
         for name, module in (("ray", fake), ("ray.exceptions", exceptions), ("ray.util", util)):
             monkeypatch.setitem(sys.modules, name, module)
-        monkeypatch.setattr(cluster.pipeline, "init_ray", lambda: local)
+        monkeypatch.setattr(cluster.placement, "init_ray", lambda: local)
         return fake
 
     return install
