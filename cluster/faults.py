@@ -120,6 +120,17 @@ def wait_until_registered(stage_dir: str, step: int, timeout: float = 120.0) -> 
         time.sleep(0.2)
 
 
+def after_each_step(step_fn: Callable, state) -> Callable:
+    """`step_fn` followed by the "step" crash point at the step it reached: the worker wraps its
+    step in this only when a fault is installed, so normal runs carry no hook in their loop."""
+    def step_then_maybe_fail(batch):
+        stats = step_fn(batch)
+        point("step", state.step)
+        return stats
+
+    return step_then_maybe_fail
+
+
 def point(at: str, step: int) -> None:
     """A place where an installed fault may kill this worker; nothing at all otherwise."""
     if _installed is not None:

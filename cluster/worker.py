@@ -27,8 +27,10 @@ from comgan.stages import PREVIEW_COUNT, STAGES, StageSpec
 from comgan.training import Snapshot
 from comgan.watchdog import counts_toward_streak, health_score, trivial_reason
 from data_shards.io import read_bytes, redact, redacted
+from data_shards.order import LoaderCursor
+from data_shards.problems import PROBLEM_KINDS
 from data_shards.progress import format_duration
-from data_shards.reader import PROBLEM_KINDS, LoaderCursor, TrainBatch, train_loader
+from data_shards.reader import TrainBatch, train_loader
 
 from . import checkpoints, failures, faults
 from .config import Config, config_from_dict
@@ -181,9 +183,11 @@ class StageRun:
                               hflip=cfg.data.hflip, resume=resume)
         data = iter(loader)  # before the random stream is restored: nothing may draw from it after
         checkpoints.resume_or_seed(cfg.run.seed, accelerator, state.step, saved)
-        run = cls(job, spec, cfg, accelerator, state, spec.make_step(state, cfg, generator, accelerator.backward,
-                                                                       prepared),
-                  data, loader.cursor, generator, resumed_from=state.step if saved else 0)
+        step_fn = spec.make_step(state, cfg, generator, accelerator.backward, prepared)
+        if job.fault:
+            step_fn = faults.after_each_step(step_fn, state)
+        run = cls(job, spec, cfg, accelerator, state, step_fn, data, loader.cursor, generator,
+                  resumed_from=state.step if saved else 0)
         if accelerator.is_main_process:
             run.writer = RunWriter(job.tensorboard)
             run.preview = next(iter(train_loader(cfg.data.train, PREVIEW_COUNT, seed=5, num_workers=0,
@@ -206,7 +210,6 @@ class StageRun:
             skipped += torch.tensor(batch.problems, dtype=torch.float64)
             ticker.add(self.step_fn(batch.images.to(self.accelerator.device, non_blocking=True)))
             step = state.step
-            faults.point("step", step)
             done = step >= settings.steps
             if due(step, run.log_every, done):
                 now = time.time()
