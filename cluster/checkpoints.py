@@ -45,8 +45,10 @@ def latest(kind: str, stage_dir: str = "") -> dict | None:
         state = _previous_checkpoint(checkpoint.path, stage_dir, e)
         if state is None:
             return None
-    if state["kind"] != kind:
-        raise RuntimeError(f"checkpoint {checkpoint.path} is a {state['kind']}, expected {kind}")
+    if state.get("kind") != kind:
+        # Not this stage's (a folder copied or renamed by hand): no restart can heal that.
+        raise ArtifactError(redact(f"checkpoint {checkpoint.path} holds a {state.get('kind')!r} where this stage "
+                                   f"resumes from a {kind!r}; move the stage folder away to start the stage over"))
     return state
 
 

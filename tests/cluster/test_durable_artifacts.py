@@ -158,3 +158,15 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, mo
     with caplog.at_level(logging.WARNING, logger="comgan.checkpoints"):
         assert checkpoints.latest(kind, str(stage_dir)) is None
     assert "starts over from step 0" in caplog.text
+
+
+def test_another_stages_checkpoint_is_an_error_no_restart_retries(tmp_path, monkeypatch):
+    from ray.train import Checkpoint
+
+    from cluster.failures import FOR_GOOD
+
+    wrong = _checkpoint(tmp_path / "stage1" / "checkpoint_2025-01-01_10-00-00.000001",
+                        {"kind": "comgan.stage2_checkpoint", "step": 5})
+    monkeypatch.setattr(checkpoints.ray.train, "get_checkpoint", lambda: Checkpoint.from_directory(str(wrong)))
+    with pytest.raises(FOR_GOOD, match="holds a 'comgan.stage2_checkpoint' where this stage resumes from"):
+        checkpoints.latest("comgan.stage1_checkpoint", str(tmp_path / "stage1"))
