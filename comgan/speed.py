@@ -49,6 +49,21 @@ def adam(params, stage_cfg, speed: SpeedConfig) -> torch.optim.Adam:
                             fused=True if speed.fused_optimizer else None)
 
 
+# Param-group entries that say how Adam computes, never what: a saved state keeps the writer's.
+HOW_OPTIMIZERS_COMPUTE = ("fused", "foreach")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """optimizer.load_state_dict(saved), keeping this run's speed switches: PyTorch takes every
+    param-group entry from the saved state, so a checkpoint written with fused_optimizer off would
+    turn the fused kernel off for the rest of a resumed run."""
+    how = [{k: group[k] for k in HOW_OPTIMIZERS_COMPUTE if k in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, kept in zip(optimizer.param_groups, how):
+        group.update(kept)
+    match_optimizer_layouts(optimizer)
+
+
 def match_optimizer_layouts(optimizer: torch.optim.Optimizer) -> None:
     """Give every per-parameter state tensor (Adam's moments) its parameter's strides. A state
     saved from networks of another layout (a checkpoint written with channels_last off) pairs NHWC

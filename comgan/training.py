@@ -59,10 +59,10 @@ class Snapshot:
         return {"step": self.step, **{name: getattr(self, name).state_dict() for name in names}}
 
     def load_state_dict(self, saved: dict) -> None:
-        for name in self.TRAINED + self.CARRIED + self.OPTIMIZERS:
+        for name in self.TRAINED + self.CARRIED:
             getattr(self, name).load_state_dict(saved[name])
-        for optimizer in self.optimizers().values():
-            speed.match_optimizer_layouts(optimizer)
+        for optimizer, saved_optimizer in zip(self.optimizers().values(), (saved[n] for n in self.OPTIMIZERS)):
+            speed.load_optimizer_state(optimizer, saved_optimizer)
         self.step = int(saved["step"])
 
 

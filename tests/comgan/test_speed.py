@@ -205,6 +205,8 @@ def test_a_plain_checkpoint_resumes_in_the_fast_layout(one_thread, small):
     fast, _ = run_steps(Stage1State, Stage1Step, fast_cfg, saved, real, steps=1)
     moments = fast.opt_G.state[fast.G.fg_net.body[0][0].weight]["exp_avg"]
     assert moments.is_contiguous(memory_format=torch.channels_last)
+    # the resumed run keeps its own switches: the plain checkpoint does not turn the fused Adam off
+    assert all(group["fused"] for opt in (fast.opt_G, fast.opt_D) for group in opt.param_groups)
     assert_same_update(saved_weights, weights(plain), weights(fast), "weights after a resumed update")
 
 
