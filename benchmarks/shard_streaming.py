@@ -93,7 +93,7 @@ def measure_naive(urls: list[str], cfg) -> dict:
     import numpy as np
 
     from data_shards.io import read_bytes
-    from data_shards.reader import _decode_image
+    from data_shards.decode import decode_image
 
     size = (cfg.model.resolution, cfg.model.resolution)
     rng = np.random.default_rng(0)
@@ -103,7 +103,7 @@ def measure_naive(urls: list[str], cfg) -> dict:
     for url in urls:
         data = read_bytes(url)
         total_bytes += len(data)
-        image = _decode_image(data, size)
+        image = decode_image(data, size)
         if rng.random() < 0.5:
             image = image[:, ::-1]
     seconds = time.perf_counter() - t0

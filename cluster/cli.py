@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from comgan.artifacts import ArtifactError
+from data_shards.index import DatasetError
 from data_shards.io import StorageError, redact
-from data_shards.reader import DatasetError
 
 from .config import Config, ConfigError, load_config
 from .failures import StageStopped

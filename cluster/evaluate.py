@@ -33,8 +33,10 @@ from comgan.metrics import (
     segmentation_scores,
 )
 from comgan.visualize import grid_to_uint8, image_grid
+from data_shards.index import DatasetError
 from data_shards.io import read_bytes, redacted, write_bytes
-from data_shards.reader import DatasetError, ProblemLog, eval_batches
+from data_shards.problems import ProblemLog
+from data_shards.reader import eval_batches
 
 from . import placement
 from .baselines import grabcut_batch

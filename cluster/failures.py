@@ -16,8 +16,8 @@ import re
 
 from comgan.artifacts import ArtifactError
 from comgan.config import ConfigError
+from data_shards.index import DatasetError
 from data_shards.io import StorageError, join_url, read_bytes, redact, remove_url, url_exists, write_bytes
-from data_shards.reader import DatasetError
 
 RECORD = "stopped_for_good.json"
 

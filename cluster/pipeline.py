@@ -26,10 +26,10 @@ from ray.train.torch import TorchTrainer
 from comgan.artifacts import ArtifactError, from_bytes, load_generator
 from comgan.watchdog import health_score, segmenter_reason
 from data_shards.config import SYNTHETIC_HOMES
-from data_shards.index import holds_shards
+from data_shards.index import holds_shards, read_manifest
 from data_shards.io import (arrow_filesystem, holds_anything, join_url, move_tree, read_bytes, redact, redacted,
                             remove_tree, url_exists, write_bytes)
-from data_shards.reader import check_usable, read_manifest
+from data_shards.reader import check_usable
 from data_shards.writer import write_synthetic
 
 from . import checkpoints, evaluate, failures, faults, lease, placement

@@ -8,5 +8,10 @@ progress.py   the progress line of long writes (jobs/make_shards.py)
 images.py     decoding both sides share: any image to 8-bit RGB, any mask to 0/255
 index.py      what a URL names (folder, brace pattern, .tar) and its manifest: manifest.json, or plain
               WebDataset tars indexed from their headers (in memory, or written by make_shards.py index)
-reader.py     read_manifest, train_loader (endless, split across ranks/workers), eval_batches
+order.py      which sample each rank and loader worker reads in which order, and resuming it: index
+              arithmetic over the manifest's counts (no tar, no DataLoader); LoaderCursor
+problems.py   bad samples: their kinds, ProblemLog (counts, rate-limited warnings), the unusable streak
+decode.py     a shard sample -> image (and mask) arrays at the target size -> tensors
+reader.py     the loaders: train_loader (endless, split across ranks/workers), eval_batches,
+              image_batches, check_usable
 """

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cluster import failures
-from data_shards.reader import DatasetError
+from data_shards.index import DatasetError
 
 
 class Broken(torch.utils.data.Dataset):

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_shards.reader import PROBLEM_KINDS, ProblemLog, eval_batches, train_loader
+from data_shards.problems import PROBLEM_KINDS, ProblemLog
+from data_shards.reader import eval_batches, train_loader
 from fake_datasets import write_set
 
 SIZE = 16

@@ -1,6 +1,8 @@
-"""The training order is a function of (seed, rank, role, position): a loader resumed from a saved
-LoaderCursor gives, bit for bit, the batches an uninterrupted one gives next. And a set without
-usable data fails fast with a one-line DatasetError instead of spinning forever."""
+"""Through the loader, on tar files: train_loader reads in the order order.py computes, and a loader
+resumed from a saved LoaderCursor gives, bit for bit, the batches an uninterrupted one gives next
+(decoded images, flips, unusable samples and odd shards included). And a set without usable data
+fails fast with a one-line DatasetError instead of spinning forever. The order's arithmetic on its
+own, without tar files: test_order.py."""
 from __future__ import annotations
 
 import io
@@ -14,9 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-import data_shards.reader as reader
-from data_shards.reader import (DatasetError, LoaderCursor, TrainBatch, check_usable, eval_batches,
-                                train_loader)
+from data_shards import decode, order
+from data_shards.index import DatasetError, read_manifest, shard_urls
+from data_shards.order import LoaderCursor
+from data_shards.problems import MAX_CONSECUTIVE_UNUSABLE
+from data_shards.reader import TrainBatch, check_usable, eval_batches, train_loader
 from data_shards.writer import write_synthetic
 from fake_datasets import write_set
 
@@ -59,10 +63,10 @@ def assert_same(got: list[TrainBatch], want: list[TrainBatch]) -> None:
 # ---------------------------------------------------------------------------------------------
 # exact resume
 
-@pytest.mark.parametrize("window", [3, reader.SHUFFLE_WINDOW])  # several windows a pass, and one
+@pytest.mark.parametrize("window", [3, order.SHUFFLE_WINDOW])  # several windows a pass, and one
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_continues_the_uninterrupted_order(small_set, tmp_path, monkeypatch, workers, window):
-    monkeypatch.setattr(reader, "SHUFFLE_WINDOW", window)
+    monkeypatch.setattr(order, "SHUFFLE_WINDOW", window)
     k, more, batch = 7, 9, 3   # 7 % 2 == 1; 7 batches are more than a pass of every role
     for rank in range(2):
         make = lambda **kw: train_loader(small_set, batch, rank=rank, world_size=2, num_workers=workers,  # noqa: E731
@@ -87,7 +91,7 @@ def test_resume_continues_the_uninterrupted_order(small_set, tmp_path, monkeypat
 
 def test_resume_counts_unusable_samples_in_the_position(tmp_path, monkeypatch):
     """Samples dropped at decode still advance the position, so a resume lands after them."""
-    monkeypatch.setattr(reader, "SHUFFLE_WINDOW", 4)
+    monkeypatch.setattr(order, "SHUFFLE_WINDOW", 4)
     good = [{"__key__": f"g{i}", "image.png": png(i * 9)} for i in range(14)]
     bad = [{"__key__": f"bad{i}", "json": b"{}"} for i in range(6)]
     url = write_set(tmp_path / "mixed", [good[:7] + bad[:3], good[7:] + bad[3:]], has_masks=False)
@@ -105,7 +109,7 @@ def test_shards_other_than_listed_resume_exactly(tmp_path, monkeypatch):
     """A shard shorter than manifest.json says leaves a gap in the indices and one longer is read
     up to its listed count, so neither shifts the order of the rest: a resume at any sample,
     including one that skips the short shard unread, continues exactly."""
-    monkeypatch.setattr(reader, "SHUFFLE_WINDOW", 4)
+    monkeypatch.setattr(order, "SHUFFLE_WINDOW", 4)
     samples = [{"__key__": f"s{i:02d}", "image.png": png(i * 7)} for i in range(22)]
     extra = {"__key__": "extra", "image.png": png(1)}
     url = write_set(tmp_path / "odd", [samples[:12] + [extra], samples[12:15], samples[15:]], has_masks=False,
@@ -124,10 +128,10 @@ def test_shards_other_than_listed_resume_exactly(tmp_path, monkeypatch):
 
 def test_seek_decodes_no_skipped_image(small_set, monkeypatch):
     """A resume deep into a pass reads the samples before it but decodes only what it yields."""
-    monkeypatch.setattr(reader, "SHUFFLE_WINDOW", 4)
+    monkeypatch.setattr(order, "SHUFFLE_WINDOW", 4)
     decoded = []
-    real = reader._decode_image
-    monkeypatch.setattr(reader, "_decode_image", lambda data, size: decoded.append(1) or real(data, size))
+    real = decode.decode_image
+    monkeypatch.setattr(decode, "decode_image", lambda data, size: decoded.append(1) or real(data, size))
     whole = take(train_loader(small_set, 2, num_workers=0, seed=3), 22)
     cursor = LoaderCursor(0)
     for b in whole[:21]:
@@ -159,61 +163,22 @@ def test_cursor_rejects_batches_of_another_loader(small_set):
 
 
 # ---------------------------------------------------------------------------------------------
-# what the order depends on
+# the order
 
-def role_keys(url, *, seed=0, role=0, epochs=1, part_role=None, roles=2, window=reader.SHUFFLE_WINDOW) -> list[str]:
-    """The pre-decode keys role `role` of `roles` yields over `epochs` passes; `part_role` reads
-    another role's part (the role then only changes the seeds)."""
-    manifest = reader.read_manifest(url)
-    part = reader._role_part(url, manifest, 0, 1, role if part_role is None else part_role, roles)
-    length = sum(s.kept for s in part)
-    samples = reader._role_samples(part, 0, seed, 0, role, reader.ProblemLog(), window)
-    return [s["__key__"] for s in itertools.islice(samples, epochs * length)]
-
-
-def passes(keys: list[str], n: int) -> list[list[str]]:
-    return [keys[i * len(keys) // n:(i + 1) * len(keys) // n] for i in range(n)]
-
-
-def test_order_depends_on_seed_role_and_epoch(small_set, tmp_path):
-    a = role_keys(small_set, epochs=2)
-    first, second = passes(a, 2)
-    assert sorted(first) == sorted(second) and first != second  # each pass reshuffled
-    assert first != sorted(first)                                # not the stored order
-    assert role_keys(small_set, epochs=2) == a
-    assert role_keys(small_set, seed=1, epochs=2) != a
-    assert role_keys(small_set, role=1, part_role=0, epochs=2) != a  # same part, another role
-    ranks = [[k for b in take(train_loader(small_set, 3, rank=r, world_size=2, num_workers=0), 5) for k in b.keys]
-             for r in range(2)]
-    assert not set(ranks[0]) & set(ranks[1])
-
-
-def test_shard_order_and_windows_each_depend_on_seed_role_and_epoch(small_set, tmp_path):
-    # windows of one sample: only the shard order moves
-    shard_order = lambda keys: [s for s, _ in itertools.groupby(int(k) // 7 for k in keys)]  # noqa: E731
-    base = role_keys(small_set, roles=1, window=1, epochs=2)
-    orders = [shard_order(p) for p in passes(base, 2)]
-    assert orders[0] != orders[1] and sorted(orders[0]) == [0, 1, 2, 3, 4]
-    assert shard_order(role_keys(small_set, seed=1, roles=1, window=1)) != orders[0]
-    assert shard_order(role_keys(small_set, role=1, part_role=0, roles=1, window=1)) != orders[0]
-    # one shard: only the window permutation moves
-    one = str(tmp_path / "one")
-    write_synthetic(one, 20, RES, 2, seed=0, samples_per_shard=20, progress=False)
-    w = role_keys(one, roles=1, epochs=2)
-    assert w[:20] != w[20:] and sorted(w[:20]) == sorted(w[20:])
-    assert role_keys(one, seed=1, roles=1) != w[:20]
-    assert role_keys(one, role=1, part_role=0, roles=1) != w[:20]
-
-
-def test_windows_span_shard_boundaries(tmp_path, monkeypatch):
-    """Role 0 of 2 reads shard 0 (4 samples) and 2 of shard 2, 6 a pass: with windows of 3,
-    one window holds samples of both shards whichever shard comes first."""
-    url = str(tmp_path / "set")
-    write_synthetic(url, 12, RES, 2, seed=0, samples_per_shard=4, progress=False)
-    shard = {"%08d" % i: i // 4 for i in range(12)}
-    for seed in range(4):
-        keys = role_keys(url, seed=seed, window=3)
-        assert len(keys) == 6 and any(len({shard[k] for k in keys[w:w + 3]}) == 2 for w in (0, 3))
+def test_the_loader_reads_in_the_order_that_order_py_computes(small_set, monkeypatch):
+    """Each role's keys, in the batches of a loader with 2 workers on 2 ranks, are the samples
+    order.role_samples gives for it, read from the manifest's keys alone."""
+    monkeypatch.setattr(order, "SHUFFLE_WINDOW", 3)
+    manifest = read_manifest(small_set)
+    urls, counts = shard_urls(small_set, manifest), [s["num_samples"] for s in manifest["shards"]]
+    first = dict(zip(urls, itertools.accumulate([0] + counts)))
+    stored = lambda url: [{"__key__": "%08d" % (first[url] + i)} for i in range(counts[urls.index(url)])]  # noqa: E731
+    for rank in range(2):
+        batches = take(train_loader(small_set, 3, rank=rank, world_size=2, num_workers=2, seed=5), 12)
+        for role, part in enumerate(order.role_parts(urls, counts, rank, 2, 2)):
+            got = [k for b in batches if b.role == role for k in b.keys]
+            want = itertools.islice(order.role_samples(part, 0, 5, rank, role, stored, 3), len(got))
+            assert got == [sample["__key__"] for _, _, sample in want]
 
 
 def test_flips_are_about_half_and_restored(tmp_path):
@@ -290,7 +255,7 @@ def raises_fast(fn, match: str) -> str:
 def test_train_loader_gives_up_on_a_set_without_usable_samples(tmp_path, workers):
     url = unusable_set(tmp_path, 60)  # 1000 tries in a row take many passes over it
     message = raises_fast(lambda: next(iter(train_loader(url, 4, num_workers=workers))),
-                          f"{reader.MAX_CONSECUTIVE_UNUSABLE} samples tried in a row, none usable")
+                          f"{MAX_CONSECUTIVE_UNUSABLE} samples tried in a row, none usable")
     assert "fields seen: json, mask.png, picture.jpg" in message and "image.png" in message
     assert url in message
 

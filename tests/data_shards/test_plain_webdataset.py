@@ -17,17 +17,11 @@ import torch
 from fake_datasets import plain_value, write_plain_tars, write_set
 from test_order_and_resume import assert_same, png, saved, take
 
-from data_shards import index, reader
+from data_shards import index, order
+from data_shards.index import DatasetError, read_manifest, shard_urls
 from data_shards.io import join_url, put_file
-from data_shards.reader import (
-    DatasetError,
-    LoaderCursor,
-    check_usable,
-    eval_batches,
-    read_manifest,
-    shard_urls,
-    train_loader,
-)
+from data_shards.order import LoaderCursor
+from data_shards.reader import check_usable, eval_batches, train_loader
 from data_shards.writer import write_synthetic
 
 RES = 8
@@ -178,7 +172,7 @@ def test_write_index_writes_the_manifest_beside_untouched_tars(plain):
 def test_resume_on_plain_tars_continues_the_uninterrupted_order(tmp_path, monkeypatch, workers):
     """As test_order_and_resume.test_resume_continues_the_uninterrupted_order, on plain tars of
     uneven sizes, one cut off mid-sample: each loader indexes them anew, as a new process would."""
-    monkeypatch.setattr(reader, "SHUFFLE_WINDOW", 3)
+    monkeypatch.setattr(order, "SHUFFLE_WINDOW", 3)
     folder = tmp_path / "plain"
     write_plain_tars(folder, per_shard=(7, 7, 9, 3, 5), name="part-%03d.tar")
     cut = folder / "part-002.tar"
@@ -322,8 +316,6 @@ def test_a_part_of_only_damaged_samples_is_empty_not_an_error(tmp_path):
 
     import webdataset as wds
     from PIL import Image
-
-    from data_shards.reader import DatasetError, eval_batches
 
     def png(array):
         buf = io.BytesIO()

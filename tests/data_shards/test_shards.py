@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from data_shards.index import DatasetError, read_manifest
 from data_shards.io import join_url, list_tree, list_urls, move_tree, read_bytes, url_exists, write_bytes
-from data_shards.reader import (DatasetError, eval_batches, read_manifest, shards_for_rank, steps_per_epoch,
-                                train_loader)
+from data_shards.reader import eval_batches, train_loader
 from data_shards.synthetic import render_sample, synthetic_samples
 from data_shards.writer import write_shards, write_synthetic
 
@@ -115,7 +115,6 @@ def test_write_then_read_round_trip(tmp_path):
     for shard in manifest["shards"]:
         data = (tmp_path / "set" / shard["name"]).read_bytes()
         assert len(data) == shard["bytes"] and hashlib.sha256(data).hexdigest() == shard["sha256"]
-    assert steps_per_epoch(manifest, 32) == 2 and steps_per_epoch(manifest, 100) == 1
 
     batches = list(eval_batches(url, 16))
     assert [len(x) for x, _ in batches] == [16, 16, 16, 16, 6]
@@ -148,17 +147,6 @@ def test_images_without_masks(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # training reader
-
-def test_shards_for_rank_deals_every_sample_once():
-    urls = [f"s{i}" for i in range(7)]
-    for world, workers in [(1, 1), (2, 1), (2, 2), (3, 4)]:
-        parts = [shards_for_rank(urls, r, world, w, workers) for w in range(workers) for r in range(world)]
-        assert parts == [shards_for_rank(urls, r, world, w, workers) for w in range(workers) for r in range(world)]
-        # every (shard, sample index) is kept by exactly one slot: check with 5 samples per shard
-        kept = [(u, i) for part in parts for u, rem, mod in part for i in range(5)
-                if (urls.index(u) * 5 + i) % mod == rem]
-        assert sorted(kept) == sorted((u, i) for u in urls for i in range(5))
-
 
 def _keys(url, rank, world, workers, batches, **kw):
     it = iter(train_loader(url, 8, rank=rank, world_size=world, num_workers=workers, seed=11, **kw))

@@ -15,7 +15,8 @@ from PIL import EpsImagePlugin, Image, UnidentifiedImageError
 
 from data_shards import images
 from data_shards.images import SOURCE_FORMATS, open_header, open_image, open_photo, to_rgb8
-from data_shards.reader import PROBLEM_KINDS, ProblemLog, eval_batches, train_loader
+from data_shards.problems import PROBLEM_KINDS, ProblemLog
+from data_shards.reader import eval_batches, train_loader
 from data_shards.writer import write_shards
 from fake_datasets import write_set
 

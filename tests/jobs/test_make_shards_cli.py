@@ -178,7 +178,7 @@ def test_user_errors_are_one_line(tmp_path, case):
 
 def test_destinations_by_url(tmp_path, s3_bucket):
     """file:// and s3:// (the moto server, found through the AWS environment) take the same CLI."""
-    from data_shards.reader import read_manifest
+    from data_shards.index import read_manifest
 
     for dest in (f"file://{tmp_path}/synth", f"{s3_bucket}/synth"):
         p = run("synthetic", dest, "--count", 30, "--resolution", 16, "--samples-per-shard", 10, "--quiet")
@@ -223,7 +223,7 @@ def test_index_writes_a_manifest_beside_plain_tars_without_copying(tmp_path):
 
 
 def test_index_of_a_brace_pattern_lists_just_its_shards(tmp_path):
-    from data_shards.reader import read_manifest
+    from data_shards.index import read_manifest
 
     write_plain_tars(tmp_path / "plain", per_shard=(3, 4, 5, 6))
     p = run("index", f"{tmp_path}/plain/photos-{{0001..0002}}.tar")

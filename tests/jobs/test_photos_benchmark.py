@@ -174,7 +174,7 @@ def test_help_explains_the_split_the_sets_and_the_table():
 
 def test_the_photos_preset_is_sized_for_an_hour_and_reads_the_users_shards(tmp_path, monkeypatch):
     from cluster.config import ConfigError, load_config
-    from data_shards.reader import DatasetError, read_manifest
+    from data_shards.index import DatasetError, read_manifest
 
     cfg = load_config("photos")
     assert (cfg.stage1.steps, cfg.stage2.steps, cfg.stage2.self_train_start) == (1000, 600, 300)
