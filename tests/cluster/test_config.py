@@ -152,3 +152,19 @@ def test_the_saved_config_hides_url_credentials_and_a_rerun_still_resumes(tmp_pa
     with pytest.raises(ConfigError, match=other) as refused:
         check_run_config(load_config("tiny", ["data.train=s3://AKIA:secret@other/x", overrides[1]]), layout)
     assert "secret" not in str(refused.value)
+
+
+def test_the_driver_log_names_data_urls_without_their_credentials(capsys):
+    """Issue 27 point 13, 'the logs': ensure_data's lines name the shard sets it found."""
+    from cluster.pipeline import ensure_data
+    from data_shards.writer import write_synthetic
+
+    train, held_out = "memory://AKIA:secret@bucket/train", "memory://AKIA:secret@bucket/eval"
+    cfg = load_config("tiny", [f"data.train={train}", f"data.eval={held_out}", "data.synthetic=false"])
+    write_synthetic(train, 8, cfg.model.resolution, cfg.data.synthetic_styles, 1, samples_per_shard=4, progress=False)
+    write_synthetic(held_out, 4, cfg.model.resolution, cfg.data.synthetic_styles, 2, samples_per_shard=4,
+                    progress=False)
+    ensure_data(cfg)
+    out = capsys.readouterr().out
+    assert "training shards: memory://REDACTED@bucket/train" in out
+    assert "secret" not in out

@@ -1,6 +1,7 @@
 """The whole pipeline through a real local Ray cluster with 2 CPU workers (tiny config)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def test_two_workers_end_to_end(local_ray, tiny_shards, tmp_path, capsys):
     assert gcfg == cfg.model
     s, _ = load_segmenter(from_bytes((run / "stage2" / "segmenter.pt").read_bytes()), cfg.model)
     assert s(torch.zeros(1, 3, 16, 16)).shape == (1, 1, 16, 16)
+    for artifact in (run / "stage1" / "generator.pt", run / "stage2" / "segmenter.pt"):  # issue 27 point 4
+        recorded = (artifact.parent / f"{artifact.name}.sha256").read_text().split()[0]
+        assert recorded == hashlib.sha256(artifact.read_bytes()).hexdigest(), "the worker records its sha256"
 
     results = json.loads((run / "eval.json").read_text())
     assert results["num_images"] == cfg.data.synthetic_eval_size

@@ -477,3 +477,74 @@ def test_resume_skips_photos_whose_mask_exists_and_the_report_accounts_for_them(
         if rel != "a.jpg":
             assert mask(out / (rel.rsplit(".", 1)[0] + ".png")).shape == (h, w)
             assert (out / "overlays" / (rel.rsplit(".", 1)[0] + ".jpg")).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 27 points 13 and 16, parts without a test of their own
+
+def test_the_report_names_urls_without_their_credentials(tmp_path, segmenter_file, oracle, capsys):
+    """segment_report.json (named in the issue) and the job's lines hold no user:password@."""
+    photos, segmenter = "memory://AKIA:secret@bucket/photos", "memory://AKIA:secret@bucket/segmenter.pt"
+    write_bytes(segmenter, segmenter_file.read_bytes())
+    write_bytes(join_url(photos, "a.jpg"), photo_set()["a.jpg"][0])
+    write_bytes(join_url(photos, "bad.jpg"), b"not an image")
+    out = tmp_path / "masks"
+    assert main("--photos", photos, "--segmenter", segmenter, "--out", out) == 0
+    captured = capsys.readouterr()
+    text = (out / "segment_report.json").read_text()
+    report = json.loads(text)
+    assert report["photos"] == "memory://REDACTED@bucket/photos"
+    assert report["segmenter"] == "memory://REDACTED@bucket/segmenter.pt"
+    assert [e["photo"] for e in report["segmented"]] == ["a.jpg"]
+    assert "secret" not in text and "secret" not in captured.out + captured.err
+
+
+def test_the_report_is_on_disk_while_the_job_runs(tmp_path, segmenter_file, oracle, monkeypatch):
+    """A job killed outright (kill -9, the OOM killer) runs no handler: the report must already be
+    on disk, listing what was written, before the job ends."""
+    write_photos(tmp_path / "photos", {k: v for k, v in photo_set().items() if k in FIVE})
+    out = tmp_path / "masks"
+    real = segment_module.PhotoSegmenter.probabilities
+    seen = []
+
+    def probabilities(self, batch):
+        if len(seen) == 2:  # batch 3 is next: batch 1's files are written (as in _interrupt_at_batch)
+            report = out / "segment_report.json"
+            seen.append(json.loads(report.read_text()) if report.exists() else None)
+        else:
+            seen.append("-")
+        return real(self, batch)
+
+    monkeypatch.setattr(segment_module.PhotoSegmenter, "probabilities", probabilities)
+    segment_module.segment_images(str(tmp_path / "photos"), str(segmenter_file), str(out),
+                                  segment_module.Settings(batch=2, io_threads=1, device="cpu"), progress=False)
+    during = seen[2]
+    assert during is not None, "no report on disk while the job ran"
+    assert during["complete"] is False and [e["photo"] for e in during["segmented"]][:2] == ["a.jpg", "b.png"]
+
+
+def test_at_most_full_size_at_once_photos_are_worked_on_at_full_size(tmp_path, segmenter_file, oracle, monkeypatch):
+    """4 writer threads must not hold 4 full-size photos at once (a 48 MP one is about 0.7 GB)."""
+    import threading
+    import time
+
+    photos = photo_set()
+    write_photos(tmp_path / "photos", photos)
+    real, lock, active, peak = segment_module.full_size_mask, threading.Lock(), [0], [0]
+
+    def counted(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.05)  # long enough for the other writers to pile in
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(segment_module, "full_size_mask", counted)
+    segment_module.segment_images(str(tmp_path / "photos"), str(segmenter_file), str(tmp_path / "masks"),
+                                  segment_module.Settings(batch=len(photos), io_threads=4, device="cpu",
+                                                          overlays=True), progress=False)
+    assert 1 <= peak[0] <= segment_module.FULL_SIZE_AT_ONCE, peak[0]
