@@ -1,29 +1,39 @@
-"""What the training entry points (jobs/train.py, jobs/segment.py) share: the run arguments,
-config resolution and how failures reach the user (one `error:` line, never a traceback)."""
+"""What the entry points (jobs/*.py) share: the run arguments, config resolution and how failures
+reach the user: one `error:` line, never a traceback. A UserError (comgan/errors.py) exits 2.
+
+Light to import (no torch, no ray): jobs/submit.py parses its arguments with it before it loads Ray."""
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from comgan.artifacts import ArtifactError
-from data_shards.index import DatasetError
-from data_shards.io import StorageError, redact
+from comgan.errors import UserError
+from data_shards.io import redact
 
-from .config import Config, ConfigError, load_config
-from .failures import StageStopped
-from .lease import RunLeased
+if TYPE_CHECKING:
+    from .config import Config
 
-# RunLeased: another driver holds the run (the same --name started twice): one line, like a config mistake.
-# StageStopped: a worker met one of these errors (cluster/failures.py).
-USER_ERRORS = (ConfigError, DatasetError, ArtifactError, StorageError, RunLeased, StageStopped)
 EXIT_USER_ERROR, EXIT_STAGE_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
+def print_error(error: BaseException | str) -> None:
+    """The one way a job reports a failure: `error: ` and the message's first line (or the error's
+    type when it has none), with the credentials of any URL in it redacted."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    print(f"error: {redact(lines[0])}", file=sys.stderr, flush=True)
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes as one `error:` line (exit 2), like every other error of the jobs."""
+    """Usage mistakes as one `error:` line (exit 2), like every other error of the jobs; `hint`, if
+    given, goes into that line before the pointer to --help."""
+
+    def __init__(self, *args, hint: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hint = hint
 
     def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print_error(f"{message} ({self.hint + '; ' if self.hint else ''}see {self.prog} --help)")
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -52,6 +62,8 @@ def add_run_arguments(p: argparse.ArgumentParser, default_name: str = "the confi
 
 
 def config_from_args(args: argparse.Namespace, extra: dict | None = None) -> Config:
+    from .config import load_config  # imports torch (comgan.augment): keep this module light
+
     overrides = list(args.overrides)
     flags = {"run.workers": args.workers, "run.storage": args.storage, "run.name": args.name, **(extra or {})}
     overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
@@ -71,10 +83,10 @@ def run_job(args: argparse.Namespace, extra: dict | None = None, default_name=No
         try:
             run_pipeline(cfg, stage1_only=stage1_only)
         except StageFailed as e:
-            print(f"error: {redact(str(e))}", file=sys.stderr)
+            print_error(e)
             return EXIT_STAGE_FAILED
-    except USER_ERRORS as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr)  # messages name URLs: not their credentials
+    except UserError as e:  # a worker's arrives as StageStopped (cluster/failures.py)
+        print_error(e)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume from the latest checkpoint", file=sys.stderr)

@@ -16,6 +16,7 @@ import re
 
 from comgan.artifacts import ArtifactError
 from comgan.config import ConfigError
+from comgan.errors import UserError
 from data_shards.index import DatasetError
 from data_shards.io import StorageError, join_url, read_bytes, redact, remove_url, url_exists, write_bytes
 
@@ -26,7 +27,7 @@ RECORD = "stopped_for_good.json"
 FOR_GOOD = (DatasetError, ArtifactError, ConfigError, StorageError)
 
 
-class StageStopped(Exception):
+class StageStopped(UserError):
     """A stage stopped on an error no restart can heal; its checkpoints are kept."""
 
 

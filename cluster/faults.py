@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from comgan.errors import UserError
 from data_shards.io import read_bytes, url_exists
 
 ENV = "COMGAN_FAULT"
 POINTS = ("step", "checkpoint")
 
 
-class FaultSpecError(ValueError):
+class FaultSpecError(UserError):
     pass
 
 

@@ -24,6 +24,7 @@ import torch
 
 from comgan.artifacts import from_bytes, load_generator
 from comgan.config import ComGANConfig
+from comgan.errors import UserError
 from comgan.export import code_batches
 from comgan.metrics import feature_statistics, frechet_distance, inception_score
 from data_shards.io import read_bytes
@@ -34,7 +35,7 @@ DETECTOR_SOURCE = f"https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretr
 FIDELITY_SEED = 123
 
 
-class DetectorError(ValueError):
+class DetectorError(UserError):
     """The Inception detector file is missing or unusable (a user mistake: one line, exit 2)."""
 
 

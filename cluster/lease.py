@@ -29,6 +29,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Callable
 
+from comgan.errors import UserError
 from data_shards.io import join_url, read_bytes, redact, remove_url, write_bytes
 
 LEASE_FILE = "driver_lease.json"
@@ -37,7 +38,7 @@ STALE_AFTER_SECONDS = 300.0  # a heartbeat older than this: its driver is gone, 
 SETTLE_SECONDS = 2.0         # write, wait this long, read back: the last writer wins (see above)
 
 
-class RunLeased(Exception):
+class RunLeased(UserError):
     """Another driver holds the run's lease (or took it over): this one must not write the run."""
 
 

@@ -42,6 +42,7 @@ from PIL import Image, UnidentifiedImageError
 from comgan.artifacts import ArtifactError, from_bytes, load_segmenter
 from data_shards.images import open_photo, to_rgb8
 from comgan import inference
+from comgan.errors import UserError
 from data_shards.io import (StorageError, filesystem, join_url, list_tree, read_bytes, redact, redacted, url_exists,
                             url_kind, write_bytes)
 from data_shards.progress import Progress
@@ -59,7 +60,7 @@ REPORT_EVERY = 100       # photos between two writes of the report while the job
 PLACEMENT_TIMEOUT = 1800.0  # s the Ray workers may take to start (an autoscaler's GPU node: boot, installs)
 
 
-class SegmentError(ValueError):
+class SegmentError(UserError):
     """A mistake in the command or its inputs; the message is one line for the user."""
 
 
@@ -431,7 +432,7 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
                 on_batch(part)
     except RayTaskError as e:  # a user error raised inside a worker (storage): one line, as in-process
         cause = getattr(e, "cause", None)
-        if isinstance(cause, (StorageError, SegmentError, ArtifactError)):
+        if isinstance(cause, UserError):
             raise cause from None
         raise SegmentFailed(f"a Ray worker failed: {_first_line(cause or e)}") from e
     except RayError as e:  # a worker died twice (out of memory, node lost)

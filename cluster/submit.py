@@ -31,6 +31,8 @@ import requests
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from comgan.errors import UserError
+
 from .config import ConfigError, load_config
 
 RUN_NAME_KEY = "run_name"           # job metadata key: which run a job trains
@@ -39,7 +41,7 @@ TOKEN_FILE = Path("~/.ray/auth_token")
 NO_TOKEN = ("none found", "RAY_AUTH_MODE=disabled")   # token sources that mean none is sent
 
 
-class SubmitError(Exception):
+class SubmitError(UserError):
     """A mistake in the command or its environment, reported as one `error:` line."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict
 import torch
 
 from .config import ConfigError, ModelConfig, model_config_from_dict
+from .errors import UserError
 from .networks import Generator, UNet
 
 FORMAT_VERSION = 1
@@ -28,7 +29,7 @@ MAX_PARAMETERS = 200_000_000  # per network
 MAX_RESOLUTION = 2048  # photos are resized to it before segmentation
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserError):
     """An artifact that is not what it claims or does not fit the run; one-line message."""
 
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field, fields, is_dataclass
 import yaml
 
 from .augment import parse_policy
+from .errors import UserError
 
 # Keys of older files that no longer exist; ignored when an artifact or checkpoint is read back.
 RETIRED_MODEL_KEYS = ("dz_aux_logits",)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):  # ValueError: _coerce catches it as one
     """A user mistake in a config file or override; printed as one line, never a traceback."""
 
 

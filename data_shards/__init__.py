@@ -1,4 +1,4 @@
-"""WebDataset shards: the data layer. Never imports a model, ray, or anything from comgan/cluster.
+"""WebDataset shards: the data layer. Never imports a model, ray, or comgan/cluster but comgan.errors.
 
 io.py         the one way to open a URL (local path, file://, s3://) through fsspec
 synthetic.py  the built-in seeded dataset: one object on a background, with its exact mask

@@ -40,6 +40,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from comgan.errors import UserError  # the one import from comgan/ (docs/DESIGN.md, section 2)
 from data_shards.images import SOURCE_FORMATS, mask_grey, open_image, to_rgb8
 from data_shards.io import filesystem, join_url, read_bytes, redact
 from data_shards.progress import Progress
@@ -59,7 +60,7 @@ BLUE_MIN, RED_GREEN_MAX = 120, 60
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """A source that does not fit the chosen converter; the message is one line for the user."""
 
 

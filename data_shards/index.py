@@ -42,6 +42,7 @@ from typing import NamedTuple
 from braceexpand import braceexpand
 from webdataset.tariterators import group_by_keys
 
+from comgan.errors import UserError  # the one import from comgan/ (docs/DESIGN.md, section 2)
 from data_shards.converters import IMAGE_SUFFIXES
 from data_shards.io import (
     filesystem,
@@ -78,7 +79,7 @@ IMAGE_WANTED = "an image in " + _either(IMAGE_KEYS)
 EVAL_WANTED = f"{IMAGE_WANTED}, and a mask in {_either(MASK_KEYS)}"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):  # ValueError: what tests/data_shards/test_shards.py checks
     """A problem with a shard set that the user has to fix; the message is one line."""
 
     def __init__(self, message: str = ""):

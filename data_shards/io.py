@@ -29,10 +29,12 @@ from typing import Iterator
 
 import fsspec
 
+from comgan.errors import UserError  # the one import from comgan/ (docs/DESIGN.md, section 2)
+
 _S3_OPTIONS: dict = {}
 
 
-class StorageError(OSError):
+class StorageError(UserError, OSError):  # OSError: the jobs and cluster/checkpoints.py catch it as one
     """Storage that cannot be used as configured; the message is one line for the user."""
 
 

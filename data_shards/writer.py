@@ -37,6 +37,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from PIL import Image
 
+from comgan.errors import UserError  # the one import from comgan/ (docs/DESIGN.md, section 2)
 from data_shards.images import open_header
 from data_shards.io import holds_anything, join_url, put_file, read_bytes, remove_url, url_exists, write_bytes
 from data_shards.progress import Progress
@@ -49,7 +50,7 @@ SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
 MAX_KEYS_LISTED = 10000                     # samples_without_masks is cut here: manifests stay small
 
 
-class ShardWriteError(ValueError):
+class ShardWriteError(UserError):
     """A write that cannot go ahead as asked; the message is one line for the user."""
 
 

@@ -31,7 +31,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.cli import EXIT_USER_ERROR, USER_ERRORS
+from cluster.cli import EXIT_USER_ERROR, print_error
+from comgan.errors import UserError
 from data_shards.io import redact, redacted, url_exists
 
 
@@ -107,8 +108,8 @@ def main(argv=None) -> int:
                   f"{f['num_real']} real images at {f['resolution']} px, {f['seconds']:.0f} s)")
         if a.out:
             write_results(results, grid, a.out)
-    except (*USER_ERRORS, ValueError, FileNotFoundError) as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr)
+    except (UserError, ValueError, FileNotFoundError) as e:
+        print_error(e)
         return EXIT_USER_ERROR
     return 0
 

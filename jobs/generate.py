@@ -33,17 +33,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cluster.cli import EXIT_USER_ERROR, OneLineParser, int_at_least  # noqa: E402
+from cluster.cli import EXIT_USER_ERROR, OneLineParser, int_at_least, print_error  # noqa: E402
 from comgan import inference  # noqa: E402
 from comgan.artifacts import ArtifactError, from_bytes, load_generator  # noqa: E402
 from comgan.controls import (VARIED, control_codes, control_grid, default_categories, default_scale,  # noqa: E402
                              generate)
+from comgan.errors import UserError  # noqa: E402
 from comgan.visualize import grid_to_uint8  # noqa: E402
-from data_shards.io import StorageError, join_url, read_bytes, redact, url_exists, write_bytes  # noqa: E402
-
-
-class UserError(Exception):
-    """A mistake in the command; one line for the user."""
+from data_shards.io import join_url, read_bytes, redact, url_exists, write_bytes  # noqa: E402
 
 
 def _categories(text):
@@ -152,9 +149,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         lines = run(args)
-    except (UserError, ArtifactError, StorageError, OSError) as e:  # OSError: storage the user has to fix
-        text = str(e).strip().splitlines() or [type(e).__name__]
-        print(f"error: {redact(text[0])}", file=sys.stderr)
+    except (UserError, OSError) as e:  # OSError: storage the user has to fix
+        print_error(e)
         return EXIT_USER_ERROR
     for line in lines:
         print(redact(line))  # URLs without their credentials

@@ -42,22 +42,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_shards.converters import CONVERTERS, ConversionError  # noqa: E402
-from data_shards.index import DatasetError, write_index  # noqa: E402
+from cluster.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, OneLineParser, print_error  # noqa: E402
+from comgan.errors import UserError  # noqa: E402
+from data_shards.converters import CONVERTERS  # noqa: E402
+from data_shards.index import write_index  # noqa: E402
 from data_shards.io import redact, redacted  # noqa: E402
 from data_shards.progress import Progress, format_duration  # noqa: E402
-from data_shards.writer import (ShardWriteError, check_destination, format_size, parse_size,  # noqa: E402
-                                write_shards, write_synthetic)
+from data_shards.writer import check_destination, format_size, parse_size, write_shards, write_synthetic  # noqa: E402
 
 NOT_RECORDED = {"converter", "overwrite", "workers", "quiet"}   # options that do not change the output
-
-
-class Parser(argparse.ArgumentParser):
-    """Usage mistakes as one line, like every other error of this tool."""
-
-    def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
 
 
 def _positive(kind):
@@ -110,7 +103,8 @@ def _source_options(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = Parser(prog="jobs/make_shards.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="jobs/make_shards.py", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="converter", metavar="CONVERTER", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -228,17 +222,16 @@ def main(argv=None) -> int:
             return 0
         check_destination(args.dest, args.overwrite)  # before the source is listed (minutes); write_shards again
         manifest = convert(args)
-    except (ConversionError, ShardWriteError, DatasetError, OSError) as e:  # OSError: storage the user has to fix
-        lines = str(e).strip().splitlines() or [type(e).__name__]
-        print(f"error: {redact(lines[0])}", file=sys.stderr)
-        return 2
+    except (UserError, OSError) as e:  # OSError: storage the user has to fix
+        print_error(e)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         if args.converter == "index":
             print("interrupted: no manifest.json was written", file=sys.stderr)
-            return 130
+            return EXIT_INTERRUPTED
         print(f"interrupted: re-run the command with --overwrite to write {redact(args.dest)} (an unfinished "
               "write leaves no manifest.json, so nothing reads it)", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(redact(summary(manifest, args.dest, time.monotonic() - start)))
     return 0
 

@@ -44,7 +44,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.cli import EXIT_INTERRUPTED, EXIT_STAGE_FAILED, EXIT_USER_ERROR, OneLineParser, int_at_least
+from cluster.cli import EXIT_INTERRUPTED, EXIT_STAGE_FAILED, EXIT_USER_ERROR, OneLineParser, int_at_least, print_error
+from comgan.errors import UserError
+from data_shards.io import redact
 
 
 def _amount(text):
@@ -123,15 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from cluster.segment_images import (
-        SegmentError,
-        SegmentFailed,
-        Settings,
-        segment_images,
-        summary,
-    )
-    from comgan.artifacts import ArtifactError
-    from data_shards.io import StorageError, redact
+    from cluster.segment_images import SegmentFailed, Settings, segment_images, summary
 
     settings = Settings(threshold=args.threshold, batch=args.batch, overlays=args.overlays, device=args.device,
                         io_threads=args.io_threads, flip=args.flip,
@@ -141,12 +135,11 @@ def main(argv=None) -> int:
                                 overwrite=args.overwrite, cpus_per_worker=args.cpus_per_worker,
                                 gpus_per_worker=args.gpus_per_worker, progress=not args.quiet,
                                 placement_timeout=args.placement_timeout, resume=args.resume)
-    except (SegmentError, ArtifactError, StorageError, OSError) as e:  # OSError: storage the user has to fix
-        text = str(e).strip().splitlines() or [type(e).__name__]
-        print(f"error: {redact(text[0])}", file=sys.stderr)
+    except (UserError, OSError) as e:  # OSError: storage the user has to fix
+        print_error(e)
         return EXIT_USER_ERROR
     except SegmentFailed as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr)
+        print_error(e)
         return EXIT_STAGE_FAILED
     except KeyboardInterrupt:
         print("interrupted: masks written so far are kept, and the report lists them; re-run with --resume "

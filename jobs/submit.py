@@ -51,17 +51,12 @@ from datetime import datetime, timezone
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-EXIT_JOB_FAILED, EXIT_USER_ERROR, EXIT_RUN_BUSY, EXIT_WAIT_TIMEOUT, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+from cluster.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, OneLineParser, print_error  # noqa: E402
+from comgan.errors import UserError  # noqa: E402
+
+EXIT_JOB_FAILED, EXIT_RUN_BUSY, EXIT_WAIT_TIMEOUT = 1, 3, 4
 WAIT_TIMEOUT = "48h"    # --wait gives up after this unless --timeout says otherwise
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class Parser(argparse.ArgumentParser):
-    """Usage mistakes as one line, like every other error of this tool."""
-
-    def error(self, message):
-        print(f"error: {message} (training arguments go after --; see {self.prog} --help)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
 
 
 def duration(text: str) -> float:
@@ -74,7 +69,8 @@ def duration(text: str) -> float:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = Parser(prog="jobs/submit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="jobs/submit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                      hint="training arguments go after --")
     p.add_argument("train_args", nargs="*", metavar="TRAIN_ARGS",
                    help="after --: arguments for jobs/train.py (config, overrides, --storage, --workers)")
     p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"),
@@ -183,9 +179,9 @@ def submit(args: argparse.Namespace) -> int:
         return 0
     status = follow_for(server, job_id, sys.stdout, args.timeout)
     if status is None:
-        print(f"error: job {job_id} (run {name}) has not ended after {_hms(args.timeout)} (--timeout); it keeps "
-              f"running: follow it with `{server.ray_cli('logs', '--follow', job_id)}`, stop it with "
-              f"`{server.ray_cli('stop', job_id)}`", file=sys.stderr, flush=True)
+        print_error(f"job {job_id} (run {name}) has not ended after {_hms(args.timeout)} (--timeout); it keeps "
+                    f"running: follow it with `{server.ray_cli('logs', '--follow', job_id)}`, stop it with "
+                    f"`{server.ray_cli('stop', job_id)}`")
         return EXIT_WAIT_TIMEOUT
     print(f"job {job_id} (run {name}) {status.value}", flush=True)
     return 0 if status == JobStatus.SUCCEEDED else EXIT_JOB_FAILED
@@ -193,15 +189,15 @@ def submit(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from cluster.submit import RunBusy, SubmitError  # imports ray: keep --help and usage errors fast
+    from cluster.submit import RunBusy  # imports ray: keep --help and usage errors fast
     quiet_ray_client_logs()
     try:
         return submit(args)
-    except RunBusy as e:
-        print(f"error: {e}", file=sys.stderr)
+    except RunBusy as e:  # a user error with its own exit code
+        print_error(e)
         return EXIT_RUN_BUSY
-    except SubmitError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:
+        print_error(e)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: the job keeps running on the cluster (`ray job stop` stops it)", file=sys.stderr)

@@ -45,8 +45,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.cli import (EXIT_INTERRUPTED, EXIT_STAGE_FAILED, EXIT_USER_ERROR, USER_ERRORS,  # noqa: E402
-                         OneLineParser, int_at_least)
+from cluster.cli import (EXIT_INTERRUPTED, EXIT_STAGE_FAILED, EXIT_USER_ERROR, OneLineParser,  # noqa: E402
+                         int_at_least, print_error)
+from comgan.errors import UserError  # noqa: E402
 from data_shards.io import redact  # noqa: E402
 
 SWEEP_KEYS = ("config", "set", "space", "search", "samples", "objective", "inception", "fid_samples",
@@ -163,8 +164,8 @@ def main(argv=None) -> int:
         from cluster.tune import run_sweep  # imports ray: keep --help and mistakes fast
 
         rows = run_sweep(sweep, resume=args.resume)
-    except USER_ERRORS as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr)
+    except UserError as e:
+        print_error(e)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: continue with the same --name and --resume", file=sys.stderr)
@@ -177,7 +178,7 @@ def main(argv=None) -> int:
 
     failed = no_result(sweep, rows)
     if failed:
-        print(f"error: {redact(failed)}", file=sys.stderr)
+        print_error(failed)
         return EXIT_STAGE_FAILED
     return 0
 

@@ -63,6 +63,14 @@ def _no_ray_unless_marked(request, monkeypatch):
     yield
 
 
+@pytest.fixture
+def cfg():
+    """The tiny preset, fresh for each test (tests change it): 16 px networks that step in milliseconds."""
+    from cluster.config import load_config
+
+    return load_config("tiny")
+
+
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
     """The tiny preset's synthetic train/eval shards, written once per session."""

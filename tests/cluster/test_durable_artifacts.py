@@ -11,7 +11,6 @@ import torch
 
 import cluster.pipeline as pipeline
 from cluster import checkpoints
-from cluster.config import load_config
 from cluster.storage import RunLayout
 from comgan.artifacts import generator_artifact, to_bytes
 from comgan.networks import Generator
@@ -56,12 +55,7 @@ def test_write_bytes_is_fsynced_and_keeps_a_plain_files_mode(tmp_path, monkeypat
 # ---------------------------------------------------------------------------------------------
 # stage artifacts
 
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config("tiny")
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def generator_bytes(cfg):
     torch.manual_seed(0)
     return to_bytes(generator_artifact(Generator(cfg.model), cfg.model))

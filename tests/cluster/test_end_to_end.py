@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from comgan.artifacts import from_bytes, load_generator, load_segmenter
 from cluster.config import load_config
+from tests.helpers import tiny_data
 
 
 def tensorboard_tags(folder: Path) -> dict:
@@ -23,9 +24,7 @@ def tensorboard_tags(folder: Path) -> dict:
 def test_two_workers_end_to_end(local_ray, tiny_shards, tmp_path, capsys):
     from cluster.pipeline import run_pipeline
 
-    cfg = load_config("tiny", [f"data.train={tiny_shards / 'train'}", f"data.eval={tiny_shards / 'eval'}",
-                               "data.synthetic=false", f"run.storage={tmp_path}", "run.name=e2e",
-                               "run.workers=2"])
+    cfg = load_config("tiny", [*tiny_data(tiny_shards), f"run.storage={tmp_path}", "run.name=e2e", "run.workers=2"])
     summary = run_pipeline(cfg)
     run = tmp_path / "e2e"
 
@@ -84,8 +83,8 @@ def test_the_watchdog_names_a_run_forced_into_full_masks_and_stage1_starts_again
     second (another seed, as trivial) runs to the end, as no restart is left."""
     from cluster.pipeline import run_pipeline
 
-    cfg = load_config("tiny", [f"data.train={tiny_shards / 'train'}", "data.eval=", "data.synthetic=false",
-                               f"run.storage={tmp_path}", "run.name=full", "stage1.steps=50", "run.watch_every=10",
+    cfg = load_config("tiny", [*tiny_data(tiny_shards, held_out=False), f"run.storage={tmp_path}", "run.name=full",
+                               "stage1.steps=50", "run.watch_every=10",
                                "stage1.mask_area_min=0.995", "stage1.mask_area_max=1", "stage1.mask_area_weight=1000",
                                "stage1.lr=0.005", "run.collapse_restarts=1", "run.watch_patience=2", "run.seed=3"])
     summary = run_pipeline(cfg, stage1_only=True)

@@ -14,6 +14,7 @@ from comgan.inference import mirror_averaged, predict
 from comgan.artifacts import segmenter_artifact, to_bytes
 from comgan.networks import UNet
 from data_shards.writer import write_shards
+from tests.helpers import one_line_error
 
 
 def disc_scene(size: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -121,11 +122,7 @@ def test_evaluate_scores_every_method_at_the_scoring_resolution(tmp_path):
 
 
 def test_evaluate_job_prints_the_table_and_writes_json(tmp_path, capsys):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
-    import evaluate as evaluate_job  # jobs/evaluate.py
+    import jobs.evaluate as evaluate_job
 
     rng = np.random.default_rng(3)
     write_shards(({"key": f"{i}", "image": im, "mask": m} for i, (im, m) in enumerate(disc_scene(32, rng)
@@ -138,19 +135,14 @@ def test_evaluate_job_prints_the_table_and_writes_json(tmp_path, capsys):
     assert "grabcut" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["num_images"] == 3
     assert (tmp_path / "r_grid.png").stat().st_size > 0
-    assert evaluate_job.main(["--segmenter", str(tmp_path / "missing.pt"), "--data", str(tmp_path / "eval")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
+    code = evaluate_job.main(["--segmenter", str(tmp_path / "missing.pt"), "--data", str(tmp_path / "eval")])
+    one_line_error(code, capsys.readouterr().err)
 
 
 def test_evaluate_job_replaces_a_report_only_with_overwrite(disc_set, tmp_path, capsys):
     """As jobs/generate.py and jobs/segment_images.py: an existing JSON or grid is refused in one
     line before any scoring, and kept; --overwrite replaces both."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
-    import evaluate as evaluate_job  # jobs/evaluate.py
+    import jobs.evaluate as evaluate_job
 
     root, _ = disc_set
     out = tmp_path / "r.json"

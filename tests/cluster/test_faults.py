@@ -20,6 +20,7 @@ import torch
 from cluster import faults
 from cluster.config import ConfigError, load_config
 from comgan.artifacts import from_bytes
+from tests.helpers import tiny_data
 
 pytestmark = pytest.mark.ray
 
@@ -32,9 +33,8 @@ def runs(tmp_path_factory) -> Path:
 
 
 def tiny_config(tiny_shards, storage: Path, name: str, *extra: str):
-    return load_config("tiny", [f"data.train={tiny_shards / 'train'}", "data.eval=''", "data.synthetic=false",
-                                f"run.storage={storage}", f"run.name={name}", "run.workers=2",
-                                "data.loader_workers=2", f"stage1.steps={STEPS}",
+    return load_config("tiny", [*tiny_data(tiny_shards, held_out=False), f"run.storage={storage}", f"run.name={name}",
+                                "run.workers=2", "data.loader_workers=2", f"stage1.steps={STEPS}",
                                 f"run.checkpoint_every={EVERY}", f"run.keep_checkpoints={KEEP}", *extra])
 
 

@@ -16,6 +16,7 @@ from comgan.artifacts import generator_artifact, to_bytes
 from comgan.metrics import feature_statistics, frechet_distance, inception_score
 from comgan.networks import Generator
 from data_shards.writer import write_shards
+from tests.helpers import exit_code, one_line_error
 
 
 def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances():
@@ -101,16 +102,9 @@ def test_a_file_that_is_not_torchscript_is_refused_in_one_line(tmp_path):
 
 
 def evaluate_job(*args) -> int:
-    import importlib.util
-    from pathlib import Path
+    from jobs.evaluate import main
 
-    spec = importlib.util.spec_from_file_location("jobs_evaluate", Path(__file__).resolve().parents[2] / "jobs" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    try:
-        return module.main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
+    return exit_code(main, *args)
 
 
 def test_evaluate_job_writes_fid_and_is(setup, tmp_path, capsys):
@@ -131,5 +125,4 @@ def test_evaluate_job_writes_fid_and_is(setup, tmp_path, capsys):
 def test_evaluate_job_missing_detector_is_one_line(setup, capsys, args, words):
     args = [a.format(root=setup) for a in args]
     code = evaluate_job("--generator", setup / "generator.pt", "--data", setup / "real", *args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error:") and "\n" not in err and all(w in err for w in words), err
+    one_line_error(code, capsys.readouterr().err, *words)

@@ -3,7 +3,6 @@ and refuses an artifact that does not fit before any worker starts."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,8 @@ from cluster.config import load_config
 from comgan.networks import Generator, UNet
 from comgan.training import Stage1State, Stage1Step
 from data_shards.io import write_bytes
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "jobs"))
+from jobs.segment import main as segment_main
+from tests.helpers import exit_code, one_line_error, tiny_data
 
 
 def tiny_generator_file(path: Path, *overrides: str) -> Path:
@@ -29,9 +27,7 @@ def tiny_generator_file(path: Path, *overrides: str) -> Path:
 
 
 def segment(*args: str) -> int:
-    import segment as segment_job  # jobs/segment.py
-
-    return segment_job.main(list(args))
+    return exit_code(segment_main, *args)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -41,9 +37,8 @@ def segment(*args: str) -> int:
 ])
 def test_a_generator_of_another_model_is_refused_naming_the_mismatch(tmp_path, capsys, overrides, message):
     artifact = tiny_generator_file(tmp_path / "generator.pt", *overrides)
-    assert segment("--generator", str(artifact), "--config", "tiny", "--storage", str(tmp_path)) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    code = segment("--generator", artifact, "--config", "tiny", "--storage", tmp_path)
+    one_line_error(code, capsys.readouterr().err, message)
     assert not (tmp_path / "tiny-segment").exists(), "refused before anything is written"
 
 
@@ -56,9 +51,8 @@ def test_files_that_are_not_generators_are_refused(tmp_path, capsys):
     for path, message in ((not_generator, "is a 'comgan.segmenter' file, not a generator"),
                           (garbage, "is not a readable torch file"),
                           (tmp_path / "missing.pt", "does not exist")):
-        assert segment("--generator", str(path), "--config", "tiny", "--storage", str(tmp_path)) == 2
-        err = capsys.readouterr().err
-        assert message in err and "Traceback" not in err, err
+        code = segment("--generator", path, "--config", "tiny", "--storage", tmp_path)
+        one_line_error(code, capsys.readouterr().err, message)
 
 
 @pytest.mark.ray
@@ -67,8 +61,7 @@ def test_segmenter_from_a_generator_on_s3_with_bf16(local_ray, s3_bucket, tiny_s
     url = f"{s3_bucket}/elsewhere/generator.pt"
     write_bytes(url, tiny_generator_file(tmp_path / "generator.pt").read_bytes())
     code = segment("--generator", url, "--config", "tiny", "--workers", "2", "--storage", str(tmp_path),
-                   f"data.train={tiny_shards / 'train'}", f"data.eval={tiny_shards / 'eval'}",
-                   "data.synthetic=false", "run.mixed_precision=bf16")
+                   *tiny_data(tiny_shards), "run.mixed_precision=bf16")
     assert code == 0, capsys.readouterr().err
     run = tmp_path / "tiny-segment"
     summary = json.loads((run / "summary.json").read_text())
@@ -109,10 +102,8 @@ def test_a_file_that_needs_pickled_code_is_refused_without_running_it(tmp_path, 
     ran = tmp_path / "code-ran"
     crafted = tmp_path / "generator.pt"
     crafted.write_bytes(to_bytes({"kind": "comgan.generator", "payload": _RunsCodeWhenUnpickled(ran)}))
-    assert segment("--generator", str(crafted), "--config", "tiny", "--storage", str(tmp_path)) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "refused: loading it would run pickled code" in err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    code = segment("--generator", crafted, "--config", "tiny", "--storage", tmp_path)
+    one_line_error(code, capsys.readouterr().err, "refused: loading it would run pickled code")
     assert not ran.exists(), "the pickled code must never run"
 
 

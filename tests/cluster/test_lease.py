@@ -12,6 +12,7 @@ import pytest
 from cluster import lease
 from cluster.lease import RunLeased, acquire, lease_url, read_lease
 from data_shards.io import url_exists, write_bytes
+from tests.helpers import tiny_data
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -125,20 +126,13 @@ def test_a_lease_taken_over_is_lost_and_the_driver_stops_at_its_next_check(run_r
     assert read_lease(lease_url(run_root))["owner"] == "someone-else", "a lost lease is not written over"
 
 
-def test_the_train_cli_turns_a_held_lease_into_one_error_line():
-    from cluster.cli import USER_ERRORS
-
-    assert issubclass(RunLeased, USER_ERRORS)
-
-
 def test_a_second_driver_of_the_same_run_stops_before_writing_anything(tiny_shards, tmp_path):
     """run_pipeline (what jobs/train.py runs) takes the lease before it writes into the run
     folder: with another driver's live lease there, it stops without config.yaml or Ray."""
     from cluster.config import load_config
     from cluster.pipeline import run_pipeline
 
-    cfg = load_config("tiny", [f"data.train={tiny_shards / 'train'}", "data.eval=''", "data.synthetic=false",
-                               f"run.storage={tmp_path}", "run.name=twice"])
+    cfg = load_config("tiny", [*tiny_data(tiny_shards, held_out=False), f"run.storage={tmp_path}", "run.name=twice"])
     other_driver(str(tmp_path / "twice"), heartbeat=time.time() - 3)
     with pytest.raises(RunLeased, match="run .*twice is being trained by another driver: host build-3, pid 4242"):
         run_pipeline(cfg)

@@ -17,28 +17,23 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from comgan.artifacts import from_bytes, load_generator
 from cluster.config import load_config
 from conftest import S3_SECRET, _free_port
-from data_shards.io import join_url, read_bytes
-from data_shards.writer import write_synthetic
-
-ROOT = Path(__file__).resolve().parents[2]
+from data_shards.io import join_url, read_bytes, write_bytes
+from tests.helpers import one_line_error, run_train
 
 
-def tiny_on_s3(bucket: str) -> tuple[str, str]:
-    cfg = load_config("tiny")
-    d = cfg.data
-    train, held_out = join_url(bucket, "data", "train"), join_url(bucket, "data", "eval")
-    write_synthetic(train, d.synthetic_train_size, cfg.model.resolution, d.synthetic_styles, 1,
-                    samples_per_shard=d.samples_per_shard, progress=False)
-    write_synthetic(held_out, d.synthetic_eval_size, cfg.model.resolution, d.synthetic_styles, 2,
-                    samples_per_shard=d.samples_per_shard, progress=False)
-    return train, held_out
+def tiny_on_s3(tiny_shards: Path, bucket: str) -> tuple[str, str]:
+    """The tiny_shards sets copied to <bucket>/data/: the URLs of train and eval."""
+    for path in tiny_shards.rglob("*"):
+        if path.is_file():
+            write_bytes(join_url(bucket, "data", *path.relative_to(tiny_shards).parts), path.read_bytes())
+    return join_url(bucket, "data", "train"), join_url(bucket, "data", "eval")
 
 
 @pytest.mark.ray
-def test_pipeline_streams_from_and_stores_to_s3(local_ray, s3_bucket, capfd):
+def test_pipeline_streams_from_and_stores_to_s3(local_ray, tiny_shards, s3_bucket, capfd):
     from cluster.pipeline import run_pipeline
 
-    train, held_out = tiny_on_s3(s3_bucket)
+    train, held_out = tiny_on_s3(tiny_shards, s3_bucket)
     fs = s3fs.S3FileSystem()
     damaged = join_url(train, "shard-000001.tar").removeprefix("s3://")
     fs.pipe_file(damaged, fs.cat_file(damaged)[:40000])  # cut off: the run must count it, not crash
@@ -75,38 +70,32 @@ def test_pipeline_streams_from_and_stores_to_s3(local_ray, s3_bucket, capfd):
     assert S3_SECRET not in out + err
 
 
-def run_train(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / "train.py"), "--config", "tiny", *args],
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+def train_tiny(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_train("--config", "tiny", *args, env={**os.environ, **(env or {})})
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
+    one_line_error(proc.returncode, proc.stderr, *needles)
     assert "[stage1]" not in proc.stdout and "worker(s)" not in proc.stdout  # failed before any worker
 
 
-def test_missing_bucket_and_missing_manifest_fail_before_training(s3_bucket, tmp_path):
-    proc = run_train("data.train=s3://no-such-bucket-here/train", "data.synthetic=false",
-                     f"--storage={tmp_path}")
+def test_missing_bucket_and_missing_manifest_fail_before_training(s3_bucket, tiny_shards, tmp_path):
+    proc = train_tiny("data.train=s3://no-such-bucket-here/train", "data.synthetic=false",
+                      f"--storage={tmp_path}")
     assert_one_line_error(proc, "no-such-bucket-here", "does not exist")
 
-    proc = run_train(f"data.train={s3_bucket}/empty-prefix", "data.synthetic=false", f"--storage={tmp_path}")
+    proc = train_tiny(f"data.train={s3_bucket}/empty-prefix", "data.synthetic=false", f"--storage={tmp_path}")
     assert_one_line_error(proc, f"{s3_bucket}/empty-prefix", "manifest.json")
 
-    train, held_out = tiny_on_s3(s3_bucket)
-    proc = run_train(f"data.train={train}", f"data.eval={held_out}", "data.synthetic=false",
-                     "--storage=s3://no-such-runs-bucket/runs")
+    train, held_out = tiny_on_s3(tiny_shards, s3_bucket)
+    proc = train_tiny(f"data.train={train}", f"data.eval={held_out}", "data.synthetic=false",
+                      "--storage=s3://no-such-runs-bucket/runs")
     assert_one_line_error(proc, "no-such-runs-bucket", "does not exist")
 
 
 def test_a_mistyped_bucket_path_is_not_filled_with_synthetic_images(s3_bucket, tmp_path):
     """The issue's case: data.synthetic on (the default), data.train a typo in the user's bucket."""
-    proc = run_train(f"data.train={s3_bucket}/cub/trian", "data.eval=''", f"--storage={tmp_path}")
+    proc = train_tiny(f"data.train={s3_bucket}/cub/trian", "data.eval=''", f"--storage={tmp_path}")
     assert_one_line_error(proc, f"data.train={s3_bucket}/cub/trian: nothing is there", "make_shards.py synthetic")
     assert s3fs.S3FileSystem().ls(s3_bucket.removeprefix("s3://"), refresh=True) == []
 
@@ -114,8 +103,8 @@ def test_a_mistyped_bucket_path_is_not_filled_with_synthetic_images(s3_bucket, t
 def test_unreachable_endpoint_fails_before_training(s3_server, tmp_path):
     closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     started = time.time()
-    proc = run_train(f"storage.endpoint_url={closed}", "data.train=s3://bucket-x/train", "data.synthetic=false",
-                     f"--storage={tmp_path}")
+    proc = train_tiny(f"storage.endpoint_url={closed}", "data.train=s3://bucket-x/train", "data.synthetic=false",
+                      f"--storage={tmp_path}")
     assert_one_line_error(proc, "cannot reach", closed)
     assert time.time() - started < 90
 
@@ -146,8 +135,8 @@ def s3_server_with_auth():
 
 
 def test_wrong_credentials_fail_before_training(s3_server, s3_server_with_auth, tmp_path):
-    proc = run_train(f"storage.endpoint_url={s3_server_with_auth}", "data.train=s3://some-bucket/train",
-                     "data.synthetic=false", f"--storage={tmp_path}",
+    proc = train_tiny(f"storage.endpoint_url={s3_server_with_auth}", "data.train=s3://some-bucket/train",
+                      "data.synthetic=false", f"--storage={tmp_path}",
                      env={"AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1", "AWS_SECRET_ACCESS_KEY": S3_SECRET})
     assert_one_line_error(proc, "access denied", "s3://some-bucket/train")
     assert S3_SECRET not in proc.stdout + proc.stderr

@@ -3,18 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.config import load_config
 from cluster.search_space import Axis, parse_space, specs_from_yaml
 from comgan.config import ConfigError
 
 
-@pytest.fixture(scope="module")
-def base():
-    return load_config("tiny")
-
-
-def test_the_issue_example_parses_into_typed_axes(base):
-    axes = parse_space(["beta=0,0.5,1,2", "lam=loguniform:0.5:8", "N=3,6,12", "stage1.steps=4,8"], base)
+def test_the_issue_example_parses_into_typed_axes(cfg):
+    axes = parse_space(["beta=0,0.5,1,2", "lam=loguniform:0.5:8", "N=3,6,12", "stage1.steps=4,8"], cfg)
     assert axes == [Axis("stage1.beta", values=(0.0, 0.5, 1.0, 2.0)),
                     Axis("stage2.lam", kind="loguniform", low=0.5, high=8.0),
                     Axis("model.num_categories", values=(3, 6, 12)),
@@ -22,22 +16,22 @@ def test_the_issue_example_parses_into_typed_axes(base):
     assert all(type(v) is int for v in axes[2].values), "N is an integer key"
 
 
-def test_tune_domains_for_grid_and_random_search(base):
-    beta, lam = parse_space(["beta=0,1", "lambda=loguniform:0.5:8"], base)
+def test_tune_domains_for_grid_and_random_search(cfg):
+    beta, lam = parse_space(["beta=0,1", "lambda=loguniform:0.5:8"], cfg)
     assert beta.domain("grid") == {"grid_search": [0.0, 1.0]}
     choice, log = beta.domain("random"), lam.domain("random")
     assert {choice.sample() for _ in range(50)} == {0.0, 1.0}
     assert all(0.5 <= log.sample() <= 8 for _ in range(50))
     with pytest.raises(ConfigError, match="cannot be searched on a grid"):
         lam.domain("grid")
-    n, = parse_space(["N=randint:2:5"], base)
+    n, = parse_space(["N=randint:2:5"], cfg)
     assert {n.domain("random").sample() for _ in range(100)} == {2, 3, 4}
 
 
-def test_a_sweep_yaml_space_reads_like_the_command_line(base):
+def test_a_sweep_yaml_space_reads_like_the_command_line(cfg):
     specs = specs_from_yaml({"beta": [0, 0.5], "lam": "loguniform:0.5:8", "stage1.orient_mask": [True, False]})
     assert specs == ["beta=0,0.5", "lam=loguniform:0.5:8", "stage1.orient_mask=true,false"]
-    assert parse_space(specs, base)[2].values == (True, False)
+    assert parse_space(specs, cfg)[2].values == (True, False)
 
 
 @pytest.mark.parametrize("specs, words", [
@@ -60,7 +54,7 @@ def test_a_sweep_yaml_space_reads_like_the_command_line(base):
     (["justaword"], "KEY=VALUES"),
     ([], "empty"),
 ])
-def test_bad_specs_are_one_line_errors(base, specs, words):
+def test_bad_specs_are_one_line_errors(cfg, specs, words):
     with pytest.raises(ConfigError) as e:
-        parse_space(specs, base)
+        parse_space(specs, cfg)
     assert words in str(e.value) and "\n" not in str(e.value), str(e.value)

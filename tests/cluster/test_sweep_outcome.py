@@ -11,6 +11,8 @@ import pytest
 from cluster.config import ConfigError, load_config
 from cluster.search_space import parse_space
 from cluster.tune import Sweep, check_sweep_folder, no_result
+from jobs.tune import main as tune
+from tests.helpers import exit_code, one_line_error
 
 
 def sweep_at(storage: Path, name: str = "exp") -> Sweep:
@@ -40,15 +42,6 @@ def no_ray(monkeypatch):
         monkeypatch.setattr(cluster.pipeline, name, stop)
 
 
-def exit_code(argv: list[str]) -> int:
-    from jobs.tune import main
-
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
-
-
 def test_a_name_a_run_holds_is_refused(tmp_path):
     make_run(tmp_path / "exp")
     with pytest.raises(ConfigError) as e:
@@ -61,11 +54,10 @@ def test_a_name_a_run_holds_is_refused(tmp_path):
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_jobs_tune_beside_a_run_is_one_line_and_the_run_keeps_its_tensorboard(tmp_path, no_ray, capsys, dry_run):
     events = make_run(tmp_path / "exp")
-    rc = exit_code(["--config", "tiny", "--storage", str(tmp_path), "--name", "exp", "beta=0,1",
-                    *(["--dry-run"] if dry_run else [])])
-    err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error: --name exp: ") and "is a training run" in err, err
-    assert len(err.strip().splitlines()) == 1
+    rc = exit_code(tune, "--config", "tiny", "--storage", tmp_path, "--name", "exp", "beta=0,1",
+                   *(["--dry-run"] if dry_run else []))
+    line = one_line_error(rc, capsys.readouterr().err, "is a training run")
+    assert line.startswith("error: --name exp: ")
     assert events.read_bytes() == b"event"
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["config.yaml", "summary.json", "tensorboard"]
 
@@ -113,7 +105,7 @@ def test_jobs_tune_exits_1_when_every_trial_failed(tmp_path, monkeypatch, capsys
             "one finished": [row("t1", "error: ValueError: boom"), row("t2", "finished", 0.5)]}
     for case, want in (("failed", 1), ("one finished", 0)):
         monkeypatch.setattr(cluster.tune, "run_sweep", lambda sweep, resume=False: rows[case])
-        rc = exit_code(["--config", "tiny", "--storage", str(tmp_path), "--name", "sw", "beta=0,1"])
+        rc = exit_code(tune, "--config", "tiny", "--storage", tmp_path, "--name", "sw", "beta=0,1")
         err = capsys.readouterr().err
         assert rc == want, (case, err)
         if want:

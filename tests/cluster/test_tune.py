@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, exit_code, one_line_error, tiny_data
+
 TUNE = [sys.executable, str(ROOT / "jobs" / "tune.py")]
 
 # Masks over 99.5 % of the image, enforced hard: within a few steps the foreground branch draws
@@ -24,8 +25,8 @@ FORCED_FULL = "0.995"
 
 
 def tiny_sweep(tiny_shards, storage: Path, *words: str) -> list[str]:
-    return ["--config", "tiny", "--storage", str(storage), "--set", f"data.train={tiny_shards / 'train'}",
-            "--set", f"data.eval={tiny_shards / 'eval'}", "--set", "data.synthetic=false", *words]
+    return ["--config", "tiny", "--storage", str(storage), *[w for o in tiny_data(tiny_shards) for w in ("--set", o)],
+            *words]
 
 
 def read_table(sweep: Path) -> dict[str, dict]:
@@ -160,20 +161,9 @@ def test_an_interrupted_sweep_resumes_without_redoing_its_finished_trial(local_r
     (["beta=0,1", "--samples", "0"], "must be >= 1"),
 ])
 def test_bad_sweeps_are_one_line_errors(words, message, tmp_path, capsys):
-    rc = exit_code([*words, "--storage", str(tmp_path), "--dry-run"])
-    err = capsys.readouterr().err
-    assert rc == 2 and message in err, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-
-
-def exit_code(argv: list[str]) -> int:
-    """jobs/tune.py's exit code, whether main() returns it or argparse exits with it."""
     from jobs.tune import main
 
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
+    one_line_error(exit_code(main, *words, "--storage", tmp_path, "--dry-run"), capsys.readouterr().err, message)
 
 
 def test_a_sweep_file_gives_the_space_and_settings(tmp_path, capsys):

@@ -89,7 +89,7 @@ def test_only_wide_channels_last_cpu_float_convolutions_qualify():
 def test_the_switch_routes_every_3x3_conv_and_keeps_parameter_names(cfg):
     generator, segmenter = Generator(cfg.model), UNet(8, 2)
     names = [k for k, _ in generator.named_parameters()]
-    speed.prepare_networks([generator, segmenter], SpeedConfig())
+    speed.prepare_networks([generator, segmenter], SpeedConfig(winograd=True))
     convs = [m for net in (generator, segmenter) for m in net.modules() if isinstance(m, Conv3x3)]
     assert convs and all(m.winograd for m in convs)
     assert [k for k, _ in generator.named_parameters()] == names
@@ -112,7 +112,7 @@ def test_generator_and_segmenter_outputs_match_with_winograd_on(any_width, cfg, 
         x = torch.rand(3, 3, 32, 32).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             direct = generator(*codes), segmenter(x)
-            speed.prepare_networks([generator, segmenter], SpeedConfig())
+            speed.prepare_networks([generator, segmenter], SpeedConfig(winograd=True))
             ours = generator(*codes), segmenter(x)
     finally:
         torch.set_default_dtype(torch.float32)

@@ -137,13 +137,13 @@ def test_missing_shards_of_a_pattern_are_left_out_with_a_warning(plain, caplog):
     assert "2 of the 4 shards it names do not exist" in caplog.text and "photos-0003.tar" in caplog.text
 
 
-def test_a_manifest_beside_a_pattern_is_used_only_when_it_lists_those_shards(tmp_path):
-    url = str(tmp_path / "ours")
-    written = write_synthetic(url, 12, RES, 2, seed=0, samples_per_shard=4, progress=False)
-    assert read_manifest(f"{url}/shard-{{000000..000002}}.tar") == written
-    part = read_manifest(f"{url}/shard-{{000000..000001}}.tar")  # two of its three shards: indexed
-    assert part["indexed"] and [s["num_samples"] for s in part["shards"]] == [4, 4]
-    assert part["image_keys"] == {"image.png": 8}  # our own field names are plain WebDataset too
+def test_a_manifest_beside_a_pattern_is_used_only_when_it_lists_those_shards(tiny_shards):
+    url = str(tiny_shards / "train")  # ours: 256 samples in 4 shards
+    written = read_manifest(url)
+    assert read_manifest(f"{url}/shard-{{000000..000003}}.tar") == written
+    part = read_manifest(f"{url}/shard-{{000000..000001}}.tar")  # two of its four shards: indexed
+    assert part["indexed"] and [s["num_samples"] for s in part["shards"]] == [64, 64]
+    assert part["image_keys"] == {"image.png": 128}  # our own field names are plain WebDataset too
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from comgan.artifacts import generator_artifact, segmenter_artifact, to_bytes
 from comgan.controls import generate
 from comgan.networks import Generator, UNet, sample_codes
 from data_shards.io import read_bytes, write_bytes
+from tests.helpers import exit_code, one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("jobs_generate", ROOT / "jobs" / "generate.py")
@@ -50,18 +51,7 @@ def generator_file(tmp_path_factory, model):
 
 
 def main(*args) -> int:
-    try:
-        return generate_job.main([str(a) for a in args])
-    except SystemExit as e:  # argparse: --help, usage errors
-        return e.code
-
-
-def one_line_error(code, capsys, *words):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
+    return exit_code(generate_job.main, *args)
 
 
 def png(path) -> np.ndarray:
@@ -190,7 +180,7 @@ def test_categories_choose_the_columns(generator_file, tmp_path, capsys):
         assert np.array_equal(tile(picked, 0, row, 0), tile(default, 0, row, 2))
         assert np.array_equal(tile(picked, 0, row, 1), tile(default, 0, row, 0))
     code = main("--generator", generator_file, "--out", tmp_path / "bad", "--categories", "1,3")
-    one_line_error(code, capsys, "--categories: 3", "model.num_categories is 3")
+    one_line_error(code, capsys.readouterr().err, "--categories: 3", "model.num_categories is 3")
     assert not (tmp_path / "bad").exists()
 
 
@@ -199,14 +189,15 @@ def test_existing_output_is_refused_unless_overwrite(generator_file, tmp_path, c
     assert main("--generator", generator_file, "--out", out, "--seed", 0) == 0
     first = {n: (out / n).read_bytes() for n in NAMES}
     capsys.readouterr()
-    one_line_error(main("--generator", generator_file, "--out", out, "--seed", 1), capsys,
+    one_line_error(main("--generator", generator_file, "--out", out, "--seed", 1), capsys.readouterr().err,
                    "already exists", "--overwrite")
     assert {n: (out / n).read_bytes() for n in NAMES} == first, "nothing rewritten"
     # One existing file is enough to refuse, and then none of the others is written.
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / "vary_z.png").write_bytes(b"mine")
-    one_line_error(main("--generator", generator_file, "--out", lone), capsys, str(lone / "vary_z.png"))
+    one_line_error(main("--generator", generator_file, "--out", lone), capsys.readouterr().err,
+                   str(lone / "vary_z.png"))
     assert sorted(p.name for p in lone.iterdir()) == ["vary_z.png"] and (lone / "vary_z.png").read_bytes() == b"mine"
     assert main("--generator", generator_file, "--out", out, "--seed", 1, "--overwrite") == 0
     assert all((out / n).read_bytes() != first[n] for n in NAMES), "replaced with --overwrite"
@@ -222,16 +213,17 @@ def test_bad_generators_and_arguments_are_one_line_errors(generator_file, model,
                           (segmenter, "is a 'comgan.segmenter' file, not a generator"),
                           (garbage, "is not a readable torch file"),
                           (tmp_path, "is not a file")):
-        one_line_error(main("--generator", path, "--out", out), capsys, str(path), message)
+        one_line_error(main("--generator", path, "--out", out), capsys.readouterr().err, str(path), message)
     for args, message in ((["--out", out], "--generator"),
                           (["--generator", generator_file, "--out", out, "--count", "0"], "--count"),
                           (["--generator", generator_file, "--out", out, "--categories", "a,b"], "--categories"),
                           (["--generator", generator_file, "--out", out, "--device", "tpu9"], "--device")):
-        one_line_error(main(*args), capsys, message)
+        one_line_error(main(*args), capsys.readouterr().err, message)
     if not torch.cuda.is_available():
-        one_line_error(main("--generator", generator_file, "--out", out, "--device", "cuda"), capsys, "no CUDA")
+        code = main("--generator", generator_file, "--out", out, "--device", "cuda")
+        one_line_error(code, capsys.readouterr().err, "no CUDA")
     (tmp_path / "file").write_text("x")
-    one_line_error(main("--generator", generator_file, "--out", tmp_path / "file"), capsys)
+    one_line_error(main("--generator", generator_file, "--out", tmp_path / "file"), capsys.readouterr().err)
     assert not out.exists(), "nothing written on an error"
 
 
@@ -287,5 +279,7 @@ def test_generator_and_output_on_s3(generator_file, s3_bucket, tmp_path, capsys)
     for name in NAMES:
         assert read_bytes(f"{s3_bucket}/controls/{name}") == (tmp_path / name).read_bytes(), name
     capsys.readouterr()
-    one_line_error(main("--generator", url, "--out", f"{s3_bucket}/controls"), capsys, "already exists")
-    one_line_error(main("--generator", f"{s3_bucket}/nope.pt", "--out", tmp_path / "x"), capsys, "does not exist")
+    code = main("--generator", url, "--out", f"{s3_bucket}/controls")
+    one_line_error(code, capsys.readouterr().err, "already exists")
+    code = main("--generator", f"{s3_bucket}/nope.pt", "--out", tmp_path / "x")
+    one_line_error(code, capsys.readouterr().err, "does not exist")

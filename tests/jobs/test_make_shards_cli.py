@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.data_shards.fake_datasets import (make_cub, make_flowers, make_folder, read_set, write_plain_tars,
                                           write_set)
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import one_line_error, run_script
 
 
 def run(*args):
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / "make_shards.py"), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-
-
-def one_line_error(p, *words):
-    assert p.returncode == 2, (p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    assert p.stderr.startswith("error: ")
-    for word in words:
-        assert word in p.stderr
+    return run_script("jobs/make_shards.py", *args)
 
 
 def test_help_explains_every_converter_and_option():
@@ -105,7 +92,8 @@ def test_refuses_existing_set_then_overwrites_and_cleans_up(tmp_path):
     assert run("synthetic", dest, "--count", "10", "--resolution", "8", "--samples-per-shard", "2").returncode == 0
     assert len(list(dest.glob("shard-*.tar"))) == 5
     before = (dest / "manifest.json").read_text()
-    one_line_error(run("synthetic", dest, "--count", "4", "--resolution", "8"), str(dest), "--overwrite")
+    p = run("synthetic", dest, "--count", "4", "--resolution", "8")
+    one_line_error(p.returncode, p.stderr, str(dest), "--overwrite")
     assert (dest / "manifest.json").read_text() == before
     p = run("synthetic", dest, "--count", "10", "--resolution", "8", "--samples-per-shard", "4", "--overwrite")
     assert p.returncode == 0, p.stderr
@@ -119,7 +107,8 @@ def test_plain_tars_of_our_names_are_refused_and_overwrite_replaces_only_what_it
     write_plain_tars(dest, name="shard-%06d.tar")
     (dest / "notes.txt").write_text("mine")
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
-    one_line_error(run("synthetic", dest, "--count", "4", "--resolution", "8"), str(dest), "not empty", "--overwrite")
+    p = run("synthetic", dest, "--count", "4", "--resolution", "8")
+    one_line_error(p.returncode, p.stderr, str(dest), "not empty", "--overwrite")
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
     p = run("synthetic", dest, "--count", "4", "--resolution", "8", "--overwrite", "--quiet")
     assert p.returncode == 0, p.stderr
@@ -134,7 +123,8 @@ def test_overwrite_never_deletes_tars_an_index_manifest_lists(tmp_path):
     dest = tmp_path / "indexed"
     write_plain_tars(dest, name="shard-%06d.tar")
     assert run("index", dest, "--quiet").returncode == 0
-    one_line_error(run("synthetic", dest, "--count", "4", "--resolution", "8"), "already holds a shard set")
+    p = run("synthetic", dest, "--count", "4", "--resolution", "8")
+    one_line_error(p.returncode, p.stderr, "already holds a shard set")
     kept = {n: (dest / n).read_bytes() for n in ("shard-000001.tar", "shard-000002.tar")}
     assert run("synthetic", dest, "--count", "4", "--resolution", "8", "--overwrite", "--quiet").returncode == 0
     assert {n: (dest / n).read_bytes() for n in kept} == kept
@@ -147,7 +137,8 @@ def test_any_destination_that_holds_something_is_refused(tmp_path, case):
     mine = {"file_in_folder": dest / "photo.jpg", "hidden_file": dest / ".keep", "dest_is_a_file": dest}[case]
     mine.parent.mkdir(exist_ok=True)
     mine.write_text("mine")
-    one_line_error(run("synthetic", dest, "--count", "4", "--resolution", "8"), str(dest), "--overwrite")
+    p = run("synthetic", dest, "--count", "4", "--resolution", "8")
+    one_line_error(p.returncode, p.stderr, str(dest), "--overwrite")
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [mine] and mine.read_text() == "mine"
 
 
@@ -172,7 +163,8 @@ def test_user_errors_are_one_line(tmp_path, case):
         "bad_number": (["images", tmp_path / "src", dest, "--limit", "0"], ["--limit", "must be > 0"]),
         "unknown_converter": (["coco", tmp_path / "src", dest], ["invalid choice: 'coco'"]),
     }[case]
-    one_line_error(run(*args), *words)
+    p = run(*args)
+    one_line_error(p.returncode, p.stderr, *words)
     assert not (dest / "manifest.json").exists()
 
 
@@ -190,8 +182,10 @@ def test_destinations_by_url(tmp_path, s3_bucket):
     from data_shards.io import read_bytes, write_bytes
 
     write_bytes(f"{s3_bucket}/photos/a.jpg", b"mine")
-    one_line_error(run("synthetic", f"{s3_bucket}/photos", "--count", 4, "--resolution", 8), "not empty")
-    one_line_error(run("synthetic", f"{s3_bucket}/synth", "--count", 4, "--resolution", 8), "already holds a shard set")
+    p = run("synthetic", f"{s3_bucket}/photos", "--count", 4, "--resolution", 8)
+    one_line_error(p.returncode, p.stderr, "not empty")
+    p = run("synthetic", f"{s3_bucket}/synth", "--count", 4, "--resolution", 8)
+    one_line_error(p.returncode, p.stderr, "already holds a shard set")
     assert read_bytes(f"{s3_bucket}/photos/a.jpg") == b"mine"
 
 
@@ -216,7 +210,8 @@ def test_index_writes_a_manifest_beside_plain_tars_without_copying(tmp_path):
     assert not manifest["has_masks"] and manifest["mask_keys"] == {"mask.png": 5, "mask.jpg": 5}
 
     before = (folder / "manifest.json").read_text()
-    one_line_error(run("index", folder), f"{folder}/manifest.json already exists", "--overwrite")
+    p = run("index", folder)
+    one_line_error(p.returncode, p.stderr, f"{folder}/manifest.json already exists", "--overwrite")
     assert (folder / "manifest.json").read_text() == before
     p = run("index", folder, "--overwrite", "--quiet")
     assert p.returncode == 0 and p.stderr == "", p.stderr
@@ -248,7 +243,8 @@ def test_index_user_errors_are_one_line(tmp_path, case):
         "no_images": ([tmp_path / "odd", "--quiet"], ["none of its 1 samples has an image", "fields seen: json, picture.jpg",
                                            "jpg, jpeg, png or webp"]),
     }[case]
-    one_line_error(run("index", *args), *words)
+    p = run("index", *args)
+    one_line_error(p.returncode, p.stderr, *words)
     assert not list(tmp_path.rglob("manifest.json"))
 
 

@@ -23,6 +23,7 @@ from cluster.config import load_config
 from comgan.artifacts import generator_artifact, segmenter_artifact, to_bytes
 from comgan.networks import Generator, UNet
 from data_shards.io import join_url, read_bytes, write_bytes
+from tests.helpers import exit_code, one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("jobs_segment_images", ROOT / "jobs" / "segment_images.py")
@@ -126,18 +127,7 @@ def write_photos(root: Path, photos: dict) -> None:
 
 
 def main(*args) -> int:
-    try:
-        return job.main([str(a) for a in args])
-    except SystemExit as e:  # argparse: --help, usage errors
-        return e.code
-
-
-def one_line_error(code, capsys, *words, exit_code=2):
-    err = capsys.readouterr().err
-    assert code == exit_code, err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
+    return exit_code(job.main, *args)
 
 
 def mask(path) -> np.ndarray:
@@ -255,12 +245,12 @@ def test_existing_output_is_refused_without_overwrite(tmp_path, segmenter_file, 
     assert main(*args) == 0
     capsys.readouterr()
     (out / "a.png").write_bytes(b"keep me")
-    one_line_error(main(*args), capsys, "3 output file(s) already exist", "--overwrite")
+    one_line_error(main(*args), capsys.readouterr().err, "3 output file(s) already exist", "--overwrite")
     assert (out / "a.png").read_bytes() == b"keep me", "refused before anything was written"
 
     (out / "a.png").unlink()
     (out / "c.png").unlink()
-    one_line_error(main(*args), capsys, "1 output file(s) already exist", "segment_report.json")
+    one_line_error(main(*args), capsys.readouterr().err, "1 output file(s) already exist", "segment_report.json")
 
     assert main(*args, "--overwrite") == 0
     assert mask(out / "a.png").shape == (30, 40) and mask(out / "c.png").shape == (17, 33)
@@ -271,7 +261,7 @@ def test_a_generator_artifact_is_refused_in_one_line(tmp_path, model, capsys):
     generator = tmp_path / "generator.pt"
     generator.write_bytes(to_bytes(generator_artifact(Generator(model), model)))
     code = main("--photos", tmp_path / "photos", "--segmenter", generator, "--out", tmp_path / "masks")
-    one_line_error(code, capsys, str(generator), "'comgan.generator' file, not a segmenter")
+    one_line_error(code, capsys.readouterr().err, str(generator), "'comgan.generator' file, not a segmenter")
     assert not (tmp_path / "masks").exists()
 
 
@@ -283,7 +273,7 @@ def test_a_segmenter_that_asks_for_a_huge_network_is_refused_in_one_line(tmp_pat
     forged.write_bytes(to_bytes({"kind": "comgan.segmenter", "format": 1, "state_dict": {},
                                  "model": {**asdict(model), "seg_width": 200000}}))
     code = main("--photos", tmp_path / "photos", "--segmenter", forged, "--out", tmp_path / "masks")
-    one_line_error(code, capsys, str(forged), "model.seg_width=200000", "an artifact may have at most")
+    one_line_error(code, capsys.readouterr().err, str(forged), "model.seg_width=200000", "an artifact may have at most")
     assert not (tmp_path / "masks").exists()
 
 
@@ -328,7 +318,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, segmenter_file, capsys, case, 
     elif case == "batch":
         extra = ["--batch", "0"]
     code = main("--photos", photos, "--segmenter", segmenter, "--out", out, *extra)
-    one_line_error(code, capsys, *words)
+    one_line_error(code, capsys.readouterr().err, *words)
     assert not out.exists() or out.is_file()
 
 
@@ -359,7 +349,7 @@ def test_a_ray_worker_writes_the_same_masks_as_this_process(local_ray, tmp_path,
 
     # more workers than the local cluster's 2 CPUs hold: refused before any actor would wait forever
     code = main(*common, "--out", tmp_path / "more", "--workers", 3)
-    one_line_error(code, capsys, "--workers 3", "1 CPU missing")
+    one_line_error(code, capsys.readouterr().err, "--workers 3", "1 CPU missing")
 
 
 def test_photos_and_masks_on_s3(s3_bucket, tmp_path, segmenter_file, oracle, capsys):
@@ -377,7 +367,7 @@ def test_photos_and_masks_on_s3(s3_bucket, tmp_path, segmenter_file, oracle, cap
         m = np.asarray(Image.open(io.BytesIO(data))) > 127
         assert m.shape == (height, width) and iou(m, expected_mask(width, height, top)) > 0.85, rel
     assert json.loads(read_bytes(join_url(out, "segment_report.json")))["num_segmented"] == 3
-    one_line_error(main(*args), capsys, "4 output file(s) already exist", f"{out}/a.png")
+    one_line_error(main(*args), capsys.readouterr().err, "4 output file(s) already exist", f"{out}/a.png")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,8 +449,8 @@ def test_resume_skips_photos_whose_mask_exists_and_the_report_accounts_for_them(
     (out / "a.png").write_bytes(marker)  # a photo with its mask and overlay: left alone
     (out / "overlays" / "b.jpg").unlink()  # the mask without its overlay: done again
 
-    one_line_error(main(*args), capsys, "already exist", "--resume")  # refused without --resume
-    one_line_error(main(*args, "--resume", "--overwrite"), capsys, "not allowed with")
+    one_line_error(main(*args), capsys.readouterr().err, "already exist", "--resume")  # refused without --resume
+    one_line_error(main(*args, "--resume", "--overwrite"), capsys.readouterr().err, "not allowed with")
 
     assert main(*args, "--resume") == 0
     assert "(%d done by an earlier run)" % (len(done_before) - 1) in capsys.readouterr().out

@@ -25,6 +25,7 @@ from cluster.segment_images import (
     not_started_error,
     segment_images,
 )
+from tests.helpers import one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("jobs_segment_images_cli", ROOT / "jobs" / "segment_images.py")
@@ -82,8 +83,7 @@ def test_the_placement_timeout_is_an_option_with_a_bound(capsys):
                            (["--cpus-per-worker", "nan"], "must be a number >= 0")]:
         with pytest.raises(SystemExit) as e:
             job.parse_args(["--photos", "p", "--segmenter", "s", "--out", "o", *words])
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        one_line_error(e.value.code, capsys.readouterr().err, message)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, one_line_error, run_script, tiny_data
+
 VENV_BIN = Path(sys.executable).parent
-SUBMIT = [sys.executable, str(ROOT / "jobs" / "submit.py")]
 HEAD_PORTS = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "runtime-env-agent-port", "metrics-export-port", "node-manager-port", "object-manager-port",
               "ray-client-server-port")
@@ -157,19 +157,11 @@ def token_head(tmp_path_factory):
 def run_submit(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     if env is None:  # Ray's job client takes RAY_ADDRESS over --address: these tests give --address
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run([*SUBMIT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def one_error_line(p: subprocess.CompletedProcess) -> str:
-    lines = p.stderr.strip().splitlines()
-    assert "Traceback" not in p.stderr and len(lines) == 1, p.stderr
-    assert lines[0].startswith("error: "), p.stderr
-    return lines[0]
+    return run_script("jobs/submit.py", *args, env=env, timeout=timeout)
 
 
 def tiny_args(shards: Path, runs: Path, *overrides: str) -> list[str]:
-    return ["--config", "tiny", f"data.train={shards / 'train'}", f"data.eval={shards / 'eval'}",
-            "data.synthetic=false", *overrides, "--storage", str(runs)]
+    return ["--config", "tiny", *tiny_data(shards), *overrides, "--storage", str(runs)]
 
 
 def utc_names(pattern: str, started: datetime) -> set[str]:
@@ -210,16 +202,14 @@ def test_help_documents_token_schedule_and_exit_codes():
 def test_mistakes_in_the_command_are_one_line(args, message):
     address = [] if "--address" in args else ["--address", "http://127.0.0.1:9"]
     p = run_submit(*address, *args)
-    assert p.returncode == 2
-    assert message in one_error_line(p)
+    one_line_error(p.returncode, p.stderr, message)
 
 
 def test_unreachable_cluster_is_one_line():
     address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
     p = run_submit("--address", address, "--", "--storage", "/tmp/r")
-    assert p.returncode == 2
-    assert f"cannot reach the Ray job server at {address}" in one_error_line(p)
+    one_line_error(p.returncode, p.stderr, f"cannot reach the Ray job server at {address}")
     assert time.monotonic() - started < 30
 
 
@@ -304,8 +294,7 @@ def test_token_lookup_follows_rays_order(tmp_path, monkeypatch):
 ])
 def test_wrong_or_missing_token_is_one_line(token_head, token_env, message):
     p = run_submit("--address", token_head.address, "--", "--storage", "/tmp/r", env=token_head.env(**token_env))
-    assert p.returncode == 2
-    assert message in one_error_line(p)
+    one_line_error(p.returncode, p.stderr, message)
     assert "not-the-cluster-token-0123" not in p.stdout + p.stderr
 
 
@@ -366,8 +355,7 @@ def test_resubmitting_a_stopped_run_resumes_it(token_head, tiny_shards, tmp_path
     wait_for(lambda: (stage1 / "checkpoint_manager_snapshot.json").exists(), 180, "the first stage-1 checkpoint")
 
     busy = run_submit("--address", token_head.address, "--name", name, "--", *args, env=token_head.env())
-    assert busy.returncode == 3
-    assert f"run {name!r} is still being trained by job {job_id}" in one_error_line(busy)
+    one_line_error(busy.returncode, busy.stderr, f"run {name!r} is still being trained by job {job_id}", expected=3)
 
     client = token_head.client()
     client.stop_job(job_id)

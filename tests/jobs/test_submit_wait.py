@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import one_line_error
+
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("jobs_submit_cli", ROOT / "jobs" / "submit.py")
 job = importlib.util.module_from_spec(_spec)
@@ -102,8 +104,7 @@ def test_wait_gives_up_after_the_timeout_in_one_line(release, monkeypatch, capsy
 def test_timeout_mistakes_are_one_line(words, message, capsys):
     with pytest.raises(SystemExit) as e:
         job.parse_args(["--address", ADDRESS, *words, "--", "--storage", "/tmp/runs"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    one_line_error(e.value.code, capsys.readouterr().err, message)
 
 
 def test_wait_is_bounded_by_default():
