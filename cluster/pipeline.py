@@ -56,29 +56,30 @@ def ensure_data(cfg: Config) -> None:
     """Write the built-in synthetic set where it is missing, in its own folders only: a mistyped
     data path must stop the job, not fill the user's storage and train on synthetic images.
     Then check both datasets exist."""
-    d, m = cfg.data, cfg.model
-    for key, url, count, seed in (("data.train", d.train, d.synthetic_train_size, 1000),
-                                  ("data.eval", d.eval, d.synthetic_eval_size, 2000)):
+    data, model = cfg.data, cfg.model
+    for key, url, count, seed in (("data.train", data.train, data.synthetic_train_size, 1000),
+                                  ("data.eval", data.eval, data.synthetic_eval_size, 2000)):
         # data.eval='' means no evaluation; a user's plain tars (no manifest.json) are never written over
-        if not d.synthetic or not url or holds_shards(url):
+        if not data.synthetic or not url or holds_shards(url):
             continue
         if is_synthetic_home(url):
-            log(f"writing {count} synthetic {m.resolution}px images to {url}")
-            write_synthetic(url, count, m.resolution, d.synthetic_styles, seed, samples_per_shard=d.samples_per_shard)
+            log(f"writing {count} synthetic {model.resolution}px images to {url}")
+            write_synthetic(url, count, model.resolution, data.synthetic_styles, seed,
+                            samples_per_shard=data.samples_per_shard)
         elif not holds_anything(url):  # what is there (images, a cut-off write) read_manifest explains
             command = (f"python jobs/make_shards.py synthetic {shlex.quote(url)} --count {count} "
-                       f"--resolution {m.resolution} --styles {d.synthetic_styles} --seed {seed}")
+                       f"--resolution {model.resolution} --styles {data.synthetic_styles} --seed {seed}")
             raise ConfigError(f"{key}={url}: nothing is there (data.synthetic writes the built-in synthetic set "
                               f"only under {' and '.join(h + '/' for h in SYNTHETIC_HOMES)}; to train on it "
                               f"elsewhere, write it first: {command})")
-    train = read_manifest(d.train)
-    check_usable(d.train, resolution=m.resolution)  # a set no reader can use fails here, not in every worker
-    log(f"training shards: {d.train} ({train['num_samples']} images in {len(train['shards'])} shards)")
-    if d.eval:
-        held_out = read_manifest(d.eval)
+    train = read_manifest(data.train)
+    check_usable(data.train, resolution=model.resolution)  # a set no reader can use fails here, not in every worker
+    log(f"training shards: {data.train} ({train['num_samples']} images in {len(train['shards'])} shards)")
+    if data.eval:
+        held_out = read_manifest(data.eval)
         if not held_out.get("has_masks"):
-            raise ConfigError(f"data.eval={d.eval} has no ground-truth masks; give a set with masks or data.eval=''")
-        check_usable(d.eval, resolution=m.resolution, masks=True)
+            raise ConfigError(f"data.eval={data.eval} has no ground-truth masks; give a set with masks or data.eval=''")
+        check_usable(data.eval, resolution=model.resolution, masks=True)
 
 
 def is_synthetic_home(url: str) -> bool:
@@ -242,59 +243,60 @@ def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tu
     collapsed = collapsed_attempts(layout)
     if collapsed:
         summary["stage1_collapsed"] = collapsed
-    if checkpoints.artifact_done(layout.generator, "comgan.generator", warn=lambda m: log(f"stage1: warning: {m}")):
+    if checkpoints.artifact_done(layout.generator, "comgan.generator",
+                                 warn=lambda message: log(f"stage1: warning: {message}")):
         log(f"stage1: {layout.generator} exists, not retraining")
         return layout.generator
     while True:
         attempt = len(collapsed)
         may_restart = attempt < cfg.run.collapse_restarts
         attempt_cfg = with_seed(cfg, cfg.run.seed + COLLAPSE_SEED_STRIDE * attempt)
-        m = {**run_stage("stage1", attempt_cfg, layout, artifact=layout.generator, callbacks=callbacks,
-                         stop_when_trivial=may_restart), "seed": attempt_cfg.run.seed}
-        reason = m.get("watch/now") or ""  # the last check's finding: at the end, or where it stopped
+        metrics = {**run_stage("stage1", attempt_cfg, layout, artifact=layout.generator, callbacks=callbacks,
+                               stop_when_trivial=may_restart), "seed": attempt_cfg.run.seed}
+        reason = metrics.get("watch/now") or ""  # the last check's finding: at the end, or where it stopped
         if not (may_restart and reason):
             break
-        collapsed.append(set_attempt_aside(layout, attempt + 1, attempt_record(m)))
+        collapsed.append(set_attempt_aside(layout, attempt + 1, attempt_record(metrics)))
         summary["stage1_collapsed"] = collapsed
-        log(f"stage1: trivial solution at step {m.get('step')} ({reason}); attempt set aside in "
+        log(f"stage1: trivial solution at step {metrics.get('step')} ({reason}); attempt set aside in "
             f"{layout.collapsed(attempt + 1)}, starting again with run.seed={cfg.run.seed + COLLAPSE_SEED_STRIDE * (attempt + 1)} "
             f"(restart {attempt + 1} of {cfg.run.collapse_restarts})")
     if reason:
-        m = keep_the_healthiest_attempt(layout, m, collapsed)
-        log(f"stage1: the watchdog still finds a trivial solution ({m.get('watch/now')}) and no restart is "
+        metrics = keep_the_healthiest_attempt(layout, metrics, collapsed)
+        log(f"stage1: the watchdog still finds a trivial solution ({metrics.get('watch/now')}) and no restart is "
             f"left (run.collapse_restarts={cfg.run.collapse_restarts}): stage 2 learns from it anyway")
-    summary["stage1"] = m
-    log(f"stage1: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s, "
-        f"{m.get('perf/images_per_s', 0):.0f} img/s, mask mean {m.get('mask/mean', float('nan')):.2f}, "
-        f"empty masks {100 * m.get('mask/empty_fraction', float('nan')):.1f} %")
+    summary["stage1"] = metrics
+    log(f"stage1: {metrics.get('step')} steps in {metrics.get('perf/seconds', 0):.0f}s, "
+        f"{metrics.get('perf/images_per_s', 0):.0f} img/s, mask mean {metrics.get('mask/mean', float('nan')):.2f}, "
+        f"empty masks {100 * metrics.get('mask/empty_fraction', float('nan')):.1f} %")
     return layout.generator
 
 
-def attempt_record(m: dict) -> dict:
+def attempt_record(metrics: dict) -> dict:
     """What is kept of a stage-1 attempt set aside: its seed, where and why it was found trivial,
     its health by the watchdog's measures (ungated, so trivial attempts still rank) and, when it
     ran to the end, its final metrics (its generator.pt is then kept beside them)."""
-    return {"seed": m["seed"], "step": m.get("step"), "reason": m.get("watch/now"),
-            "first_trivial_at_step": m.get("watch/trivial_at_step"), "seconds": m.get("perf/seconds"),
-            "health": raw_health(m), "metrics": None if m.get("watch/abandoned") else m}
+    return {"seed": metrics["seed"], "step": metrics.get("step"), "reason": metrics.get("watch/now"),
+            "first_trivial_at_step": metrics.get("watch/trivial_at_step"), "seconds": metrics.get("perf/seconds"),
+            "health": raw_health(metrics), "metrics": None if metrics.get("watch/abandoned") else metrics}
 
 
-def raw_health(m: dict) -> float:
+def raw_health(metrics: dict) -> float:
     try:
-        value = health_score(m, gated=False)
+        value = health_score(metrics, gated=False)
     except KeyError:  # no watchdog measures (run.watch_every=0)
         return -1.0
     return value if math.isfinite(value) else -1.0
 
 
-def keep_the_healthiest_attempt(layout: RunLayout, m: dict, collapsed: list[dict]) -> dict:
+def keep_the_healthiest_attempt(layout: RunLayout, metrics: dict, collapsed: list[dict]) -> dict:
     """When every attempt ended trivial, hand stage 2 the healthiest finished one: a restart must
     not leave a run worse off than its first attempt. Returns that attempt's final metrics."""
     finished = [a for a in collapsed if a.get("metrics")]
     best = max(finished, key=lambda a: a["health"], default=None)
-    last = attempt_record(m)
+    last = attempt_record(metrics)
     if best is None or best["health"] <= last["health"]:
-        return m
+        return metrics
     collapsed.append(set_attempt_aside(layout, len(collapsed) + 1, last))
     checkpoints.export_artifact(layout.generator,
                                 read_bytes(join_url(layout.collapsed(best["attempt"]), "stage1", "generator.pt")))
@@ -334,24 +336,25 @@ def set_attempt_aside(layout: RunLayout, attempt: int, record: dict) -> dict:
 
 
 def train_segmenter(cfg: Config, layout: RunLayout, generator: str, summary: dict, callbacks: tuple = ()) -> None:
-    if checkpoints.artifact_done(layout.segmenter, "comgan.segmenter", warn=lambda m: log(f"stage2: warning: {m}")):
+    if checkpoints.artifact_done(layout.segmenter, "comgan.segmenter",
+                                 warn=lambda message: log(f"stage2: warning: {message}")):
         log(f"stage2: {layout.segmenter} exists, not retraining")
         return
-    m = run_stage("stage2", cfg, layout, artifact=layout.segmenter, generator=generator, callbacks=callbacks)
-    summary["stage2"] = m
-    log(f"stage2: {m.get('step')} steps in {m.get('perf/seconds', 0):.0f}s")
-    warning = segmenter_warning(m, cfg)
+    metrics = run_stage("stage2", cfg, layout, artifact=layout.segmenter, generator=generator, callbacks=callbacks)
+    summary["stage2"] = metrics
+    log(f"stage2: {metrics.get('step')} steps in {metrics.get('perf/seconds', 0):.0f}s")
+    warning = segmenter_warning(metrics, cfg)
     if warning:
-        m["watch/segmenter"] = warning
+        metrics["watch/segmenter"] = warning
         log(f"stage2: warning: {warning}")
 
 
-def segmenter_warning(m: dict, cfg: Config) -> str | None:
+def segmenter_warning(metrics: dict, cfg: Config) -> str | None:
     """What to tell the user when S's masks on the real images (the last tick's mean) have drifted
     from its masks on the generated ones; None when they have not."""
-    if "seg/pred_real_mean" not in m or "seg/pred_fake_mean" not in m:
+    if "seg/pred_real_mean" not in metrics or "seg/pred_fake_mean" not in metrics:
         return None
-    reason = segmenter_reason(float(m["seg/pred_real_mean"]), float(m["seg/pred_fake_mean"]))
+    reason = segmenter_reason(float(metrics["seg/pred_real_mean"]), float(metrics["seg/pred_fake_mean"]))
     if reason and cfg.stage2.self_train_weight > 0:
         # Seen on the horses at stage2.self_train_weight=2 and with a stage-1 prior that left the
         # teacher sure mostly of the background: it taught background until S marked nothing.
