@@ -71,11 +71,6 @@ class Stage1Config:
     # (0.73, against 0.87 at 0.25 and without it; benchmarks/results/README.md). Reading b from
     # x_bar as well made masks soft.
     composite_info_weight: float = 0.25
-    # R1 gradient penalty on D_z's real images (StyleGAN2): gamma / 2 * |grad_x D_z(x)|^2, applied
-    # every r1_every steps at r1_every times the weight (lazy regularisation); 0 = off. It keeps
-    # D_z smooth around the data, so G's gradients, the mask's included, do not swing with D_z.
-    r1_gamma: float = 0.0
-    r1_every: int = 4
     ema_decay: float = 0.999    # G_ema decay, ramped up from 0 over the first steps
     bn_recalibration_batches: int = 20  # re-estimate G_ema's BatchNorm statistics before export
     orient_mask: bool = True    # at export, swap F/B if the mask covers the border (the background)
@@ -305,7 +300,7 @@ def validate_model(m: ModelConfig) -> None:
 
 def validate_stages(cfg: ComGANConfig) -> None:
     s1, s2 = cfg.stage1, cfg.stage2
-    for key in ("stage1.beta", "stage1.r1_gamma", "stage1.composite_info_weight", "stage2.adv_weight"):
+    for key in ("stage1.beta", "stage1.composite_info_weight", "stage2.adv_weight"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value < 0:
@@ -339,8 +334,6 @@ def validate_stages(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage2.lam (lambda) must be >= 0, got {s2.lam}")
     if s1.beta_warmup < 0:
         raise ConfigError(f"stage1.beta_warmup must be >= 0 steps (0 = off), got {s1.beta_warmup}")
-    if s1.r1_every < 1:
-        raise ConfigError(f"stage1.r1_every must be >= 1, got {s1.r1_every}")
     if not 0 <= s1.ema_decay < 1:
         raise ConfigError(f"stage1.ema_decay must be in [0, 1), got {s1.ema_decay}")
     if s1.bn_recalibration_batches < 0:

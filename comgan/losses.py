@@ -55,12 +55,6 @@ def mask_border_loss(mask: torch.Tensor, ring: float) -> torch.Tensor:
     return torch.minimum(share, 1 - share).mean()
 
 
-def r1_penalty(real_logits: torch.Tensor, real_input: torch.Tensor) -> torch.Tensor:
-    """Mean over samples of |d logit / d input|^2 (StyleGAN2's R1), differentiable for D's update."""
-    grad, = torch.autograd.grad(real_logits.float().sum(), real_input, create_graph=True)
-    return grad.float().square().flatten(1).sum(1).mean()
-
-
 def info_loss(logits: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
     """InfoGAN-style code recovery: cross-entropy of D_f / D_b against the sampled category."""
     return F.cross_entropy(logits, target_idx)

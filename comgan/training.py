@@ -149,13 +149,8 @@ class Stage1Step(_Step):
         # Phase Dz: real -> 1, composite and global-feature image -> 0.
         state.D_z.requires_grad_(True)
         opt_D.zero_grad(set_to_none=True)
-        r1 = cfg.stage1.r1_gamma > 0 and state.step % cfg.stage1.r1_every == 0
-        real_seen = aug(real).detach().requires_grad_(r1)
-        d_real, d_fake, d_global = D_z(real_seen), D_z(aug(out.image.detach())), D_z(aug(out.global_image.detach()))
+        d_real, d_fake, d_global = D_z(aug(real)), D_z(aug(out.image.detach())), D_z(aug(out.global_image.detach()))
         loss_d = losses.bce_real(d_real) + losses.bce_fake(d_fake) + losses.bce_fake(d_global)
-        if r1:
-            penalty = losses.r1_penalty(d_real, real_seen)
-            loss_d = loss_d + cfg.stage1.r1_gamma / 2 * cfg.stage1.r1_every * penalty
         self.backward(loss_d)
         opt_D.step()
 
@@ -192,8 +187,6 @@ class Stage1Step(_Step):
         }
         if composite_info is not None:
             stats["loss/composite_info"] = composite_info
-        if r1:
-            stats["loss/D_z_r1"] = penalty
         return {k: v.detach() for k, v in stats.items()}
 
     def info_losses(self, out, f_idx, b_idx):

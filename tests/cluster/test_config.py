@@ -21,8 +21,6 @@ def test_overrides_and_round_trip():
     ("stage1.batch_size=7", "divide evenly"),
     ("stage1.mask_border_ring=0.5", "stage1.mask_border_ring in (0, 0.5)"),
     ("stage1.mask_border_weight=-1", "stage1.mask_border_weight must be >= 0"),
-    ("stage1.r1_gamma=-1", "stage1.r1_gamma must be >= 0"),
-    ("stage1.r1_every=0", "stage1.r1_every must be >= 1"),
     ("stage1.composite_info_weight=-0.5", "stage1.composite_info_weight must be >= 0"),
     ("stage2.self_train_confidence=1", "stage2.self_train_confidence must be in [0.5, 1)"),
     ("stage2.self_train_augment=color,blur", "stage2.self_train_augment: unknown augmentation blur"),
@@ -98,7 +96,7 @@ def test_paper_preset_turns_off_every_term_the_paper_does_not_have():
     """The default adds terms the paper lacks; the paper preset must train the paper's losses only."""
     cfg = load_config("paper")
     s1, s2 = cfg.stage1, cfg.stage2
-    assert (s1.mask_area_weight, s1.mask_border_weight, s1.composite_info_weight, s1.r1_gamma) == (0, 0, 0, 0)
+    assert (s1.mask_area_weight, s1.mask_border_weight, s1.composite_info_weight) == (0, 0, 0)
     assert s1.augment == ""
     assert s2.self_train_weight == 0 and s2.adv_weight == 1 and not s2.export_teacher
 

@@ -5,7 +5,7 @@ import torch
 
 from comgan.ema import ema_decay_at, make_ema, update_ema
 from comgan.export import recalibrate_batchnorm
-from comgan.losses import binary_entropy, mask_area_hinge, mask_border_loss, mask_border_share, r1_penalty
+from comgan.losses import binary_entropy, mask_area_hinge, mask_border_loss, mask_border_share
 from comgan.metrics import centred_box_baseline, segmentation_scores
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
 
@@ -61,30 +61,6 @@ def stage1_step_stats(cfg, **stage1) -> dict:
     state = Stage1State.create(cfg)
     torch.manual_seed(1)
     return Stage1Step(state, cfg)(real_batch(cfg))
-
-
-def test_r1_penalty_is_the_squared_input_gradient_and_trains_d():
-    """For D(x) = w . x + c the input gradient is w for every sample: R1 = |w|^2, and its gradient
-    with respect to w is 2w (it must reach D's weights, hence create_graph)."""
-    w = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
-    x = torch.randn(4, 3, requires_grad=True)
-    penalty = r1_penalty(x @ w + 0.3, x)
-    assert penalty.item() == pytest.approx(5.25)
-    penalty.backward()
-    torch.testing.assert_close(w.grad, 2 * w.detach())
-
-
-def test_r1_weights_the_penalty_lazily_in_phase_dz(cfg):
-    """stage1.r1_gamma adds gamma / 2 * r1_every * R1 to L_D on steps that are multiples of
-    r1_every (the first step is step 0)."""
-    plain = stage1_step_stats(copy.deepcopy(cfg))
-    st = stage1_step_stats(copy.deepcopy(cfg), r1_gamma=0.5, r1_every=4)
-    assert st["loss/D_z_r1"] > 0
-    torch.testing.assert_close(st["loss/D_z"] - plain["loss/D_z"], 0.5 / 2 * 4 * st["loss/D_z_r1"], rtol=1e-4, atol=1e-5)
-    state = Stage1State.create(cfg)
-    state.step = 1
-    cfg.stage1.r1_gamma = 0.5
-    assert "loss/D_z_r1" not in Stage1Step(state, cfg)(real_batch(cfg)), "lazy: not on step 1 of every 4"
 
 
 def test_mask_gradient_norms_are_reported(cfg):
