@@ -26,9 +26,12 @@ def print_error(error: BaseException | str) -> None:
 
 class OneLineParser(argparse.ArgumentParser):
     """Usage mistakes as one `error:` line (exit 2), like every other error of the jobs; `hint`, if
-    given, goes into that line before the pointer to --help."""
+    given, goes into that line before the pointer to --help. Options are never abbreviated: a
+    prefix (`--colour` for --colour-refine) would be taken silently, and a new option sharing it
+    would change what an old command line means. Sub-command parsers are of this class too."""
 
     def __init__(self, *args, hint: str = "", **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.hint = hint
 
@@ -37,8 +40,9 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(EXIT_USER_ERROR)
 
 
-def int_at_least(minimum: int):
-    """An argparse type: an integer >= `minimum`, else a one-line usage error."""
+def int_at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer >= `minimum` (and <= `maximum`, if given), else a one-line
+    usage error."""
     def parse(text):
         try:
             value = int(text)
@@ -46,6 +50,8 @@ def int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {text}")
         return value
     return parse
 

@@ -80,12 +80,11 @@ class Config(ComGANConfig):
 def load_config(source: str | None = None, overrides: list[str] | tuple = ()) -> Config:
     """Build a validated Config from a preset name or YAML path, then `key=value` overrides."""
     cfg = Config()
+    if source == "":  # an unset shell variable, not a request for the default preset
+        raise ConfigError(f"--config is empty: give a preset ({preset_names()}) or a YAML file")
     if source and source != "default":
         path = _resolve_source(source)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+        data = _read_yaml(path)
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
         data.pop("preset", None)
@@ -113,6 +112,21 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
+def _read_yaml(path: Path):
+    """The YAML document in a config file; a file that is not UTF-8 text (a checkpoint or an image
+    given by mistake) or not YAML is one ConfigError naming it."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a YAML text file (not UTF-8 text): give a preset or a config YAML") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+
+
+def preset_names() -> str:
+    return ", ".join(sorted(["default"] + [p.stem for p in PRESET_DIR.glob("*.yaml")]))
+
+
 def _resolve_source(source: str) -> Path:
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.exists():
@@ -121,8 +135,7 @@ def _resolve_source(source: str) -> Path:
         return path
     preset = PRESET_DIR / f"{source}.yaml"
     if not preset.is_file():
-        names = ", ".join(sorted(["default"] + [p.stem for p in PRESET_DIR.glob("*.yaml")]))
-        raise ConfigError(f"unknown config {source!r}: give a YAML file or one of: {names}")
+        raise ConfigError(f"unknown config {source!r}: give a YAML file or one of: {preset_names()}")
     return preset
 
 

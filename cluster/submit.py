@@ -138,9 +138,14 @@ def is_loopback(host: str) -> bool:
 def check_address(address: str, allow_insecure_http: bool = False) -> None:
     """A job server URL the token may be sent to: https, or plain http to this machine (the SSH
     tunnel of `ray attach -p 8265` / `ray dashboard`). Plain http to another host would carry the
-    bearer token, and the job, in clear text: only with `allow_insecure_http`."""
+    bearer token, and the job, in clear text: only with `allow_insecure_http`. The scheme is
+    required: Ray's client takes a bare host:port for a cluster's GCS address, and tries it for
+    most of a minute before it fails with a traceback."""
+    if "://" not in address:
+        raise SubmitError(f"--address {address!r} needs http:// or https://: give http://{address} (the job "
+                          f"server's URL, http://host:8265 with the dashboard port)")
     try:
-        parts = urlsplit(address if "://" in address else f"http://{address}")
+        parts = urlsplit(address)
         host = parts.hostname or ""
     except ValueError:
         raise SubmitError(f"--address {address!r} is not a valid URL (e.g. http://127.0.0.1:8265)") from None

@@ -26,7 +26,6 @@ SEGMENTER_KEYS = ("resolution", "seg_width", "seg_depth")
 # must not make a job allocate until it dies. Generous: the paper's G has 8.6 M parameters, its S
 # (64 filters, depth 4) 34.5 M, and it works at 128 px.
 MAX_PARAMETERS = 200_000_000  # per network
-MAX_RESOLUTION = 2048  # photos are resized to it before segmentation
 
 
 class ArtifactError(UserError):
@@ -79,15 +78,13 @@ def check_fits(obj: dict, expected: ModelConfig | None, keys, what: str) -> Mode
 
 
 def saved_model(obj: dict, what: str) -> ModelConfig:
-    """The artifact's model section, checked with a config's ranges and MAX_RESOLUTION."""
+    """The artifact's model section, checked with a config's ranges (MAX_RESOLUTION included)."""
     if not isinstance(obj.get("model"), dict):
         raise ArtifactError(f"{what} has no model section")
     try:
         saved = model_config_from_dict(obj["model"])
     except ConfigError as e:
         raise ArtifactError(f"{what}: {e}") from None
-    if saved.resolution > MAX_RESOLUTION:
-        raise ArtifactError(f"{what}: model.resolution is {saved.resolution}, over the {MAX_RESOLUTION} an artifact may have")
     return saved
 
 

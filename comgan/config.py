@@ -276,10 +276,13 @@ def validate(cfg: ComGANConfig) -> None:
     validate_stages(cfg)
 
 
+MAX_RESOLUTION = 2048  # the largest image side a model (and an artifact) may have
+
+
 def validate_model(m: ModelConfig) -> None:
     """The model section's ranges, shared by configs and the artifacts' saved model sections."""
-    if m.resolution < 16 or m.resolution & (m.resolution - 1):
-        raise ConfigError(f"model.resolution must be a power of two >= 16, got {m.resolution}")
+    if m.resolution < 16 or m.resolution > MAX_RESOLUTION or m.resolution & (m.resolution - 1):
+        raise ConfigError(f"model.resolution must be a power of two from 16 to {MAX_RESOLUTION}, got {m.resolution}")
     if m.num_categories < 1:
         raise ConfigError(f"model.num_categories (N) must be >= 1, got {m.num_categories}")
     if m.ngf < 4 or m.ngf % 4:

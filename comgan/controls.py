@@ -95,11 +95,17 @@ def _unit(x: torch.Tensor, scale: int) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
+def grid_size(resolution: int, groups: int, columns: int, scale: int = 1, pad: int = 2,
+              gap: int = 6) -> tuple[int, int]:
+    """(H, W) of the grid `control_grid` lays out, known before any image is generated."""
+    s = resolution * scale
+    return groups * (len(ROWS) * (s + pad) + pad) + (groups - 1) * gap, columns * (s + pad) + pad
+
+
 def control_grid(out: GeneratorOutput, groups: int, scale: int = 1, pad: int = 2, gap: int = 6) -> torch.Tensor:
     """A [3, H, W] grid in [0, 1]: per group the rows composite / foreground / background / mask,
-    one column per image of the group; groups separated by `gap` more white pixels.
-    H = groups * (4 * (s + pad) + pad) + (groups - 1) * gap and W = columns * (s + pad) + pad, where
-    s = resolution * scale."""
+    one column per image of the group; groups separated by `gap` more white pixels; its size is
+    `grid_size`."""
     cols = out.image.shape[0] // groups
     rows = [_unit(t, scale) for t in (out.image, out.fg, out.bg, out.mask)]
     blocks = []

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
@@ -100,10 +101,26 @@ def configure_s3(endpoint_url: str = "", region: str = "", profile: str = "", an
 
 def filesystem(url: str, **storage_options) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for a URL. fsspec caches instances per process and drops them
-    after a fork, so calling this inside a DataLoader worker gives that worker its own client."""
+    after a fork, so calling this inside a DataLoader worker gives that worker its own client.
+    A scheme fsspec does not know, or whose package is not installed, is a StorageError."""
     if url.startswith(("s3://", "s3a://")):
         storage_options = {**_S3_OPTIONS, **storage_options}
-    return fsspec.core.url_to_fs(url, **storage_options)
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options)
+    except ValueError as e:
+        if not str(e).startswith("Protocol not known"):
+            raise
+        raise StorageError(_unknown_scheme(url)) from None
+    except ImportError as e:  # a scheme fsspec knows whose package is missing (gs:// without gcsfs)
+        raise StorageError(f"{url}: {str(e).splitlines()[0]}") from None
+
+
+def _unknown_scheme(url: str) -> str:
+    # Every scheme that would work, so that a typo (s4://) and a missing one can be told apart.
+    scheme = url.split("://", 1)[0].split("::")[-1]
+    others = ", ".join(p for p in fsspec.available_protocols() if p not in ("file", "local", "s3"))
+    return (f"{url}: unknown URL scheme {scheme!r}; use a local path, file://..., s3://bucket/... or another "
+            f"scheme fsspec knows: {others}")
 
 
 def storage_error(url: str, error: BaseException) -> StorageError | None:
@@ -117,6 +134,9 @@ def storage_error(url: str, error: BaseException) -> StorageError | None:
         return error
     if isinstance(error, FileNotFoundError) and "bucket does not exist" in text.lower():
         return StorageError(f"{url}: bucket {bucket!r} does not exist")
+    if isinstance(error, NotADirectoryError):  # a file lies where a folder of the path must be
+        blocker = _file_in_the_way(url)
+        return StorageError(f"{url}: {blocker or 'a part of it'} is a file, not a folder")
     if isinstance(error, PermissionError):
         detail = text.splitlines()[0] if text else "no detail"
         if "://" not in url or url.startswith("file://"):
@@ -155,8 +175,50 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 def _make_parent(fs: fsspec.AbstractFileSystem, path: str) -> None:
     # Object stores have no folders; local writes need them.
-    if _is_local(fs):
+    if not _is_local(fs):
+        return
+    try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where one of the folders must be
+        raise StorageError(f"{path}: {_file_in_the_way(path) or 'a part of it'} is a file, not a folder") from None
+
+
+def _file_in_the_way(url: str) -> str | None:
+    """The local file that lies where a folder above `url` must be (writing or reading `url` fails
+    on it with NotADirectoryError or FileExistsError), or None: none does, or an object store."""
+    fs, path = filesystem(url)
+    if not _is_local(fs):
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):  # ends at the root, which exists
+        parent = os.path.dirname(parent)
+    return None if os.path.isdir(parent) else parent
+
+
+def _check_regular_file(fs: fsspec.AbstractFileSystem, url: str, path: str) -> None:
+    """Refuse a local path that is not a regular file before opening it: a folder fails late, and a
+    named pipe or a device would block the reader forever (or never end). Object stores hold
+    only objects. A missing path is left to the open (FileNotFoundError)."""
+    if not _is_local(fs) or not os.path.lexists(path):
+        return
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise StorageError(f"{url} is not a file: it is a folder")
+    if not stat.S_ISREG(mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+        raise StorageError(f"{url} is not a regular file: it is {kind}")
+
+
+def check_file_target(url: str) -> None:
+    """Before the work whose result goes to `url`: refuse a URL no file can be written to (a folder
+    is there, which no overwrite replaces, or a local file lies where a folder above it must be),
+    rather than fail at the end and lose the work."""
+    if url_kind(url) == "folder":
+        raise StorageError(f"{url} is not a file: it is a folder")
+    blocker = _file_in_the_way(url)
+    if blocker:
+        raise StorageError(f"{url}: {blocker} is a file, not a folder")
 
 
 @contextmanager
@@ -172,6 +234,8 @@ def _open(url: str, mode: str):
     fs, path = filesystem(url)
     if any(c in mode for c in "wax"):
         _make_parent(fs, path)
+    else:
+        _check_regular_file(fs, url, path)
     return fs.open(path, mode)
 
 
@@ -296,6 +360,7 @@ def sha256_hex(data: bytes) -> str:
 @_user_errors
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
+    _check_regular_file(fs, url, path)
     return fs.cat_file(path)
 
 

@@ -31,16 +31,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.cli import EXIT_USER_ERROR, print_error
+from cluster.cli import EXIT_USER_ERROR, OneLineParser, print_error
 from comgan.errors import UserError
-from data_shards.io import redact, redacted, url_exists
+from data_shards.io import check_file_target, redact, redacted, url_exists
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="jobs/evaluate.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Exit codes: 0 done, 2 a mistake in the arguments, artifact, data or storage, "
-                                       "or an existing report without --overwrite.")
+    p = OneLineParser(prog="jobs/evaluate.py", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter,
+                      epilog="Exit codes: 0 done, 2 a mistake in the arguments, artifact, data or storage, "
+                             "or an existing report without --overwrite.")
     p.add_argument("--segmenter", metavar="URI", help="a segmenter.pt (path or URL) to score on --data's masks")
     p.add_argument("--data", required=True, metavar="URL",
                    help="shards with images and ground-truth masks (for FID alone, masks are not needed)")
@@ -55,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0,
                    help="score the segmenter on this many Ray tasks, each a part of the shards (default: 0, in this process)")
     p.add_argument("--out", metavar="URL", help="write results JSON here, and <out minus .json>_grid.png")
-    p.add_argument("--overwrite", action="store_true", help="replace a report (JSON or grid) already at --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a report (JSON or grid) already at --out; a folder there is never replaced")
     q = p.add_argument_group("FID and Inception Score of a generator")
     q.add_argument("--generator", metavar="URI", help="a generator.pt (path or URL)")
     q.add_argument("--inception", metavar="URI", help="the TorchScript detector inception-2015-12-05.pt (path or URL)")
@@ -71,18 +72,36 @@ def check_args(a: argparse.Namespace) -> None:
         raise ValueError("--generator is scored by FID and IS, which need --inception (the file inception-2015-12-05.pt)")
     if a.resolution < 0 or a.batch < 1 or not 0 < a.threshold < 1 or a.workers < 0:
         raise ValueError("--resolution and --workers must be >= 0, --batch >= 1 and --threshold in (0, 1)")
+    check_resolution(a.resolution)
     if a.fid_samples < 2 or a.fid_real < 2:
         raise ValueError("--fid-samples and --fid-real must be >= 2")
     check_out(a)
 
 
+def check_resolution(resolution: int) -> None:
+    """Every image is read at this size: the bound an artifact's resolution has, so that a typo
+    is a line, not minutes of allocating until the OOM killer ends the job."""
+    from comgan.config import MAX_RESOLUTION
+
+    if resolution > MAX_RESOLUTION:
+        raise ValueError(f"--resolution must be <= {MAX_RESOLUTION} (the largest an artifact may have), "
+                         f"got {resolution}")
+
+
 def check_out(a: argparse.Namespace) -> None:
-    """Refuse to replace a report without --overwrite, before minutes of scoring."""
-    if not a.out or a.overwrite:
+    """Before minutes of scoring: refuse a report that cannot be written (a folder at --out, which
+    --overwrite does not replace, or a file above it), and one that would replace a report without
+    --overwrite."""
+    if not a.out:
         return
     targets = [a.out, grid_url(a.out)] if a.segmenter else [a.out]  # the grid comes with a segmenter only
+    for url in targets:
+        try:
+            check_file_target(url)
+        except UserError as e:
+            raise ValueError(f"--out: {e}") from None
     existing = [url for url in targets if url_exists(url)]
-    if existing:
+    if existing and not a.overwrite:
         raise ValueError(f"{existing[0]} already exists; use --overwrite to replace it")
 
 

@@ -37,10 +37,13 @@ from cluster.cli import EXIT_USER_ERROR, OneLineParser, int_at_least, print_erro
 from comgan import inference  # noqa: E402
 from comgan.artifacts import ArtifactError, from_bytes, load_generator  # noqa: E402
 from comgan.controls import (VARIED, control_codes, control_grid, default_categories, default_scale,  # noqa: E402
-                             generate)
+                             generate, grid_size)
 from comgan.errors import UserError  # noqa: E402
 from comgan.visualize import grid_to_uint8  # noqa: E402
+from data_shards.images import MAX_PIXELS  # noqa: E402
 from data_shards.io import join_url, read_bytes, redact, url_exists, write_bytes  # noqa: E402
+
+MAX_SCALE = 64  # a 16 px image 1024 px wide: more shows nothing new, and the grids grow with its square
 
 
 def _categories(text):
@@ -69,8 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the categories shown as columns of vary_f and vary_b, instead of the first --count")
     p.add_argument("--groups", type=int_at_least(1), default=2, metavar="G",
                    help="fixed settings per grid, each a group of four rows (default: %(default)s)")
-    p.add_argument("--scale", type=int_at_least(1), metavar="K",
-                   help="enlarge images K times, nearest neighbour (default: enough for 64 px, 1 from 64 px up)")
+    p.add_argument("--scale", type=int_at_least(1, MAX_SCALE), metavar="K",
+                   help=f"enlarge images K times, nearest neighbour, K <= {MAX_SCALE} (default: enough for 64 px, "
+                        f"1 from 64 px up); each grid may have at most {MAX_PIXELS / 1e6:g} MP")
     p.add_argument("--batch", type=int_at_least(1), default=32, metavar="B",
                    help="images per generator call; memory grows with it (default: %(default)s)")
     p.add_argument("--device", default="auto",
@@ -109,6 +113,15 @@ def png_bytes(grid: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
+def check_grid_size(resolution: int, groups: int, columns: int, scale: int) -> None:
+    """Refuse, before generating, grids larger than the largest image the project opens: they are
+    held in memory several times over (a few GB at that size), and no reader would open them."""
+    height, width = grid_size(resolution, groups, columns, scale)
+    if height * width > MAX_PIXELS:
+        raise UserError(f"the grids would be {width}x{height} pixels ({height * width / 1e6:,.0f} MP), more than "
+                        f"the {MAX_PIXELS / 1e6:g} MP an image may have: lower --scale, --count or --groups")
+
+
 def run(args: argparse.Namespace) -> list[str]:
     targets = {vary: join_url(args.out, f"vary_{vary}.png") for vary in VARIED}
     if not args.overwrite:
@@ -123,6 +136,7 @@ def run(args: argparse.Namespace) -> list[str]:
         raise UserError(f"--categories: {bad[0]} is not a category of this generator "
                         f"(model.num_categories is {model.num_categories}: 0..{model.num_categories - 1})")
     scale = args.scale or default_scale(model.resolution)
+    check_grid_size(model.resolution, args.groups, max(args.count, len(categories)), scale)
     grids = {}
     for vary in VARIED:
         z, f, b = control_codes(model, vary, args.groups, args.count, args.seed, categories)

@@ -21,11 +21,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.cli import add_run_arguments, run_job  # noqa: E402
+from cluster.cli import OneLineParser, add_run_arguments, run_job  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="jobs/segment.py", description=__doc__,
         epilog="Exit codes: 0 done, 1 the stage failed after its restarts (re-run to resume), "
                "2 a mistake in the command, config, artifact, data or storage.",

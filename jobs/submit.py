@@ -166,10 +166,11 @@ def submit(args: argparse.Namespace) -> int:
 
     now = datetime.now(timezone.utc)
     name = expand_run_name(args.name, now)
-    if check_train_args(args.train_args) is None:
+    storage = check_train_args(args.train_args)
+    server = JobServer(args.address, allow_insecure_http=args.allow_insecure_http)  # a bad address: its line alone
+    if storage is None:
         print("warning: no --storage among the training arguments: the run goes to the config's run.storage, "
               "which must be a URL or an absolute path for a resubmission to resume it", file=sys.stderr)
-    server = JobServer(args.address, allow_insecure_http=args.allow_insecure_http)
     server.refuse_if_running(name)
     job_id = server.submit(name, args.train_args, args.working_dir, now)
     print(f"submitted job {job_id}: run {name} on {args.address}", flush=True)

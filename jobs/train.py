@@ -28,11 +28,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.cli import add_run_arguments, run_job  # noqa: E402
+from cluster.cli import OneLineParser, add_run_arguments, run_job  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="jobs/train.py", description=__doc__,
         epilog="Every config key can be overridden as section.key=value; see comgan/config.py "
                "(model, stage1, stage2), data_shards/config.py (data, storage) and cluster/config.py (run) "

@@ -118,7 +118,8 @@ def build_sweep(args: argparse.Namespace):
     fixed = [f"{k}={_text(v)}" for k, v in (file.get("set") or {}).items()] + list(args.fixed)
     if args.workers is not None:
         fixed.append(f"run.workers={args.workers}")
-    base = load_config(args.config or file.get("config") or "default", fixed)
+    config = args.config if args.config is not None else file.get("config", "default")  # "" is refused there
+    base = load_config(config, fixed)
     specs = (specs_from_yaml(file["space"]) if "space" in file else []) + list(args.space)
     axes = parse_space(specs, base)
 

@@ -14,7 +14,7 @@ from comgan.inference import mirror_averaged, predict
 from comgan.artifacts import segmenter_artifact, to_bytes
 from comgan.networks import UNet
 from data_shards.writer import write_shards
-from tests.helpers import one_line_error
+from tests.helpers import exit_code, one_line_error
 
 
 def disc_scene(size: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -198,3 +198,46 @@ def test_ray_workers_score_the_same_images_the_same_way(disc_set, local_ray):
     split, split_grid = evaluate(*args, batch_size=2, score_resolution=32, grabcut=True, workers=2)
     assert split == alone, "two Ray tasks, each a part of the shards, give the same results"
     assert torch.equal(split_grid, grid)
+
+
+def evaluate_job(*args) -> int:
+    import jobs.evaluate as job
+
+    return exit_code(job.main, *args)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("data is a file", ["is a file, not a folder"]),
+    ("segmenter is a folder", ["is not a file: it is a folder"]),
+    ("out under a file", ["--out", "is a file, not a folder"]),
+    ("out is a folder, --overwrite", ["--out", "is not a file: it is a folder"]),
+    ("resolution", ["--resolution", "2048"]),
+    ("abbreviation", ["unrecognized arguments: --colour"]),
+    ("usage", ["unrecognized arguments: --no-such-flag", "jobs/evaluate.py --help"]),
+])
+def test_evaluate_job_bad_paths_and_sizes_are_one_line_before_scoring(disc_set, tmp_path, capsys, case, words):
+    """Each named in one line before any scoring (no table printed), and nothing at --out changed."""
+    root, _ = disc_set
+    segmenter, data, extra = root / "segmenter.pt", root / "eval", []
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "folder").mkdir()
+    if case == "data is a file":
+        data = tmp_path / "file"
+    elif case == "segmenter is a folder":
+        segmenter = tmp_path / "folder"
+    elif case == "out under a file":
+        extra = ["--out", tmp_path / "file" / "r.json"]
+    elif case == "out is a folder, --overwrite":
+        extra = ["--out", tmp_path / "folder", "--overwrite"]
+    elif case == "resolution":
+        extra = ["--resolution", "100000"]
+    elif case == "abbreviation":
+        extra = ["--colour"]
+    else:
+        extra = ["--no-such-flag"]
+    code = evaluate_job("--segmenter", segmenter, "--data", data, *extra)
+    captured = capsys.readouterr()
+    line = one_line_error(code, captured.err, *words)
+    assert case in ("resolution", "abbreviation", "usage") or str(tmp_path) in line, "names the path"
+    assert "segmenter" not in captured.out, "refused before scoring"
+    assert (tmp_path / "file").read_text() == "mine" and not any((tmp_path / "folder").iterdir())

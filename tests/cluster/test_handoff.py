@@ -48,9 +48,11 @@ def test_files_that_are_not_generators_are_refused(tmp_path, capsys):
     not_generator.write_bytes(to_bytes(segmenter_artifact(UNet(model.seg_width, model.seg_depth), model)))
     garbage = tmp_path / "notes.pt"
     garbage.write_text("not a checkpoint")
+    (tmp_path / "folder.pt").mkdir()
     for path, message in ((not_generator, "is a 'comgan.segmenter' file, not a generator"),
                           (garbage, "is not a readable torch file"),
-                          (tmp_path / "missing.pt", "does not exist")):
+                          (tmp_path / "missing.pt", "does not exist"),
+                          (tmp_path / "folder.pt", "is not a file: it is a folder")):
         code = segment("--generator", path, "--config", "tiny", "--storage", tmp_path)
         one_line_error(code, capsys.readouterr().err, message)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from comgan.errors import UserError
+from tests.helpers import one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,6 +96,7 @@ ONE_LINE = "error: s3://REDACTED@bucket/x cannot be used\n"
 # Each job, the arguments it parses, and a function it calls inside its error handling.
 JOBS = [
     ("train", ["--config", "tiny"], "cluster.cli", "config_from_args"),
+    ("segment", ["--generator", "g", "--config", "tiny"], "cluster.cli", "config_from_args"),
     ("tune", ["beta=0,1"], "jobs.tune", "build_sweep"),
     ("evaluate", ["--data", "d", "--segmenter", "s"], "jobs.evaluate", "check_args"),
     ("generate", ["--generator", "g", "--out", "o"], "jobs.generate", "run"),
@@ -114,3 +116,24 @@ def test_any_user_error_in_a_job_is_one_line_and_exit_2(job, argv, module, funct
     monkeypatch.setattr(importlib.import_module(module), function, mistake)
     assert main(argv) == 2
     assert capsys.readouterr().err == ONE_LINE
+
+
+# Each job with a prefix of one of its long options: argparse would take it for that option.
+ABBREVIATED = {"train": ["--stage1"], "segment": ["--print"], "tune": ["--dry"], "evaluate": ["--colour"],
+               "generate": ["--over"], "segment_images": ["--colour"], "make_shards": ["synthetic", "d", "--over"],
+               "submit": ["--allow-insecure"]}
+
+
+@pytest.mark.parametrize("job, argv, module, function", JOBS, ids=[job[0] for job in JOBS])
+def test_usage_mistakes_are_one_line_and_options_are_never_abbreviated(job, argv, module, function, monkeypatch,
+                                                                       capsys):
+    """One `error:` line, exit 2, for what the parser refuses; and a prefix of an option is refused,
+    not silently taken for the option (`--colour` for --colour-refine)."""
+    monkeypatch.setattr(importlib.import_module(module), function, lambda *a, **k: pytest.fail("not refused"))
+    main = importlib.import_module(f"jobs.{job}").main
+    abbreviated = ABBREVIATED[job]
+    words = [f"unrecognized arguments: {abbreviated[-1]}", f"jobs/{job}.py --help"]
+    argv = abbreviated if job == "make_shards" else [*abbreviated, *argv]
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    one_line_error(stopped.value.code, capsys.readouterr().err, *words)

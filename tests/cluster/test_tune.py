@@ -159,6 +159,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_its_finished_trial(local_r
     (["--resume", "beta=0,1"], "--resume continues a sweep exactly as it was started"),
     (["--resume", "--name", "never-started"], "no sweep to resume"),
     (["beta=0,1", "--samples", "0"], "must be >= 1"),
+    (["beta=0,1", "--config", ""], "--config is empty"),
 ])
 def test_bad_sweeps_are_one_line_errors(words, message, tmp_path, capsys):
     from jobs.tune import main

@@ -25,7 +25,7 @@ def forged(kind: str, **model) -> dict:
     ("comgan.segmenter", {"seg_width": 200000}, ["model.seg_width=200000", "parameters; an artifact may have at most"]),
     ("comgan.segmenter", {"seg_width": -3}, ["model.seg_width must be >= 1, got -3"]),
     # A segmenter does not build G, so a G wide enough for its resolution costs it nothing.
-    ("comgan.segmenter", {"resolution": 2 ** 20, "ngf": 2 ** 17}, ["model.resolution is 1048576, over the 2048"]),
+    ("comgan.segmenter", {"resolution": 2 ** 20, "ngf": 2 ** 17}, ["model.resolution must be a power of two from 16 to 2048, got 1048576"]),
     ("comgan.segmenter", {"seg_width": "wide"}, ["model.seg_width must be an integer"]),
     ("comgan.generator", {"z_scale": float("nan")}, ["model.z_scale must be a finite number, got nan"]),
     ("comgan.generator", {"ngf": 2 ** 40}, ["model.ngf=1099511627776", "more than int64 can count"]),

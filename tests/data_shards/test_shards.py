@@ -6,13 +6,17 @@ import hashlib
 import itertools
 import json
 import os
+import re
+import signal
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 
 from data_shards.index import DatasetError, read_manifest
-from data_shards.io import join_url, list_tree, list_urls, move_tree, read_bytes, url_exists, write_bytes
+from data_shards.io import (StorageError, join_url, list_tree, list_urls, move_tree, open_url, read_bytes, url_exists,
+                            write_bytes)
 from data_shards.reader import eval_batches, train_loader
 from data_shards.synthetic import render_sample, synthetic_samples
 from data_shards.writer import write_shards, write_synthetic
@@ -89,6 +93,42 @@ def test_io_urls(tmp_path):
     assert list_urls(join_url(str(tmp_path), "d"), ".tar") == [f"{tmp_path}/d/one.tar", f"{tmp_path}/d/two.tar"]
     assert read_bytes(f"{base}/d/two.tar") == b"22"
     assert_moves_a_tree(base)
+
+
+@contextmanager
+def blocked_for_at_most(seconds: int):
+    """Fail the test (rather than hang the suite) if the block has not ended after `seconds`."""
+    def stop(*_):
+        pytest.fail(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_io_refuses_what_it_cannot_open_in_one_line(tmp_path):
+    """StorageErrors (one line, exit 2 in every job) naming the URL and what is wrong with it: an
+    unknown scheme, a folder or a named pipe read as a file, a file where a folder must be."""
+    with pytest.raises(StorageError, match=r"^foo://x/y: unknown URL scheme 'foo'; .*local path.*file://.*s3://.*gs"):
+        read_bytes("foo://x/y")
+    with pytest.raises(StorageError, match=re.escape(f"{tmp_path} is not a file: it is a folder")):
+        read_bytes(str(tmp_path))
+    (tmp_path / "f").write_text("mine")
+    in_the_way = re.escape(f"{tmp_path / 'f'} is a file, not a folder")
+    with pytest.raises(StorageError, match=in_the_way):
+        read_bytes(str(tmp_path / "f" / "manifest.json"))
+    with pytest.raises(StorageError, match=in_the_way):
+        write_bytes(str(tmp_path / "f" / "run" / "config.yaml"), b"x")
+    assert (tmp_path / "f").read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["f"]
+    if hasattr(os, "mkfifo"):  # opening a FIFO to read waits for a writer: refused at once instead
+        os.mkfifo(tmp_path / "pipe")
+        for read in (read_bytes, lambda url: open_url(url).__enter__()):
+            with blocked_for_at_most(10), pytest.raises(StorageError, match="not a regular file: it is a named pipe"):
+                read(str(tmp_path / "pipe"))
 
 
 def assert_moves_a_tree(base: str) -> None:

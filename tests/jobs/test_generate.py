@@ -283,3 +283,15 @@ def test_generator_and_output_on_s3(generator_file, s3_bucket, tmp_path, capsys)
     one_line_error(code, capsys.readouterr().err, "already exists")
     code = main("--generator", f"{s3_bucket}/nope.pt", "--out", tmp_path / "x")
     one_line_error(code, capsys.readouterr().err, "does not exist")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--scale", "100000"], ["--scale", "must be <= 64"]),
+    (["--scale", "64", "--count", "64"], ["grids would be", "MP", "--scale, --count or --groups"]),
+])
+def test_grids_too_big_to_hold_are_one_line_before_generating(generator_file, tmp_path, capsys, args, words):
+    """A size that would need terabytes (or a grid no image reader opens) is refused at once,
+    not a memory error after minutes of generating."""
+    out = tmp_path / "out"
+    one_line_error(main("--generator", generator_file, "--out", out, *args), capsys.readouterr().err, *words)
+    assert not out.exists()

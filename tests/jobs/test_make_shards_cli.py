@@ -148,7 +148,7 @@ def test_an_empty_folder_is_a_fine_destination(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_source", "no_images_txt", "empty_folder", "no_masks_folder", "bad_size",
-                                  "no_jpg", "bad_number", "unknown_converter"])
+                                  "no_jpg", "bad_number", "unknown_converter", "unknown_scheme", "dest_under_a_file"])
 def test_user_errors_are_one_line(tmp_path, case):
     (tmp_path / "empty").mkdir()
     make_folder(tmp_path / "src", tmp_path / "masks")
@@ -162,7 +162,11 @@ def test_user_errors_are_one_line(tmp_path, case):
         "no_jpg": (["flowers", tmp_path / "src", dest], ["jpg/ not found"]),
         "bad_number": (["images", tmp_path / "src", dest, "--limit", "0"], ["--limit", "must be > 0"]),
         "unknown_converter": (["coco", tmp_path / "src", dest], ["invalid choice: 'coco'"]),
+        "unknown_scheme": (["synthetic", "foo://x/out", "--count", "4"], ["foo://x/out", "unknown URL scheme 'foo'"]),
+        "dest_under_a_file": (["synthetic", tmp_path / "f" / "out", "--count", "4", "--resolution", "8"],
+                              [str(tmp_path / "f"), "is a file, not a folder"]),
     }[case]
+    (tmp_path / "f").write_text("mine")
     p = run(*args)
     one_line_error(p.returncode, p.stderr, *words)
     assert not (dest / "manifest.json").exists()

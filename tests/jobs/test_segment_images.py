@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
+import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from cluster.config import load_config
 from comgan.artifacts import generator_artifact, segmenter_artifact, to_bytes
 from comgan.networks import Generator, UNet
 from data_shards.io import join_url, read_bytes, write_bytes
-from tests.helpers import exit_code, one_line_error
+from tests.helpers import exit_code, one_line_error, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("jobs_segment_images", ROOT / "jobs" / "segment_images.py")
@@ -279,6 +281,7 @@ def test_a_segmenter_that_asks_for_a_huge_network_is_refused_in_one_line(tmp_pat
 
 @pytest.mark.parametrize("case, words", [
     ("missing photos", ["does not exist"]),
+    ("unknown scheme", ["foo://x/photos", "unknown URL scheme 'foo'", "s3://"]),
     ("photos is a file", ["is a file, not a folder"]),
     ("no photos", ["no photos in", ".webp"]),
     ("out inside photos", ["lies inside the photos folder"]),
@@ -288,6 +291,7 @@ def test_a_segmenter_that_asks_for_a_huge_network_is_refused_in_one_line(tmp_pat
     ("not a torch file", ["is not a readable torch file"]),
     ("threshold", ["--threshold", "between 0 and 1"]),
     ("batch", ["--batch", "must be >= 1"]),
+    ("abbreviated option", ["unrecognized arguments: --colour"]),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, segmenter_file, capsys, case, words):
     photos, out, segmenter = tmp_path / "photos", tmp_path / "masks", segmenter_file
@@ -296,6 +300,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, segmenter_file, capsys, case, 
     extra = []
     if case == "missing photos":
         photos = tmp_path / "nowhere"
+    elif case == "unknown scheme":
+        photos = "foo://x/photos"
     elif case == "photos is a file":
         photos = photos / "a.jpg"
     elif case == "no photos":
@@ -317,6 +323,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, segmenter_file, capsys, case, 
         extra = ["--threshold", "1.5"]
     elif case == "batch":
         extra = ["--batch", "0"]
+    elif case == "abbreviated option":
+        extra = ["--colour"]  # not taken for --colour-refine
     code = main("--photos", photos, "--segmenter", segmenter, "--out", out, *extra)
     one_line_error(code, capsys.readouterr().err, *words)
     assert not out.exists() or out.is_file()
@@ -538,3 +546,34 @@ def test_at_most_full_size_at_once_photos_are_worked_on_at_full_size(tmp_path, s
                                   segment_module.Settings(batch=len(photos), io_threads=4, device="cpu",
                                                           overlays=True), progress=False)
     assert 1 <= peak[0] <= segment_module.FULL_SIZE_AT_ONCE, peak[0]
+
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+
+
+def run_job(*args) -> subprocess.CompletedProcess:
+    """The job in a subprocess, so that a hang fails the test (after 60 s) instead of stalling it."""
+    return run_script("jobs/segment_images.py", *args, timeout=60)
+
+
+@needs_fifo
+def test_a_named_pipe_among_the_photos_is_skipped_with_a_reason(tmp_path, segmenter_file):
+    """Opening a FIFO for reading waits for a writer forever; it is no photo."""
+    write_photos(tmp_path / "photos", {"a.jpg": photo_set()["a.jpg"]})
+    os.mkfifo(tmp_path / "photos" / "b.jpg")
+    out = tmp_path / "masks"
+    p = run_job("--photos", tmp_path / "photos", "--segmenter", segmenter_file, "--out", out, "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "warning: skipped b.jpg: cannot be read" in p.stderr and "named pipe" in p.stderr
+    report = json.loads((out / "segment_report.json").read_text())
+    assert [e["photo"] for e in report["segmented"]] == ["a.jpg"]
+    assert [e["photo"] for e in report["skipped"]] == ["b.jpg"] and "named pipe" in report["skipped"][0]["reason"]
+
+
+@needs_fifo
+def test_a_named_pipe_as_the_segmenter_is_one_line(tmp_path):
+    write_photos(tmp_path / "photos", {"a.jpg": photo_set()["a.jpg"]})
+    os.mkfifo(tmp_path / "segmenter.pt")
+    p = run_job("--photos", tmp_path / "photos", "--segmenter", tmp_path / "segmenter.pt", "--out", tmp_path / "m")
+    one_line_error(p.returncode, p.stderr, str(tmp_path / "segmenter.pt"), "not a regular file", "named pipe")
+    assert not (tmp_path / "m").exists()

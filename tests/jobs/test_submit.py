@@ -196,7 +196,7 @@ def test_help_documents_token_schedule_and_exit_codes():
     (["--address", "ray://127.0.0.1:10001", "--name", "x", "--", "--storage", "/tmp/r"], "not a ray:// client"),
     (["--name", "x", "--config", "tiny"], "unrecognized arguments: --config"),
     (["--address", "http://10.0.0.5:8265", "--", "--storage", "/tmp/r"], "is plain http to another machine"),
-    (["--address", "head.example:8265", "--", "--storage", "/tmp/r"], "is plain http to another machine"),
+    (["--address", "head.example:8265", "--", "--storage", "/tmp/r"], "give http://head.example:8265"),
     (["--address", "http://[::1", "--", "--storage", "/tmp/r"], "is not a valid URL"),
 ])
 def test_mistakes_in_the_command_are_one_line(args, message):
@@ -213,7 +213,16 @@ def test_unreachable_cluster_is_one_line():
     assert time.monotonic() - started < 30
 
 
-@pytest.mark.parametrize("address", ["http://127.0.0.1:8265", "127.0.0.1:8265", "http://localhost:8265",
+def test_an_address_without_http_is_one_line_at_once():
+    """Ray's job client takes a bare host:port for a cluster's GCS address and retries it for
+    most of a minute, then fails with a traceback: the scheme is required instead."""
+    started = time.monotonic()
+    p = run_submit("--address", "127.0.0.1:9")  # the review's command: no other line (no --storage warning)
+    one_line_error(p.returncode, p.stderr, "--address '127.0.0.1:9'", "http:// or https://", "http://127.0.0.1:9")
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:8265", "http://localhost:8265",
                                      "http://127.0.0.2:8265", "http://[::1]:8265", "https://head.example:8265",
                                      "https://10.0.0.5:8265"])
 def test_loopback_or_https_addresses_are_accepted(address):
@@ -222,7 +231,7 @@ def test_loopback_or_https_addresses_are_accepted(address):
     check_address(address)
 
 
-@pytest.mark.parametrize("address", ["http://10.0.0.5:8265", "http://head.example:8265", "head:8265",
+@pytest.mark.parametrize("address", ["http://10.0.0.5:8265", "http://head.example:8265",
                                      "http://127.0.0.1.example:8265"])
 def test_plain_http_to_another_host_needs_the_explicit_flag(address, monkeypatch):
     from cluster import submit

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tests.data_shards.fake_datasets import write_set
-from tests.helpers import one_line_error, run_train
+from tests.helpers import one_line_error, run_train, tiny_data
 
 
 def test_help():
@@ -20,7 +20,7 @@ def test_help():
     (["stage1.bogus=1"], "unknown config key 'stage1.bogus'"),
     (["stage1.beta=-1"], "stage1.beta must be >= 0"),
     (["model.num_categories=0"], "must be >= 1"),
-    (["model.resolution=24"], "power of two >= 16"),
+    (["model.resolution=24"], "power of two from 16 to 2048"),
     (["--config", "nope"], "unknown config 'nope'"),
     (["run.mixed_precision=fp16"], "run.mixed_precision=fp16 needs GPUs"),
     (["run.mixed_precision=fp32"], "run.mixed_precision must be one of no, bf16, fp16"),
@@ -104,3 +104,45 @@ def test_a_mistake_about_a_url_with_credentials_is_one_line_without_them(tmp_pat
                   f"--storage={tmp_path / 'runs'}")
     one_line_error(p.returncode, p.stderr, "error: data.train=memory://REDACTED@bucket/x: nothing is there")
     assert "secret" not in p.stdout + p.stderr
+
+
+def test_a_config_file_that_is_not_yaml_text_is_one_line(tmp_path):
+    """A binary file given as --config (a checkpoint, an image) is named, not a UnicodeDecodeError."""
+    for name in ("weights.yaml", "weights.pt"):
+        config = tmp_path / name
+        config.write_bytes(bytes(range(256)) * 4)
+        p = run_train("--config", config, "--print-config")
+        one_line_error(p.returncode, p.stderr, str(config), "not a YAML text file")
+
+
+def test_an_empty_config_name_is_one_line():
+    """`--config ""` (an unset shell variable) is a mistake, not the default preset."""
+    p = run_train("--config", "", "--print-config")
+    one_line_error(p.returncode, p.stderr, "--config is empty", "tiny")
+    assert p.stdout == ""
+
+
+@pytest.mark.parametrize("where", ["data.train", "data.eval", "--storage"])
+def test_a_file_where_a_folder_is_expected_is_one_line(tiny_shards, tmp_path, where):
+    """The file is named, left as it was, and no run folder appears anywhere."""
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    storage = file if where == "--storage" else tmp_path / "runs"
+    given = [] if where == "--storage" else [f"{where}={file}"]
+    p = run_train("--config", "tiny", *tiny_data(tiny_shards), *given, f"--storage={storage}")
+    one_line_error(p.returncode, p.stderr, f"{file} is a file, not a folder")
+    assert file.read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("where", ["data.train", "--storage"])
+def test_an_unknown_url_scheme_is_one_line_naming_the_schemes_that_work(tiny_shards, tmp_path, where):
+    given = ["--storage=foo://x/runs"] if where == "--storage" else ["data.train=foo://x/train",
+                                                                      f"--storage={tmp_path / 'runs'}"]
+    p = run_train("--config", "tiny", *tiny_data(tiny_shards), *given)
+    one_line_error(p.returncode, p.stderr, "foo://x/", "unknown URL scheme 'foo'", "local path", "file://", "s3://")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_usage_mistake_is_one_line():
+    p = run_train("--config", "tiny", "--no-such-flag")
+    one_line_error(p.returncode, p.stderr, "unrecognized arguments: --no-such-flag", "jobs/train.py --help")
