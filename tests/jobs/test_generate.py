@@ -295,3 +295,15 @@ def test_grids_too_big_to_hold_are_one_line_before_generating(generator_file, tm
     out = tmp_path / "out"
     one_line_error(main("--generator", generator_file, "--out", out, *args), capsys.readouterr().err, *words)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("groups, columns, scale", [(1, 1, 1), (2, 4, 3), (3, 2, 1)])
+def test_grid_size_is_the_size_control_grid_lays_out(groups, columns, scale):
+    """generate.py refuses oversized grids from grid_size before generating: it must be exact."""
+    from comgan.controls import control_grid, grid_size
+    from comgan.networks import GeneratorOutput
+
+    n, res = groups * columns, 16
+    image = torch.zeros(n, 3, res, res)
+    out = GeneratorOutput(image, torch.zeros(n, 1, res, res), image, image, image)
+    assert tuple(control_grid(out, groups, scale).shape[1:]) == grid_size(res, groups, columns, scale)
