@@ -31,7 +31,7 @@ train: install
 	$(PY) jobs/train.py
 
 test: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 --dist loadgroup tests
 
 clean-runs:
 	rm -rf runs data_shards/synthetic data_shards/tiny

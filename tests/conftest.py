@@ -17,6 +17,10 @@ sys.path.insert(0, str(ROOT))
 # Ray (in this process, or in a subprocess such as jobs/train.py) must carry @pytest.mark.ray; an
 # unmarked one that tries fails at once, naming the marker, instead of starting a cluster.
 
+# Ray Train gives a worker group 60 s to start. Under `make test` the other xdist worker keeps
+# both cores busy meanwhile, and a start that is slow for that reason is not what a test checks.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "240")
+
 RAY_MISSING_MARK = "this test starts Ray: mark it with @pytest.mark.ray"
 # What RAY_ADDRESS holds in an unmarked test, subprocesses included: with no ':' in it, ray.init
 # refuses it at once ("Invalid address format: <this>"). An address where nothing listens is no
@@ -25,6 +29,16 @@ RAY_MISSING_MARK = "this test starts Ray: mark it with @pytest.mark.ray"
 NO_RAY_ADDRESS = "this test starts Ray; mark it with @pytest.mark.ray"
 # Fixtures that start a Ray cluster themselves (test_submit.py's token_head runs `ray start --head`).
 RAY_FIXTURES = ("local_ray", "token_head")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs two workers), every Ray test goes to one worker, one
+    after another: they share one local cluster (local_ray), and two clusters side by side on a
+    2-core machine starve each other's heartbeats. The other worker runs the rest meanwhile; the
+    Ray tests spend most of their time waiting on Ray, not computing."""
+    for item in items:
+        if item.get_closest_marker("ray") is not None:
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.hookimpl(tryfirst=True)
