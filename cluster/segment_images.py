@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from comgan.artifacts import ArtifactError, from_bytes, load_segmenter
-from data_shards.images import open_photo, to_rgb8
+from data_shards.images import open_photo, squashed_photo, to_rgb8
 from comgan import inference
 from comgan.errors import UserError
 from data_shards.io import (StorageError, filesystem, join_url, list_tree, read_bytes, redact, redacted, url_exists,
@@ -183,14 +183,6 @@ class Decoded:
     data: bytes | None        # the file, kept only when an overlay will be drawn from it
 
 
-def squash(data: bytes, resolution: int, keep: bool = False) -> Decoded:
-    """A photo file as the segmenter's input. JPEGs are decoded at a reduced scale when that still
-    leaves twice the resolution (PIL draft mode), so camera-size photos decode several times faster."""
-    img, size = open_photo(data, at_least=2 * resolution)
-    small = to_rgb8(img).resize((resolution, resolution), Image.BICUBIC)  # antialiased when reducing
-    return Decoded(np.asarray(small), size, data if keep else None)
-
-
 def to_input(pixels: list[np.ndarray]) -> torch.Tensor:
     """uint8 [H, W, 3] images -> float [B, 3, H, W] in [-1, 1], as the reader feeds the networks."""
     x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float()
@@ -250,12 +242,13 @@ def _read_and_squash(photo: Photo, resolution: int, keep: bool) -> Decoded | str
             raise
         return f"cannot be read ({e})"  # a local file: permission denied on that file alone
     try:
-        return squash(data, resolution, keep)
+        pixels, size = squashed_photo(data, resolution)
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:  # not JPEG/PNG/WebP, or too many pixels
         return f"not a readable image: {e}"
     except Exception as e:  # noqa: BLE001 -- a damaged or foreign file may fail anywhere inside PIL: skip it
         detail = (str(e).strip().splitlines() or [""])[0][:160]
         return f"not a readable image ({type(e).__name__}{': ' + detail if detail else ''})"
+    return Decoded(pixels, size, data if keep else None)
 
 
 def _ordered(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, ahead: int) -> Iterator:

@@ -90,6 +90,16 @@ def open_photo(data: bytes, at_least: int | None = None) -> tuple[Image.Image, t
     return upright(img), (width, height)
 
 
+def squashed_photo(data: bytes, side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 [side, side, 3] RGB, displayed (width, height)) of a photo file: upright, resized to a
+    square, squashed rather than cropped so that every pixel of the photo is in it. A JPEG is
+    decoded at a reduced scale when that still leaves twice `side` (PIL draft mode), so camera-size
+    photos decode several times faster."""
+    img, size = open_photo(data, at_least=2 * side)
+    square = to_rgb8(img).resize((side, side), Image.BICUBIC)  # antialiased when reducing
+    return np.asarray(square), size
+
+
 def to_rgb8(img: Image.Image) -> Image.Image:
     """8-bit RGB of any PIL image: 16-bit grey is scaled (convert() would clip it to white),
     alpha is dropped, palettes are applied."""
