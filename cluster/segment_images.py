@@ -1,11 +1,7 @@
 """Segment a user's own photos with a trained segmenter: list, plan, decode, predict, write.
 
-Layout of the output folder (any URL), for a photo at <photos>/<dir>/<name>.<ext>:
-    <out>/<dir>/<name>.png             the mask: 8-bit grey (mode L), 0 background / 255 foreground,
-                                       at the photo's displayed size (EXIF orientation applied)
-    <out>/overlays/<dir>/<name>.jpg    with overlays: the photo, background dimmed to a third
-    <out>/segment_report.json          settings, timing, and every photo segmented or skipped (why);
-                                       written as the job goes ("complete": false until the end)
+What the photos are, the files they become (the output folder's layout), what is there already and
+the report are cluster/segment_plan.py's.
 
 Geometry: a segmenter sees square images at its own resolution, so each photo is resized (squashed,
 not cropped, so every pixel gets a mask) to that square, its mask probabilities are upsampled
@@ -22,7 +18,6 @@ import contextlib
 import dataclasses
 import io
 import itertools
-import json
 import math
 import os
 import sys
@@ -31,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TextIO
 
 import numpy as np
@@ -39,20 +34,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from comgan.artifacts import ArtifactError, from_bytes, load_segmenter
-from data_shards.images import open_photo, squashed_photo, to_rgb8
 from comgan import inference
+from comgan.artifacts import ArtifactError, from_bytes, load_segmenter
 from comgan.errors import UserError
-from data_shards.io import (StorageError, filesystem, join_url, list_tree, read_bytes, redact, redacted, url_exists,
-                            url_kind, write_bytes)
+from data_shards.images import open_photo, squashed_photo, to_rgb8
+from data_shards.io import StorageError, join_url, read_bytes, redact, url_exists, write_bytes
 from data_shards.progress import Progress
 
 from . import placement
+from .segment_plan import REPORT, JobReport, Outcome, Photo, SegmentError, is_local_path, plan, still_to_do
 from .storage import absolute_url
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-REPORT = "segment_report.json"
-OVERLAYS = "overlays"
 WARN_LIMIT = 10          # skipped photos named one line each on the console; all are in the report
 BACKGROUND_DIM = 1 / 3   # overlays: background brightness
 FULL_SIZE_AT_ONCE = 2    # photos whose full-size mask / overlay is computed at once (a 48 MP one: ~0.7 GB)
@@ -60,21 +52,9 @@ REPORT_EVERY = 100       # photos between two writes of the report while the job
 PLACEMENT_TIMEOUT = 1800.0  # s the Ray workers may take to start (an autoscaler's GPU node: boot, installs)
 
 
-class SegmentError(UserError):
-    """A mistake in the command or its inputs; the message is one line for the user."""
-
-
 class SegmentFailed(RuntimeError):
     """The job ran but failed: every photo was skipped (the report says why), or a Ray worker died
     after its restart; one line."""
-
-
-@dataclass(frozen=True)
-class Photo:
-    url: str                  # where the photo is read
-    rel: str                  # its path under the photos folder: the name used in reports
-    mask: str                 # URL its mask is written to
-    overlay: str | None       # URL of its overlay JPEG (with overlays)
 
 
 @dataclass(frozen=True)
@@ -88,71 +68,8 @@ class Settings:
     colour: bool = False      # refine each mask by its photo's colours at the segmenter's size (comgan.refine)
 
 
-@dataclass
-class Outcome:
-    segmented: list[dict] = field(default_factory=list)   # {"photo", "mask", "size": [w, h], "foreground"}
-    skipped: list[dict] = field(default_factory=list)     # {"photo", "reason"}
-
-    def add(self, other: Outcome) -> None:
-        self.segmented += other.segmented
-        self.skipped += other.skipped
-
-
 # ---------------------------------------------------------------------------------------------
-# planning (driver)
-
-def _fs_path(url: str) -> tuple[str, str]:
-    fs, path = filesystem(url)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol, path.rstrip("/")
-
-
-def _within(inner: str, outer: str) -> bool:
-    """Folder `inner` is `outer` or lies inside it (same filesystem)."""
-    (pi, i), (po, o) = _fs_path(inner), _fs_path(outer)
-    return pi == po and (i == o or i.startswith(o + "/"))
-
-
-def plan(photos_url: str, out_url: str, overlays: bool = False) -> list[Photo]:
-    """Every photo under `photos_url` with the files it becomes under `out_url`; one-line
-    SegmentErrors for a missing or empty source, an output folder inside it, or two photos that
-    would write the same mask."""
-    photos_url, out_url = absolute_url(photos_url), absolute_url(out_url)
-    kind = url_kind(photos_url)
-    if kind != "folder":
-        raise SegmentError(f"photos {photos_url} {'is a file, not a folder' if kind else 'does not exist'}")
-    if _within(out_url, photos_url):
-        raise SegmentError(f"--out {out_url} lies inside the photos folder {photos_url}: its masks would be "
-                           "taken for photos next time; write them elsewhere")
-    rels = [r for r in list_tree(photos_url) if r.lower().endswith(PHOTO_SUFFIXES)]
-    if not rels:
-        raise SegmentError(f"no photos in {photos_url} (looked for {', '.join(PHOTO_SUFFIXES)}, "
-                           "any case, in all sub-folders)")
-    plans, stems = [], {}
-    for rel in rels:
-        stem = os.path.splitext(rel)[0]
-        if stem in stems:
-            raise SegmentError(f"{stems[stem]!r} and {rel!r} would both write the mask {stem}.png; rename one")
-        stems[stem] = rel
-        plans.append(Photo(join_url(photos_url, rel), rel, join_url(out_url, stem + ".png"),
-                           join_url(out_url, OVERLAYS, stem + ".jpg") if overlays else None))
-    sources = {p.url for p in plans}
-    clash = next((p.mask for p in plans if p.mask in sources), None)
-    if clash:
-        raise SegmentError(f"the mask {clash} would replace a photo; choose another --out")
-    return plans
-
-
-def existing_outputs(photos: list[Photo], out_url: str) -> list[str]:
-    """The outputs of this plan (masks, overlays, report) that are already there: one listing of
-    the output folder, not a request per file."""
-    out_url = absolute_url(out_url)
-    if url_kind(out_url) == "file":
-        raise SegmentError(f"--out {out_url} is a file, not a folder")
-    there = {join_url(out_url, rel) for rel in list_tree(out_url)}
-    targets = [t for p in photos for t in (p.mask, p.overlay) if t] + [join_url(out_url, REPORT)]
-    return [t for t in targets if t in there]
-
+# the segmenter (driver)
 
 def read_segmenter(url: str) -> tuple[bytes, int]:
     """(artifact bytes, the segmenter's resolution), after checking that the file is a segmenter."""
@@ -238,7 +155,7 @@ def _read_and_squash(photo: Photo, resolution: int, keep: bool) -> Decoded | str
     except IsADirectoryError:
         return "a folder, not a file"
     except StorageError as e:
-        if not _is_local_path(photo.url):
+        if not is_local_path(photo.url):
             raise
         return f"cannot be read ({e})"  # a local file: permission denied on that file alone
     try:
@@ -349,10 +266,6 @@ class PhotoSegmenter:
 # ---------------------------------------------------------------------------------------------
 # Ray workers
 
-def _is_local_path(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
 def _first_line(error: BaseException) -> str:
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
@@ -399,7 +312,7 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
         note(f"note: {short}; waiting up to {placement_timeout:g}s (--placement-timeout) for the cluster "
              "to add nodes")
     if not local:
-        local_paths = [u for u in (segmenter_url, photos[0].url, photos[0].mask) if _is_local_path(u)]
+        local_paths = [u for u in (segmenter_url, photos[0].url, photos[0].mask) if is_local_path(u)]
         if local_paths:
             note(f"note: {local_paths[0]} is a local path: every node of the Ray cluster must see it there "
                  "(keep the segmenter, photos and --out on s3://... for a multi-node cluster)")
@@ -447,7 +360,7 @@ def segment_images(photos_url: str, segmenter_url: str, out_url: str, settings: 
                    gpus_per_worker: float = 0, stream: TextIO | None = None, progress: bool = True,
                    placement_timeout: float = PLACEMENT_TIMEOUT, resume: bool = False,
                    report_every: int = REPORT_EVERY) -> dict:
-    """Segment every photo under `photos_url` into `out_url` (layout: module docstring); returns
+    """Segment every photo under `photos_url` into `out_url` (layout: cluster/segment_plan.py); returns
     the report, also written to <out>/segment_report.json. Raises SegmentError / ArtifactError /
     StorageError (one line) before any work for bad inputs or existing outputs without
     `overwrite` or `resume`, SegmentError also when Ray workers can never be placed, or are not all up after
@@ -461,74 +374,27 @@ def segment_images(photos_url: str, segmenter_url: str, out_url: str, settings: 
     it has them) and counts them in "num_resumed"."""
     started = time.monotonic()
     stream = stream if stream is not None else sys.stderr
-    if resume and overwrite:
-        raise SegmentError("--resume keeps the masks already written and --overwrite replaces them: give one")
-    if workers:
-        check_request(cpus_per_worker, gpus_per_worker)
-        if not (math.isfinite(placement_timeout) and placement_timeout > 0):
-            raise SegmentError(f"--placement-timeout must be a number of seconds > 0, got {placement_timeout:g}")
+    check_arguments(workers, overwrite, resume, cpus_per_worker, gpus_per_worker, placement_timeout)
     photos_url, out_url, segmenter_url = absolute_url(photos_url), absolute_url(out_url), absolute_url(segmenter_url)
     photos = plan(photos_url, out_url, settings.overlays)
-    report_url = join_url(out_url, REPORT)
-    resumed: list[dict] = []
-    todo = photos
-    if resume:
-        todo, resumed = already_done(photos, out_url)
-    elif not overwrite:
-        existing = existing_outputs(photos, out_url)
-        if existing:
-            raise SegmentError(f"{len(existing)} output file(s) already exist, e.g. {existing[0]}; "
-                               "use --overwrite to replace them, or --resume to continue")
+    todo, resumed = still_to_do(photos, out_url, overwrite, resume)
     artifact, resolution = read_segmenter(segmenter_url)
     device = resolve_device(settings.device) if workers == 0 else None
     bar = Progress(total=len(todo), label="segmenting", stream=stream, enabled=progress, unit="photos")
-    warned = 0
-    order = {p.rel: i for i, p in enumerate(photos)}
-    done = Outcome(list(resumed), [])  # everything so far, for the report written as the job goes
-    work_started = time.monotonic()
-    unreported = 0
-    written = False
-
-    def report(complete: bool) -> dict:
-        seconds = time.monotonic() - work_started
-        new = len(done.segmented) - len(resumed)
-        return {
-            "photos": photos_url, "segmenter": segmenter_url, "out": out_url,
+    head = {"photos": photos_url, "segmenter": segmenter_url, "out": out_url,
             "settings": {**asdict(settings), "device": str(device) if device else f"{workers} Ray worker(s)",
-                         "resolution": resolution, "workers": workers},
-            "complete": complete,
-            "num_photos": len(photos), "num_segmented": len(done.segmented), "num_skipped": len(done.skipped),
-            "num_resumed": len(resumed),
-            "seconds": round(seconds, 3), "total_seconds": round(time.monotonic() - started, 3),
-            "photos_per_second": round(new / max(seconds, 1e-6), 2),
-            "segmented": sorted(done.segmented, key=lambda d: order.get(d["photo"], len(order))),
-            "skipped": sorted(done.skipped, key=lambda d: order.get(d["photo"], len(order))),
-        }
-
-    def write_report(complete: bool) -> dict:
-        nonlocal unreported, written
-        document = report(complete)
-        write_bytes(report_url, report_json(redacted(document)).encode())  # URLs without credentials
-        unreported, written = 0, True
-        return document
+                         "resolution": resolution, "workers": workers}}
+    report = JobReport(join_url(out_url, REPORT), head, photos, resumed, report_every, started)
 
     def note(line: str) -> None:
         line = redact(line)  # photo URLs without their credentials
         bar.note(line) if progress else print(line, file=stream, flush=True)
 
     def on_batch(part: Outcome) -> None:
-        nonlocal warned, unreported
-        done.add(part)
-        for s in part.skipped:
-            warned += 1
-            if warned <= WARN_LIMIT:
-                note(f"warning: skipped {s['photo']}: {s['reason']}")
-            elif warned == WARN_LIMIT + 1:
-                note(f"warning: more photos skipped; {REPORT} lists them all")
+        for line in skipped_warnings(len(report.done.skipped), part.skipped):
+            note(line)
         bar.advance(len(part.segmented) + len(part.skipped))
-        unreported += len(part.segmented) + len(part.skipped)
-        if not written or unreported >= report_every:
-            write_report(complete=False)
+        report.add(part)
 
     if resumed:
         note(f"resuming: {len(resumed)} of {len(photos)} photos already have their mask in {out_url}")
@@ -539,56 +405,39 @@ def segment_images(photos_url: str, segmenter_url: str, out_url: str, settings: 
             _on_ray(todo, segmenter_url, settings, workers, cpus_per_worker, gpus_per_worker, on_batch, note,
                     placement_timeout)
     except BaseException:
-        if unreported:  # what was written since the last report, for --resume and for the user
+        if report.unreported:  # what was written since the last report, for --resume and for the user
             with contextlib.suppress(Exception):
-                write_report(complete=False)
+                report.write(complete=False)
         raise
     finally:
         bar.close()
-    result = write_report(complete=True)
-    if not done.segmented:
-        first = done.skipped[0]
+    result = report.write(complete=True)
+    if not report.done.segmented:
+        first = report.done.skipped[0]
         raise SegmentFailed(f"none of the {len(photos)} photos could be segmented (e.g. {first['photo']}: "
-                               f"{first['reason']}); see {report_url}")
+                            f"{first['reason']}); see {report.url}")
     return result
 
 
-def already_done(photos: list[Photo], out_url: str) -> tuple[list[Photo], list[dict]]:
-    """(the photos still to do, report entries of those done before): a photo is done when its mask,
-    and with overlays its overlay, is in `out_url` (one listing). Entries come from the report
-    there when it has them, else they name the photo and its mask; all are marked "resumed"."""
-    there = set(existing_outputs(photos, out_url))
-    previous = {}
-    report_url = join_url(out_url, REPORT)
-    if report_url in there:
-        try:
-            previous = {e["photo"]: e for e in json.loads(read_bytes(report_url)).get("segmented", [])
-                        if isinstance(e, dict) and "photo" in e}
-        except (ValueError, TypeError, AttributeError):  # a damaged report: the masks are what counts
-            previous = {}
-    todo, resumed = [], []
-    for p in photos:
-        if p.mask in there and (p.overlay is None or p.overlay in there):
-            entry = previous.get(p.rel) or {"photo": p.rel, "mask": os.path.splitext(p.rel)[0] + ".png"}
-            resumed.append({**entry, "resumed": True})
-        else:
-            todo.append(p)
-    return todo, resumed
+def check_arguments(workers: int, overwrite: bool, resume: bool, cpus_per_worker: float, gpus_per_worker: float,
+                    placement_timeout: float) -> None:
+    """Refuse (SegmentError) flags that contradict each other or that Ray could never honour, before
+    any photo is listed."""
+    if resume and overwrite:
+        raise SegmentError("--resume keeps the masks already written and --overwrite replaces them: give one")
+    if workers:
+        check_request(cpus_per_worker, gpus_per_worker)
+        if not (math.isfinite(placement_timeout) and placement_timeout > 0):
+            raise SegmentError(f"--placement-timeout must be a number of seconds > 0, got {placement_timeout:g}")
 
 
-def report_json(report: dict) -> str:
-    """JSON with one line per photo: readable, and short enough for a hundred thousand photos."""
-    lists = ("segmented", "skipped")
-    head = json.dumps({k: v for k, v in report.items() if k not in lists}, indent=1)[:-2]
-    parts = [f' "{key}": [' + ",".join("\n  " + json.dumps(entry) for entry in report[key]) + "\n ]"
-             for key in lists]
-    return head + ",\n" + ",\n".join(parts) + "\n}\n"
-
-
-def summary(report: dict) -> str:
-    skipped = f" ({report['num_skipped']} skipped, listed in the report)" if report["num_skipped"] else ""
-    if report.get("num_resumed"):
-        skipped += f" ({report['num_resumed']} done by an earlier run)"
-    return (f"segmented {report['num_segmented']} of {report['num_photos']} photos{skipped} in "
-            f"{report['seconds']:.1f}s, {report['photos_per_second']:.1f} photos/s; masks in {report['out']}, "
-            f"report {join_url(report['out'], REPORT)}")
+def skipped_warnings(skipped_before: int, skipped: list[dict]) -> list[str]:
+    """The console's lines for newly `skipped` photos, `skipped_before` having been skipped earlier
+    in the job: the first WARN_LIMIT of the job are named, then one line says the report lists them all."""
+    lines = []
+    for count, entry in enumerate(skipped, start=skipped_before + 1):
+        if count <= WARN_LIMIT:
+            lines.append(f"warning: skipped {entry['photo']}: {entry['reason']}")
+        elif count == WARN_LIMIT + 1:
+            lines.append(f"warning: more photos skipped; {REPORT} lists them all")
+    return lines

@@ -24,7 +24,7 @@ USER_MISTAKES = {
     "data_shards.writer": ["ShardWriteError", "DestinationExists"],
     "cluster.lease": ["RunLeased"],
     "cluster.failures": ["StageStopped"],
-    "cluster.segment_images": ["SegmentError"],
+    "cluster.segment_plan": ["SegmentError"],
     "cluster.submit": ["SubmitError", "RunBusy"],
     "cluster.fidelity": ["DetectorError"],
     "cluster.faults": ["FaultSpecError"],

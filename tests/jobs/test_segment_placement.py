@@ -17,14 +17,13 @@ import pytest
 from cluster.placement import Node
 from cluster.segment_images import (
     PLACEMENT_TIMEOUT,
-    Photo,
-    SegmentError,
     Settings,
     _on_ray,
     check_request,
     not_started_error,
     segment_images,
 )
+from cluster.segment_plan import Photo, SegmentError
 from tests.helpers import one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
