@@ -36,7 +36,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.segment_images import Settings, segment_images
+from cluster.photo_segmenter import Settings
+from cluster.segment_images import segment_images
 from comgan.metrics import segmentation_scores
 
 PHOTOS = ROOT.parent / "shared" / "data" / "weizmann_horse" / "images"

@@ -1,6 +1,6 @@
-"""The plan of a photo segmentation job (cluster/segment_images.py) and its record, without Ray or
-torch: which photos there are, the files each one becomes, which of those are there already
-(--overwrite, --resume), and the report written as the job goes.
+"""The plan of a photo segmentation job (cluster/segment_images.py) and its record, on URLs alone (no
+Ray, no model): which photos there are, the files each one becomes, which of those are there
+already (--overwrite, --resume), and the report written as the job goes.
 
 Layout of the output folder (any URL), for a photo at <photos>/<dir>/<name>.<ext>:
     <out>/<dir>/<name>.png             the mask: 8-bit grey (mode L), 0 background / 255 foreground,

@@ -125,7 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from cluster.segment_images import SegmentFailed, Settings, segment_images
+    from cluster.photo_segmenter import Settings
+    from cluster.segment_images import SegmentFailed, segment_images
     from cluster.segment_plan import summary
 
     settings = Settings(threshold=args.threshold, batch=args.batch, overlays=args.overlays, device=args.device,

@@ -20,8 +20,9 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-import cluster.segment_images as segment_module
+import cluster.photo_segmenter as photo_segmenter
 from cluster.config import load_config
+from cluster.segment_images import segment_images
 from comgan.artifacts import generator_artifact, segmenter_artifact, to_bytes
 from comgan.networks import Generator, UNet
 from data_shards.io import join_url, read_bytes, write_bytes
@@ -66,13 +67,13 @@ class Oracle(torch.nn.Module):
 @pytest.fixture
 def oracle(monkeypatch):
     """The job loads (and checks) the real artifact, then runs the oracle instead of its U-Net."""
-    real = segment_module.load_segmenter
+    real = photo_segmenter.load_segmenter
 
     def load(obj, expected=None, what="segmenter"):
         _, cfg = real(obj, expected, what)
         return Oracle(), cfg
 
-    monkeypatch.setattr(segment_module, "load_segmenter", load)
+    monkeypatch.setattr(photo_segmenter, "load_segmenter", load)
 
 
 def scene(width: int, height: int, top: bool = False) -> np.ndarray:
@@ -144,14 +145,6 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return (a & b).sum() / (a | b).sum()
 
 
-def test_probabilities_are_upsampled_bilinearly_then_thresholded():
-    """A 1x2 probability map [0, 0.8] at 8x1 px: bilinear gives 0 0 .1 .3 .5 .7 .8 .8 (nearest
-    would give four foreground pixels at any threshold below 0.8)."""
-    prob = torch.tensor([[[0.0, 0.8]]])
-    assert segment_module.full_size_mask(prob, (8, 1), 0.5).tolist() == [[False] * 5 + [True] * 3]
-    assert segment_module.full_size_mask(prob, (8, 1), 0.25).tolist() == [[False] * 3 + [True] * 5]
-
-
 def test_masks_at_each_photos_displayed_size_in_a_mirrored_tree(tmp_path, segmenter_file, oracle, capsys):
     photos = photo_set()
     write_photos(tmp_path / "photos", photos)
@@ -189,13 +182,14 @@ def test_masks_at_each_photos_displayed_size_in_a_mirrored_tree(tmp_path, segmen
 def test_flip_averages_each_photo_with_its_mirror_image(tmp_path, segmenter_file, monkeypatch):
     """A network that marks the left half of whatever it sees: alone it marks the left half of the
     photo, averaged with its mirror image it is 0.5 everywhere, which the threshold drops."""
-    real = segment_module.load_segmenter
+    real = photo_segmenter.load_segmenter
 
     class LeftHalf(torch.nn.Module):
         def forward(self, x):
             return (torch.arange(x.shape[-1]) < x.shape[-1] // 2).float().expand_as(x[:, :1])
 
-    monkeypatch.setattr(segment_module, "load_segmenter", lambda obj, expected=None, what="": (LeftHalf(), real(obj)[1]))
+    monkeypatch.setattr(photo_segmenter, "load_segmenter",
+                        lambda obj, expected=None, what="": (LeftHalf(), real(obj)[1]))
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.png").write_bytes(encode(scene(32, 32), "PNG"))
     assert main("--photos", tmp_path / "photos", "--segmenter", segmenter_file, "--out", tmp_path / "plain", "--quiet") == 0
@@ -381,36 +375,9 @@ def test_photos_and_masks_on_s3(s3_bucket, tmp_path, segmenter_file, oracle, cap
 # ---------------------------------------------------------------------------------------------
 # Issue 27 point 16: bounded memory with --overlays, a report written as the job goes, --resume
 
-def test_the_overlay_path_never_makes_a_float64_array():
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
-    keep = rng.random((30, 40)) > 0.5
-    out = segment_module.dim_background(rgb, keep)
-    assert out.dtype == np.uint8 and out.shape == rgb.shape
-    old = np.where(keep[..., None], rgb, (rgb * segment_module.BACKGROUND_DIM).astype(np.uint8))
-    assert np.array_equal(out, old), "the same pixels as the float formula"
-
-    # the whole overlay of a 3 MP photo: no array of 8 (or 4) bytes per channel on the way
-    import tracemalloc
-
-    width, height = 2000, 1500
-    data = encode(scene(width, height), "JPEG", quality=90)
-    keep = expected_mask(width, height)
-    tracemalloc.start()
-    try:
-        jpeg = segment_module.overlay_jpeg(data, keep)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    photo_bytes = width * height * 3
-    assert peak < 3.5 * photo_bytes, f"peak {peak / photo_bytes:.1f} x the uint8 photo"
-    shown = np.asarray(Image.open(io.BytesIO(jpeg)))
-    assert shown.shape == (height, width, 3) and shown[0, 0, 0] > 200 and shown[0, -1, 0] < 20
-
-
 def _interrupt_at_batch(monkeypatch, n):
     """The network raises KeyboardInterrupt (Ctrl-C) on its n-th batch."""
-    real = segment_module.PhotoSegmenter.probabilities
+    real = photo_segmenter.PhotoSegmenter.probabilities
     calls = []
 
     def probabilities(self, batch):
@@ -419,7 +386,7 @@ def _interrupt_at_batch(monkeypatch, n):
             raise KeyboardInterrupt
         return real(self, batch)
 
-    monkeypatch.setattr(segment_module.PhotoSegmenter, "probabilities", probabilities)
+    monkeypatch.setattr(photo_segmenter.PhotoSegmenter, "probabilities", probabilities)
 
 
 FIVE = ("a.jpg", "b.png", "grey.png", "c.webp", "nested/deeper/D.JPG")
@@ -430,8 +397,8 @@ def test_a_report_exists_after_the_first_batch(tmp_path, segmenter_file, oracle,
     out = tmp_path / "masks"
     _interrupt_at_batch(monkeypatch, 3)  # batch 1's files are written once batch 2 is computed
     with pytest.raises(KeyboardInterrupt):
-        segment_module.segment_images(str(tmp_path / "photos"), str(segmenter_file), str(out),
-                                      segment_module.Settings(batch=2, io_threads=1, device="cpu"), progress=False)
+        segment_images(str(tmp_path / "photos"), str(segmenter_file), str(out),
+                       photo_segmenter.Settings(batch=2, io_threads=1, device="cpu"), progress=False)
     report = json.loads((out / "segment_report.json").read_text())
     assert report["complete"] is False and report["num_photos"] == 5
     assert [e["photo"] for e in report["segmented"]][:2] == ["a.jpg", "b.png"]
@@ -502,7 +469,7 @@ def test_the_report_is_on_disk_while_the_job_runs(tmp_path, segmenter_file, orac
     on disk, listing what was written, before the job ends."""
     write_photos(tmp_path / "photos", {k: v for k, v in photo_set().items() if k in FIVE})
     out = tmp_path / "masks"
-    real = segment_module.PhotoSegmenter.probabilities
+    real = photo_segmenter.PhotoSegmenter.probabilities
     seen = []
 
     def probabilities(self, batch):
@@ -513,9 +480,9 @@ def test_the_report_is_on_disk_while_the_job_runs(tmp_path, segmenter_file, orac
             seen.append("-")
         return real(self, batch)
 
-    monkeypatch.setattr(segment_module.PhotoSegmenter, "probabilities", probabilities)
-    segment_module.segment_images(str(tmp_path / "photos"), str(segmenter_file), str(out),
-                                  segment_module.Settings(batch=2, io_threads=1, device="cpu"), progress=False)
+    monkeypatch.setattr(photo_segmenter.PhotoSegmenter, "probabilities", probabilities)
+    segment_images(str(tmp_path / "photos"), str(segmenter_file), str(out),
+                   photo_segmenter.Settings(batch=2, io_threads=1, device="cpu"), progress=False)
     during = seen[2]
     assert during is not None, "no report on disk while the job ran"
     assert during["complete"] is False and [e["photo"] for e in during["segmented"]][:2] == ["a.jpg", "b.png"]
@@ -528,7 +495,7 @@ def test_at_most_full_size_at_once_photos_are_worked_on_at_full_size(tmp_path, s
 
     photos = photo_set()
     write_photos(tmp_path / "photos", photos)
-    real, lock, active, peak = segment_module.full_size_mask, threading.Lock(), [0], [0]
+    real, lock, active, peak = photo_segmenter.full_size_mask, threading.Lock(), [0], [0]
 
     def counted(*args, **kwargs):
         with lock:
@@ -541,11 +508,11 @@ def test_at_most_full_size_at_once_photos_are_worked_on_at_full_size(tmp_path, s
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(segment_module, "full_size_mask", counted)
-    segment_module.segment_images(str(tmp_path / "photos"), str(segmenter_file), str(tmp_path / "masks"),
-                                  segment_module.Settings(batch=len(photos), io_threads=4, device="cpu",
-                                                          overlays=True), progress=False)
-    assert 1 <= peak[0] <= segment_module.FULL_SIZE_AT_ONCE, peak[0]
+    monkeypatch.setattr(photo_segmenter, "full_size_mask", counted)
+    segment_images(str(tmp_path / "photos"), str(segmenter_file), str(tmp_path / "masks"),
+                   photo_segmenter.Settings(batch=len(photos), io_threads=4, device="cpu", overlays=True),
+                   progress=False)
+    assert 1 <= peak[0] <= photo_segmenter.FULL_SIZE_AT_ONCE, peak[0]
 
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")

@@ -15,14 +15,8 @@ from types import SimpleNamespace
 import pytest
 
 from cluster.placement import Node
-from cluster.segment_images import (
-    PLACEMENT_TIMEOUT,
-    Settings,
-    _on_ray,
-    check_request,
-    not_started_error,
-    segment_images,
-)
+from cluster.photo_segmenter import Settings
+from cluster.segment_images import PLACEMENT_TIMEOUT, _on_ray, check_request, not_started_error, segment_images
 from cluster.segment_plan import Photo, SegmentError
 from tests.helpers import one_line_error
 
