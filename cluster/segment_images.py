@@ -69,22 +69,28 @@ def not_started_error(nodes: list[placement.Node], workers: int, started: int, c
             "--placement-timeout for a cluster that is still adding nodes")
 
 
+def _check_room(workers: int, cpus: float, gpus: float, timeout: float, local: bool,
+                note: Callable[[str], None]) -> None:
+    """Refuse workers the nodes up now can never hold when no node can be added (SegmentError);
+    on a cluster an autoscaler may grow, say what the job waits for."""
+    short = placement.shortfall(placement.alive_nodes(), workers, cpus, gpus, f"--workers {workers}")
+    if short and local:  # a cluster started here has all the nodes it will ever have
+        raise SegmentError(f"{short}; use fewer --workers or smaller --cpus-per-worker / --gpus-per-worker")
+    if short:
+        note(f"note: {short}; waiting up to {timeout:g}s (--placement-timeout) for the cluster to add nodes")
+
+
 def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers: int,
-            cpus_per_worker: float, gpus_per_worker: float, on_batch, note: Callable[[str], None],
-            placement_timeout: float = PLACEMENT_TIMEOUT) -> Outcome:
-    """Chunks of the photo list, handed to `workers` actors as each finishes its last one."""
+            cpus_per_worker: float, gpus_per_worker: float, on_batch: Callable[[Outcome], None] | None,
+            note: Callable[[str], None], placement_timeout: float = PLACEMENT_TIMEOUT) -> None:
+    """Chunks of the photo list, handed to `workers` actors as each finishes its last one;
+    `on_batch` gets each chunk's outcome as it comes back."""
     import ray
     from ray.exceptions import RayError, RayTaskError
     from ray.util import ActorPool
 
     local = placement.init_ray()
-    short = placement.shortfall(placement.alive_nodes(), workers, cpus_per_worker, gpus_per_worker,
-                                f"--workers {workers}")
-    if short and local:  # a cluster started here has all the nodes it will ever have
-        raise SegmentError(f"{short}; use fewer --workers or smaller --cpus-per-worker / --gpus-per-worker")
-    if short:
-        note(f"note: {short}; waiting up to {placement_timeout:g}s (--placement-timeout) for the cluster "
-             "to add nodes")
+    _check_room(workers, cpus_per_worker, gpus_per_worker, placement_timeout, local, note)
     if not local:
         local_paths = [u for u in (segmenter_url, photos[0].url, photos[0].mask) if is_local_path(u)]
         if local_paths:
@@ -96,7 +102,6 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
     actors = [actor_class.remote(segmenter_url, worker_settings) for _ in range(workers)]
     size = 4 * settings.batch  # a multiple of the batch: the same batches as in one process
     chunks = [photos[i:i + size] for i in range(0, len(photos), size)]
-    outcome = Outcome()
     try:
         # Every worker up (placed, segmenter loaded) before any work: a worker Ray cannot place
         # would otherwise hold its first chunk, and the job, forever. A worker whose start failed
@@ -107,7 +112,6 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
             raise SegmentError(not_started_error(placement.alive_nodes(), workers, len(up), cpus_per_worker,
                                                  gpus_per_worker, placement_timeout))
         for part in ActorPool(actors).map_unordered(lambda actor, chunk: actor.segment.remote(chunk), chunks):
-            outcome.add(part)
             if on_batch is not None:
                 on_batch(part)
     except RayTaskError as e:  # a user error raised inside a worker (storage): one line, as in-process
@@ -120,10 +124,6 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
     finally:
         for actor in actors:
             ray.kill(actor)
-    order = {p.rel: i for i, p in enumerate(photos)}
-    outcome.segmented.sort(key=lambda d: order[d["photo"]])
-    outcome.skipped.sort(key=lambda d: order[d["photo"]])
-    return outcome
 
 
 # ---------------------------------------------------------------------------------------------
