@@ -30,7 +30,8 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from comgan.errors import UserError
-from data_shards.io import join_url, read_bytes, redact, remove_url, write_bytes
+from data_shards.io import join_url, read_bytes, remove_url, write_bytes
+from data_shards import progress
 
 LEASE_FILE = "driver_lease.json"
 HEARTBEAT_SECONDS = 30.0     # how often the holder renews its heartbeat
@@ -47,7 +48,7 @@ def lease_url(run_root: str) -> str:
 
 
 def warn(message: str) -> None:
-    print(f"[comgan] warning: {redact(message)}", flush=True)
+    progress.say(f"[comgan] warning: {message}")
 
 
 def read_lease(url: str) -> dict | None:

@@ -27,8 +27,9 @@ from comgan.artifacts import ArtifactError, from_bytes, load_generator
 from comgan.watchdog import health_score, segmenter_reason
 from data_shards.config import SYNTHETIC_HOMES
 from data_shards.index import holds_shards, read_manifest
-from data_shards.io import (arrow_filesystem, holds_anything, join_url, move_tree, read_bytes, redact, redacted,
+from data_shards.io import (arrow_filesystem, holds_anything, join_url, move_tree, read_bytes, redacted,
                             remove_tree, url_exists, write_bytes)
+from data_shards.progress import say
 from data_shards.reader import check_usable
 from data_shards.writer import write_synthetic
 
@@ -48,10 +49,6 @@ class StageFailed(RuntimeError):
     next attempt. (Those that cannot heal stop it at once: failures.StageStopped.)"""
 
 
-def log(msg: str) -> None:
-    print(f"[comgan] {redact(msg)}", flush=True)  # data and storage URLs without their credentials
-
-
 def ensure_data(cfg: Config) -> None:
     """Write the built-in synthetic set where it is missing, in its own folders only: a mistyped
     data path must stop the job, not fill the user's storage and train on synthetic images.
@@ -63,7 +60,7 @@ def ensure_data(cfg: Config) -> None:
         if not data.synthetic or not url or holds_shards(url):
             continue
         if is_synthetic_home(url):
-            log(f"writing {count} synthetic {model.resolution}px images to {url}")
+            say(f"[comgan] writing {count} synthetic {model.resolution}px images to {url}")
             write_synthetic(url, count, model.resolution, data.synthetic_styles, seed,
                             samples_per_shard=data.samples_per_shard)
         elif not holds_anything(url):  # what is there (images, a cut-off write) read_manifest explains
@@ -74,7 +71,7 @@ def ensure_data(cfg: Config) -> None:
                               f"elsewhere, write it first: {command})")
     train = read_manifest(data.train)
     check_usable(data.train, resolution=model.resolution)  # a set no reader can use fails here, not in every worker
-    log(f"training shards: {data.train} ({train['num_samples']} images in {len(train['shards'])} shards)")
+    say(f"[comgan] training shards: {data.train} ({train['num_samples']} images in {len(train['shards'])} shards)")
     if data.eval:
         held_out = read_manifest(data.eval)
         if not held_out.get("has_masks"):
@@ -157,7 +154,8 @@ def run_stage(stage: str, cfg: Config, layout: RunLayout, artifact: str, generat
                              logging_config=ray.LoggingConfig(log_level="WARNING")),
     )
     precision = "" if cfg.run.mixed_precision == "no" else f", {cfg.run.mixed_precision} mixed precision"
-    log(f"{stage}: {cfg.run.workers} worker(s) x {cpus} CPU{' + 1 GPU' if cfg.run.use_gpu else ''}{precision}")
+    say(f"[comgan] {stage}: {cfg.run.workers} worker(s) x {cpus} CPU{' + 1 GPU' if cfg.run.use_gpu else ''}"
+        f"{precision}")
     failures.clear(layout.stage_dir(stage))  # a record of an earlier run: its cause may be fixed
     try:
         result = trainer.fit()
@@ -179,7 +177,7 @@ def run_pipeline(cfg: Config, stage1_only: bool = False, callbacks: tuple = ()) 
     layout = prepare_run(cfg)
     # One run, one writer: the lease is taken before this driver writes anything into the run
     # folder, renewed while it runs and released however it ends (cluster/lease.py).
-    with lease.acquire(layout.root, say=lambda msg: log(f"warning: {msg}")) as run_lease:
+    with lease.acquire(layout.root) as run_lease:  # its warnings: lease.warn, "[comgan] warning: ..."
         check_run_config(cfg, layout)
         place_workers(cfg)
         summary = {"run": layout.root}
@@ -194,7 +192,8 @@ def run_pipeline(cfg: Config, stage1_only: bool = False, callbacks: tuple = ()) 
         summary["wall_seconds"] = time.time() - started
         run_lease.check()
         write_bytes(layout.summary, (json.dumps(redacted(summary), indent=2, default=str) + "\n").encode())
-    log(f"finished in {time.time() - started:.0f}s; TensorBoard: tensorboard --logdir {layout.path('tensorboard')}")
+    say(f"[comgan] finished in {time.time() - started:.0f}s; TensorBoard: tensorboard --logdir "
+        f"{layout.path('tensorboard')}")
     return summary
 
 
@@ -205,7 +204,7 @@ def prepare_run(cfg: Config) -> RunLayout:
     folders, not the run's, which no run lease could guard.)"""
     resolve_urls(cfg)
     layout = RunLayout(absolute_url(cfg.run.storage), cfg.run_name)
-    log(f"run {cfg.run_name}: {layout.root}")
+    say(f"[comgan] run {cfg.run_name}: {layout.root}")
     check_fault_spec()
     if cfg.stage2.generator:
         check_generator(cfg.stage2.generator, cfg)
@@ -231,21 +230,21 @@ def place_workers(cfg: Config) -> None:
     cfg.run.cpus_per_worker = placement.cpus_per_worker(cfg, nodes)
     waiting = placement.check_placement(cfg, cfg.run.cpus_per_worker, nodes, fixed_cluster)
     if waiting:
-        log(waiting)
+        say(f"[comgan] {waiting}")
 
 
 def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tuple = ()) -> str:
     """Stage 1, unless its artifact exists or is given; returns the generator's URL."""
     if cfg.stage2.generator:
-        log(f"stage1: skipped, stage 2 learns from {cfg.stage2.generator}")
+        say(f"[comgan] stage1: skipped, stage 2 learns from {cfg.stage2.generator}")
         summary["generator"] = cfg.stage2.generator
         return cfg.stage2.generator
     collapsed = collapsed_attempts(layout)
     if collapsed:
         summary["stage1_collapsed"] = collapsed
     if checkpoints.artifact_done(layout.generator, "comgan.generator",
-                                 warn=lambda message: log(f"stage1: warning: {message}")):
-        log(f"stage1: {layout.generator} exists, not retraining")
+                                 warn=lambda message: say(f"[comgan] stage1: warning: {message}")):
+        say(f"[comgan] stage1: {layout.generator} exists, not retraining")
         return layout.generator
     while True:
         attempt = len(collapsed)
@@ -258,15 +257,15 @@ def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tu
             break
         collapsed.append(set_attempt_aside(layout, attempt + 1, attempt_record(metrics)))
         summary["stage1_collapsed"] = collapsed
-        log(f"stage1: trivial solution at step {metrics.get('step')} ({reason}); attempt set aside in "
+        say(f"[comgan] stage1: trivial solution at step {metrics.get('step')} ({reason}); attempt set aside in "
             f"{layout.collapsed(attempt + 1)}, starting again with run.seed={cfg.run.seed + COLLAPSE_SEED_STRIDE * (attempt + 1)} "
             f"(restart {attempt + 1} of {cfg.run.collapse_restarts})")
     if reason:
         metrics = keep_the_healthiest_attempt(layout, metrics, collapsed)
-        log(f"stage1: the watchdog still finds a trivial solution ({metrics.get('watch/now')}) and no restart is "
-            f"left (run.collapse_restarts={cfg.run.collapse_restarts}): stage 2 learns from it anyway")
+        say(f"[comgan] stage1: the watchdog still finds a trivial solution ({metrics.get('watch/now')}) and no "
+            f"restart is left (run.collapse_restarts={cfg.run.collapse_restarts}): stage 2 learns from it anyway")
     summary["stage1"] = metrics
-    log(f"stage1: {metrics.get('step')} steps in {metrics.get('perf/seconds', 0):.0f}s, "
+    say(f"[comgan] stage1: {metrics.get('step')} steps in {metrics.get('perf/seconds', 0):.0f}s, "
         f"{metrics.get('perf/images_per_s', 0):.0f} img/s, mask mean {metrics.get('mask/mean', float('nan')):.2f}, "
         f"empty masks {100 * metrics.get('mask/empty_fraction', float('nan')):.1f} %")
     return layout.generator
@@ -300,7 +299,7 @@ def keep_the_healthiest_attempt(layout: RunLayout, metrics: dict, collapsed: lis
     collapsed.append(set_attempt_aside(layout, len(collapsed) + 1, last))
     checkpoints.export_artifact(layout.generator,
                                 read_bytes(join_url(layout.collapsed(best["attempt"]), "stage1", "generator.pt")))
-    log(f"stage1: attempt {best['attempt']} (run.seed={best['seed']}) was the healthiest "
+    say(f"[comgan] stage1: attempt {best['attempt']} (run.seed={best['seed']}) was the healthiest "
         f"({best['health']:.3f} against {last['health']:.3f} of the last): its generator.pt is handed on")
     return {**best["metrics"], "attempt": best["attempt"]}
 
@@ -337,16 +336,16 @@ def set_attempt_aside(layout: RunLayout, attempt: int, record: dict) -> dict:
 
 def train_segmenter(cfg: Config, layout: RunLayout, generator: str, summary: dict, callbacks: tuple = ()) -> None:
     if checkpoints.artifact_done(layout.segmenter, "comgan.segmenter",
-                                 warn=lambda message: log(f"stage2: warning: {message}")):
-        log(f"stage2: {layout.segmenter} exists, not retraining")
+                                 warn=lambda message: say(f"[comgan] stage2: warning: {message}")):
+        say(f"[comgan] stage2: {layout.segmenter} exists, not retraining")
         return
     metrics = run_stage("stage2", cfg, layout, artifact=layout.segmenter, generator=generator, callbacks=callbacks)
     summary["stage2"] = metrics
-    log(f"stage2: {metrics.get('step')} steps in {metrics.get('perf/seconds', 0):.0f}s")
+    say(f"[comgan] stage2: {metrics.get('step')} steps in {metrics.get('perf/seconds', 0):.0f}s")
     warning = segmenter_warning(metrics, cfg)
     if warning:
         metrics["watch/segmenter"] = warning
-        log(f"stage2: warning: {warning}")
+        say(f"[comgan] stage2: warning: {warning}")
 
 
 def segmenter_warning(metrics: dict, cfg: Config) -> str | None:
@@ -371,7 +370,7 @@ def evaluate_run(cfg: Config, layout: RunLayout, started: float) -> dict:
                                       score_resolution=cfg.data.eval_resolution or None, grabcut=cfg.data.eval_grabcut,
                                       flip=cfg.data.eval_flip, colour=cfg.data.eval_colour_refine)
     if any(results["data_problems"].values()):
-        log(f"evaluation skipped or repaired bad samples: {results['data_problems']}")
+        say(f"[comgan] evaluation skipped or repaired bad samples: {results['data_problems']}")
     results["wall_seconds"] = time.time() - started
     evaluate.save_report(results, grid, layout.eval_json, layout.eval_grid)
     writer = RunWriter(layout.tensorboard("eval"))
@@ -380,5 +379,5 @@ def evaluate_run(cfg: Config, layout: RunLayout, started: float) -> dict:
     writer.scalars({f"data/{k}": v for k, v in results["data_problems"].items()}, 0)
     writer.close()
     print(evaluate.format_table(results), flush=True)
-    log(f"wrote {layout.eval_json} and {layout.eval_grid}")
+    say(f"[comgan] wrote {layout.eval_json} and {layout.eval_grid}")
     return results

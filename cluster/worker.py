@@ -6,6 +6,9 @@ wraps networks and optimisers with accelerate (gloo on CPU, NCCL on GPU), stream
 the shards, and runs the stage's steps. Rank 0 prints progress, writes TensorBoard, previews and
 checkpoints, and exports the stage's artifact; every rank calls `ray.train.report` equally often
 (it is a barrier).
+
+A worker's lines go to sys.__stdout__: Ray Train patches print() to log *and* tee to the
+redirected stdout, so the driver would show every line twice; the original stream is not patched.
 """
 from __future__ import annotations
 
@@ -26,10 +29,10 @@ from comgan.artifacts import from_bytes, load_generator, to_bytes
 from comgan.stages import PREVIEW_COUNT, STAGES, StageSpec
 from comgan.training import Snapshot
 from comgan.watchdog import counts_toward_streak, health_score, trivial_reason
-from data_shards.io import read_bytes, redact, redacted
+from data_shards.io import read_bytes, redacted
 from data_shards.order import LoaderCursor
 from data_shards.problems import PROBLEM_KINDS
-from data_shards.progress import format_duration
+from data_shards.progress import format_duration, say
 from data_shards.reader import TrainBatch, train_loader
 
 from . import checkpoints, failures, faults
@@ -53,13 +56,6 @@ class StageJob:
     # Stop early, without exporting, once the watchdog has found a trivial solution
     # run.watch_patience checks in a row: the driver then starts the stage over with another seed.
     stop_when_trivial: bool = False
-
-
-def say(message: str) -> None:
-    """Print from a worker once: Ray Train patches print() to log *and* tee to the redirected
-    stdout, so the driver would show every line twice; the original stream is not patched. URLs
-    are shown without their credentials."""
-    print(redact(message), file=sys.__stdout__, flush=True)
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -169,7 +165,7 @@ class StageRun:
         if saved:
             state.load_state_dict(saved["state"])
             if rank == 0:
-                say(f"[{spec.name}] resumed from step {state.step}")
+                say(f"[{spec.name}] resumed from step {state.step}", sys.__stdout__)
         for name in state.CARRIED:
             getattr(state, name).to(device)
         prepared = prepare(accelerator, state)
@@ -264,7 +260,8 @@ class StageRun:
         if acc.is_main_process and self.abandoned:
             self.writer.close()
             say(f"[{self.spec.name}] stopped at step {state.step}: the watchdog found a trivial solution "
-                f"{self.cfg.run.watch_patience} checks in a row ({self.watched.get('watch/now')})")
+                f"{self.cfg.run.watch_patience} checks in a row ({self.watched.get('watch/now')})",
+                sys.__stdout__)
         elif acc.is_main_process:
             artifact, metrics = self.spec.export(state, self.cfg, self.cfg.run.inference_batch)
             checkpoints.export_artifact(self.job.artifact, to_bytes(artifact))  # with its sha256 beside it
@@ -274,7 +271,7 @@ class StageRun:
             self.writer.scalars({f"export/{k}": float(v) for k, v in metrics.items()}, state.step)
             self.writer.close()
             say(f"[{self.spec.name}] done: {acc.num_processes} process(es), replicas in sync: {in_sync}, "
-                f"exported {self.job.artifact}")
+                f"exported {self.job.artifact}", sys.__stdout__)
         self.checkpoint(final)
 
     def checkpoint(self, metrics: dict) -> None:
@@ -299,7 +296,7 @@ class StageRun:
         self.watched = stats
         if reason and not self.trivial:
             self.trivial = {"watch/reason": reason, "watch/trivial_at_step": step}
-            say(f"[{self.spec.name}] watchdog at step {step}: {reason}")
+            say(f"[{self.spec.name}] watchdog at step {step}: {reason}", sys.__stdout__)
 
     def log_images(self, step: int) -> None:
         for tag, grid in self.spec.previews(self.state, self.cfg, self.generator, self.preview).items():
@@ -310,7 +307,7 @@ class StageRun:
             settings = self.spec.settings(self.cfg)
             rate = stats["perf/images_per_s"]
             eta = (settings.steps - step) * settings.batch_size / max(rate, 1e-9)
-            say(progress_line(self.spec, step, settings.steps, rate, eta, stats))
+            say(progress_line(self.spec, step, settings.steps, rate, eta, stats), sys.__stdout__)
             self.writer.scalars(stats, step)
 
 

@@ -4,7 +4,7 @@ io.py         the one way to open a URL (local path, file://, s3://) through fss
 synthetic.py  the built-in seeded dataset: one object on a background, with its exact mask
 writer.py     samples -> shard-NNNNNN.tar + manifest.json
 converters.py image folders, CUB-200-2011, Oxford 102 Flowers -> samples for the writer
-progress.py   the progress line of long writes (jobs/make_shards.py)
+progress.py   the progress line of long writes (jobs/make_shards.py); say, the one way a job prints a line
 images.py     decoding both sides share: any image to 8-bit RGB, any mask to 0/255
 index.py      what a URL names (folder, brace pattern, .tar) and its manifest: manifest.json, or plain
               WebDataset tars indexed from their headers (in memory, or written by make_shards.py index)

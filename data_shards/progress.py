@@ -3,7 +3,8 @@
 On a terminal the line is redrawn in place (\\r) a few times a second; in a log file (a batch job,
 `ray job submit`, CI) a full line is printed every ~10 % instead, so logs stay short but still
 show the job moving. Other messages go through `note`, which clears the in-place line first so
-the two never garble each other. Not tqdm (installed): in a file it prints either nothing
+the two never garble each other. `say` is the one way the jobs print a line of their own (the
+driver's or a Ray worker's progress, a warning); `note` prints through it. Not tqdm (installed): in a file it prints either nothing
 (disable=None) or \\r-joined redraws on one line; whole lines every 10 % would need a subclass
 overriding its internal status_printer, clear and close, more code than this module.
 """
@@ -21,6 +22,13 @@ def format_duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def say(line: str, stream: TextIO | None = None) -> None:
+    """Print one line: URLs in it without their credentials (data and storage URLs may carry them),
+    flushed at once so that a job's log shows it as it happens. `stream` is sys.stdout as it is at
+    the call (pytest's capture replaces it) unless given."""
+    print(redact(line), file=stream if stream is not None else sys.stdout, flush=True)
 
 
 class Progress:
@@ -90,7 +98,7 @@ class Progress:
             return
         if self._drawn:
             self.stream.write("\r\033[K")
-        print(redact(message), file=self.stream, flush=True)
+        say(message, self.stream)
         if self._drawn:
             self._draw(time.monotonic())
 
