@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -19,8 +20,8 @@ from dataclasses import asdict
 from typing import TextIO
 
 from comgan.errors import UserError
-from data_shards.io import join_url, redact
-from data_shards.progress import Progress
+from data_shards.io import join_url
+from data_shards.progress import Progress, say
 
 from . import placement
 from .photo_segmenter import PhotoSegmenter, Settings, read_segmenter, resolve_device
@@ -70,19 +71,19 @@ def not_started_error(nodes: list[placement.Node], workers: int, started: int, c
 
 
 def _check_room(workers: int, cpus: float, gpus: float, timeout: float, local: bool,
-                note: Callable[[str], None]) -> None:
+                say_line: Callable[[str], None]) -> None:
     """Refuse workers the nodes up now can never hold when no node can be added (SegmentError);
     on a cluster an autoscaler may grow, say what the job waits for."""
     short = placement.shortfall(placement.alive_nodes(), workers, cpus, gpus, f"--workers {workers}")
     if short and local:  # a cluster started here has all the nodes it will ever have
         raise SegmentError(f"{short}; use fewer --workers or smaller --cpus-per-worker / --gpus-per-worker")
     if short:
-        note(f"note: {short}; waiting up to {timeout:g}s (--placement-timeout) for the cluster to add nodes")
+        say_line(f"note: {short}; waiting up to {timeout:g}s (--placement-timeout) for the cluster to add nodes")
 
 
 def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers: int,
             cpus_per_worker: float, gpus_per_worker: float, on_batch: Callable[[Outcome], None] | None,
-            note: Callable[[str], None], placement_timeout: float = PLACEMENT_TIMEOUT) -> None:
+            say_line: Callable[[str], None], placement_timeout: float = PLACEMENT_TIMEOUT) -> None:
     """Chunks of the photo list, handed to `workers` actors as each finishes its last one;
     `on_batch` gets each chunk's outcome as it comes back."""
     import ray
@@ -90,12 +91,12 @@ def _on_ray(photos: list[Photo], segmenter_url: str, settings: Settings, workers
     from ray.util import ActorPool
 
     local = placement.init_ray()
-    _check_room(workers, cpus_per_worker, gpus_per_worker, placement_timeout, local, note)
+    _check_room(workers, cpus_per_worker, gpus_per_worker, placement_timeout, local, say_line)
     if not local:
         local_paths = [u for u in (segmenter_url, photos[0].url, photos[0].mask) if is_local_path(u)]
         if local_paths:
-            note(f"note: {local_paths[0]} is a local path: every node of the Ray cluster must see it there "
-                 "(keep the segmenter, photos and --out on s3://... for a multi-node cluster)")
+            say_line(f"note: {local_paths[0]} is a local path: every node of the Ray cluster must see it there "
+                     "(keep the segmenter, photos and --out on s3://... for a multi-node cluster)")
     worker_settings = dataclasses.replace(settings, device="cuda" if gpus_per_worker else "cpu")
     actor_class = ray.remote(PhotoSegmenter).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                      max_restarts=1, max_task_retries=1)
@@ -160,23 +161,23 @@ def segment_images(photos_url: str, segmenter_url: str, out_url: str, settings: 
                          "resolution": resolution, "workers": workers}}
     report = JobReport(join_url(out_url, REPORT), head, photos, resumed, report_every, started)
 
-    def note(line: str) -> None:
-        line = redact(line)  # photo URLs without their credentials
-        bar.note(line) if progress else print(line, file=stream, flush=True)
+    # Through the bar while it is drawn, so that the two never garble each other; --quiet (no bar)
+    # still prints warnings and notes.
+    say_line = bar.note if progress else functools.partial(say, stream=stream)
 
     def on_batch(part: Outcome) -> None:
         for line in skipped_warnings(len(report.done.skipped), part.skipped):
-            note(line)
+            say_line(line)
         bar.advance(len(part.segmented) + len(part.skipped))
         report.add(part)
 
     if resumed:
-        note(f"resuming: {len(resumed)} of {len(photos)} photos already have their mask in {out_url}")
+        say_line(f"resuming: {len(resumed)} of {len(photos)} photos already have their mask in {out_url}")
     try:
         if todo and workers == 0:
             PhotoSegmenter(segmenter_url, settings, artifact).segment(todo, on_batch)
         elif todo:
-            _on_ray(todo, segmenter_url, settings, workers, cpus_per_worker, gpus_per_worker, on_batch, note,
+            _on_ray(todo, segmenter_url, settings, workers, cpus_per_worker, gpus_per_worker, on_batch, say_line,
                     placement_timeout)
     except BaseException:
         if report.unreported:  # what was written since the last report, for --resume and for the user
