@@ -161,8 +161,8 @@ def segment_images(photos_url: str, segmenter_url: str, out_url: str, settings: 
                          "resolution": resolution, "workers": workers}}
     report = JobReport(join_url(out_url, REPORT), head, photos, resumed, report_every, started)
 
-    # Through the bar while it is drawn, so that the two never garble each other; --quiet (no bar)
-    # still prints warnings and notes.
+    # Through the progress bar when there is one, so that the two never garble each other; with
+    # --quiet (no bar) warnings and notes still print.
     say_line = bar.note if progress else functools.partial(say, stream=stream)
 
     def on_batch(part: Outcome) -> None:
