@@ -29,9 +29,9 @@ from PIL import Image, UnidentifiedImageError
 from comgan import inference
 from comgan.artifacts import ArtifactError, from_bytes, load_segmenter
 from data_shards.images import open_photo, squashed_photo, to_rgb8
-from data_shards.io import StorageError, read_bytes, url_exists, write_bytes
+from data_shards.io import StorageError, is_local_path, read_bytes, url_exists, write_bytes
 
-from .segment_plan import Outcome, Photo, SegmentError, is_local_path
+from .segment_plan import Outcome, Photo, SegmentError
 
 BACKGROUND_DIM = 1 / 3   # overlays: background brightness
 FULL_SIZE_AT_ONCE = 2    # photos whose full-size mask / overlay is computed at once (a 48 MP one: ~0.7 GB)

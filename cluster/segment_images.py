@@ -20,12 +20,12 @@ from dataclasses import asdict
 from typing import TextIO
 
 from comgan.errors import UserError
-from data_shards.io import join_url
+from data_shards.io import is_local_path, join_url
 from data_shards.progress import Progress, say
 
 from . import placement
 from .photo_segmenter import PhotoSegmenter, Settings, read_segmenter, resolve_device
-from .segment_plan import REPORT, JobReport, Outcome, Photo, SegmentError, is_local_path, plan, still_to_do
+from .segment_plan import REPORT, JobReport, Outcome, Photo, SegmentError, plan, still_to_do
 from .storage import absolute_url
 
 WARN_LIMIT = 10          # skipped photos named one line each on the console; all are in the report

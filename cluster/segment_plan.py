@@ -48,10 +48,6 @@ class Outcome:
         self.skipped += other.skipped
 
 
-def is_local_path(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
 # ---------------------------------------------------------------------------------------------
 # which photos, and the files they become
 

@@ -15,7 +15,7 @@ import tempfile
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from data_shards.io import filesystem, redact
+from data_shards.io import filesystem, is_local_path, redact
 
 logger = logging.getLogger("comgan.tensorboard")
 
@@ -23,7 +23,7 @@ logger = logging.getLogger("comgan.tensorboard")
 class RunWriter:
     def __init__(self, url: str):
         self.url = url
-        self.remote = "://" in url and not url.startswith("file://")
+        self.remote = not is_local_path(url)
         local = tempfile.mkdtemp(prefix="comgan-tb-") if self.remote else url.removeprefix("file://")
         os.makedirs(local, exist_ok=True)
         self.local = local

@@ -99,6 +99,11 @@ def configure_s3(endpoint_url: str = "", region: str = "", profile: str = "", an
         _S3_OPTIONS["anon"] = True
 
 
+def is_local_path(url: str) -> bool:
+    """A path on this machine: no scheme, or file://."""
+    return "://" not in url or url.startswith("file://")
+
+
 def filesystem(url: str, **storage_options) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for a URL. fsspec caches instances per process and drops them
     after a fork, so calling this inside a DataLoader worker gives that worker its own client.
@@ -139,7 +144,7 @@ def storage_error(url: str, error: BaseException) -> StorageError | None:
         return StorageError(f"{url}: {blocker or 'a part of it'} is a file, not a folder")
     if isinstance(error, PermissionError):
         detail = text.splitlines()[0] if text else "no detail"
-        if "://" not in url or url.startswith("file://"):
+        if is_local_path(url):
             return StorageError(f"{url}: permission denied ({detail})")
         return StorageError(f"{url}: access denied ({detail}); check the credentials (AWS environment, "
                             "AWS_PROFILE or instance role) and the bucket policy")
