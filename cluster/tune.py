@@ -1,27 +1,12 @@
-"""Ray Tune sweeps in which every trial is a whole DS-ComGAN run: stage 1, handoff, stage 2 and
-evaluation, each stage on its own Ray Train workers (Train V2: the trial is a function trainable
-that builds the stages' TorchTrainers through cluster/pipeline.py).
-
-Layout of a sweep, under any storage URL (local folder or s3://):
-
-    <storage>/<sweep>/                 Tune's experiment state and one folder per trial (Tune's own)
-    <storage>/<sweep>/runs/<trial id>/ each trial's run, the usual run layout (config.yaml, stage1/,
-                                       stage2/, tensorboard/, eval.json, summary.json)
-    <storage>/<sweep>/results.csv      one row per trial: parameters, objective, stop reason, wall
-    <storage>/<sweep>/results.json     time and artifact URLs (also printed)
-    <storage>/<sweep>/best/            the best trial's generator.pt and segmenter.pt, and trial.json
-    <storage>/<sweep>/tensorboard/     TensorBoard hparams: one entry per trial, to compare them
+"""A sweep (cluster/sweep.py) on Ray Tune: every trial is a whole DS-ComGAN run: stage 1, handoff,
+stage 2 and evaluation, each stage on its own Ray Train workers (Train V2: the trial is a function
+trainable that builds the stages' TorchTrainers through cluster/pipeline.py).
 
 How a trial reaches Tune: every Train report of its stages (each watchdog check and checkpoint of
 stage 1, each checkpoint of stage 2) is forwarded by Ray's TuneReportCallback, carrying
 `progress/images` (training images the trial has seen, a count that only grows, also across a
 resume) and the watchdog's measures (`watch/health`, `watch/trivial_checks`, ...). The trainable
-then reports the trial's `objective` once, at the end:
-
-    iou      strict IoU of the trial's segmenter on data.eval (labelled shards), maximised
-    health   the watchdog's health score of the final generator (comgan/watchdog.py), maximised;
-             the objective without labels
-    fid      FID of the final generator against data.train (needs --inception), minimised
+then reports the trial's `objective` once, at the end (cluster/sweep.py lists the objectives).
 
 Trials are stopped early by the watchdog (a trial whose stage-1 checks find a trivial solution
 `patience` times in a row) and, with the ASHA scheduler, by comparing `watch/health` at equal
@@ -32,156 +17,44 @@ cluster at once.
 """
 from __future__ import annotations
 
-import copy
-import csv
-import io
 import json
-import math
 import os
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass
 
-from comgan.config import ConfigError, set_key
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
 
-from . import placement
-from .config import Config, config_from_dict, validate
-from .search_space import Axis
+from comgan.artifacts import from_bytes, load_generator
+from comgan.config import ConfigError
+from comgan.watchdog import health_score, measure
+from data_shards.io import arrow_filesystem, read_bytes, write_bytes
+
+from . import pipeline, placement
+from .config import Config
+from .fidelity import fidelity
 from .storage import RunLayout, absolute_url
-from data_shards.io import (arrow_filesystem, list_tree, read_bytes, redact, redacted, remove_tree, url_exists,
-                            write_bytes)
+from .sweep import (PROGRESS, SETTINGS, Sweep, cell, check_sweep, check_sweep_folder, planned_images,
+                    planned_trials, stop_reason, sweep_settings, trial_config, trial_row, trials_at_once,
+                    write_results)
 
-OBJECTIVES = {"iou": "max", "health": "max", "fid": "min"}
-SEARCHES = ("grid", "random", "optuna")
-SCHEDULERS = ("fifo", "asha")
-PROGRESS = "progress/images"
 TRIAL_DRIVER = {"CPU": 0, "memory": 256 * 2 ** 20}
-SETTINGS = "sweep.json"      # the sweep as started: --resume continues exactly that sweep
-# How a sweep's folder is told from a run's: a sweep writes sweep.json before anything else, and
-# Tune its experiment state (tuner.pkl); a run writes these at <storage>/<name>/ (storage.RunLayout)
-SWEEP_FILES = (SETTINGS, "tuner.pkl")
-RUN_FILES = ("config.yaml", "summary.json", "eval.json", "stage1", "stage2", "tensorboard")
-
-
-@dataclass
-class Sweep:
-    """Everything a sweep is: where it lives, its base config, what it varies and how it judges."""
-    name: str
-    storage: str
-    base: Config
-    axes: list[Axis]
-    search: str = "grid"        # grid: every combination (x samples); random / optuna: `samples` trials
-    samples: int = 1
-    objective: str = "auto"     # iou with labelled data.eval, else health (fid with an inception file)
-    inception: str = ""         # TorchScript Inception for the fid objective (path or URL)
-    fid_samples: int = 2000     # generated images (and at most this many real ones) per FID
-    scheduler: str = "fifo"     # fifo, or asha on watch/health over progress/images
-    patience: int = 2           # consecutive trivial watchdog checks that stop a trial; 0: never
-    concurrent: int = 0         # trials at once; 0: as many as the cluster holds
-
-    @property
-    def root(self) -> str:
-        return self.folder.root
-
-    def path(self, *parts: str) -> str:
-        return self.folder.path(*parts)
-
-    @property
-    def folder(self) -> RunLayout:
-        """<storage>/<name>: a sweep's folder is laid out under the same URL rules as a run's."""
-        return RunLayout(self.storage, self.name)
-
-    @property
-    def mode(self) -> str:
-        return OBJECTIVES[self.objective]
-
-
-def sweep_settings(sweep: Sweep) -> dict:
-    """The sweep as JSON (sweep.json), the base config included."""
-    return {"name": sweep.name, "storage": sweep.storage, "base": sweep.base.to_dict(), "preset": sweep.base.preset,
-            "axes": [asdict(axis) for axis in sweep.axes], "search": sweep.search, "samples": sweep.samples,
-            "objective": sweep.objective, "inception": sweep.inception, "fid_samples": sweep.fid_samples,
-            "scheduler": sweep.scheduler, "patience": sweep.patience, "concurrent": sweep.concurrent}
-
-
-def load_sweep(storage: str, name: str) -> Sweep:
-    """The sweep started under <storage>/<name>, as its sweep.json recorded it."""
-    folder = RunLayout(storage, name)
-    url = folder.path(SETTINGS)
-    if not url_exists(url):
-        raise ConfigError(f"no sweep to resume at {folder.root} ({SETTINGS} is missing)")
-    data = json.loads(read_bytes(url))
-    base = config_from_dict({**data["base"], "preset": data.get("preset", "default")})
-    axes = [Axis(**{**a, "values": tuple(a["values"])}) for a in data["axes"]]
-    return Sweep(name=data["name"], storage=storage, base=base, axes=axes, search=data["search"],
-                 samples=data["samples"], objective=data["objective"], inception=data["inception"],
-                 fid_samples=data["fid_samples"], scheduler=data["scheduler"], patience=data["patience"],
-                 concurrent=data["concurrent"])
-
-
-def check_sweep(sweep: Sweep) -> None:
-    """The sweep's own settings; the axes were checked when parsed (cluster/search_space.py)."""
-    if sweep.search not in SEARCHES:
-        raise ConfigError(f"--search must be one of {', '.join(SEARCHES)}, got {sweep.search!r}")
-    if sweep.scheduler not in SCHEDULERS:
-        raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {sweep.scheduler!r}")
-    if sweep.samples < 1:
-        raise ConfigError(f"--samples must be >= 1, got {sweep.samples}")
-    if sweep.patience < 0:
-        raise ConfigError(f"--patience must be >= 0 (0: the watchdog never stops a trial), got {sweep.patience}")
-    if sweep.search == "grid":
-        for axis in sweep.axes:
-            axis.domain("grid")  # a range on a grid is one line, here, not when Tune starts
-    if sweep.objective == "auto":
-        sweep.objective = "iou" if sweep.base.data.eval else ("fid" if sweep.inception else "health")
-    if sweep.objective not in OBJECTIVES:
-        raise ConfigError(f"--objective must be auto or one of {', '.join(OBJECTIVES)}, got {sweep.objective!r}")
-    if sweep.objective == "iou" and not sweep.base.data.eval:
-        raise ConfigError("the iou objective needs labelled shards in data.eval; without labels use "
-                          "--objective health (or fid with --inception)")
-    if sweep.objective == "fid" and not sweep.inception:
-        raise ConfigError("the fid objective needs --inception PATH_OR_URL (StyleGAN2-ADA's inception-2015-12-05.pt)")
-    if sweep.search == "optuna":
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise ConfigError("--search optuna needs Optuna: pip install 'ds-comgan[tune]' (or pip install optuna)") from None
 
 
 # ---------------------------------------------------------------------------------------------
 # One trial
 
 
-def trial_config(base: dict, params: dict, trial_id: str, runs_url: str) -> Config:
-    """The base config with this trial's values, run as <sweep>/runs/<trial id>."""
-    cfg = config_from_dict(copy.deepcopy(base))
-    for key, value in params.items():
-        set_key(cfg, key, value if isinstance(value, str) else json.dumps(value))
-    cfg.run.name, cfg.run.storage = trial_id, runs_url
-    # A sweep measures how often a recipe goes trivial, and its watchdog stopper ends such trials:
-    # a trial never restarts stage 1 on another seed.
-    cfg.run.collapse_restarts = 0
-    validate(cfg)
-    return cfg
-
-
 def run_trial(params: dict, sweep: dict) -> None:
     """The function trainable: the whole pipeline of one trial, then its objective."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from .pipeline import run_pipeline
-
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(sweep["base"], params, trial_id, sweep["runs"])
-    summary = run_pipeline(cfg, callbacks=(TuneReportCallback(),))
+    summary = pipeline.run_pipeline(cfg, callbacks=(TuneReportCallback(),))
     layout = RunLayout(cfg.run.storage, cfg.run.name)
     tune.report({"objective": objective_value(sweep, cfg, layout, summary), PROGRESS: planned_images(cfg)})
-
-
-def planned_images(cfg: Config) -> int:
-    """The training images a whole run of `cfg` sees (both stages): where progress/images ends."""
-    return cfg.stage1.steps * cfg.stage1.batch_size + cfg.stage2.steps * cfg.stage2.batch_size
 
 
 def objective_value(sweep: dict, cfg: Config, layout: RunLayout, summary: dict) -> float:
@@ -189,13 +62,8 @@ def objective_value(sweep: dict, cfg: Config, layout: RunLayout, summary: dict) 
     if kind == "iou":
         return float(summary["eval"]["segmenter"]["iou_strict"])
     if kind == "fid":
-        from .fidelity import fidelity
-
         return float(fidelity(layout.generator, cfg.data.train, sweep["inception"], num_generated=sweep["fid_samples"],
                               num_real=sweep["fid_samples"], batch=cfg.run.inference_batch)["fid"])
-    from comgan.artifacts import from_bytes, load_generator
-    from comgan.watchdog import health_score, measure
-
     generator, _ = load_generator(from_bytes(read_bytes(layout.generator), layout.generator), cfg.model,
                                   what=layout.generator)
     return health_score(measure(generator, cfg.model, cfg.run.watch_samples, cfg.run.inference_batch))
@@ -205,82 +73,63 @@ def objective_value(sweep: dict, cfg: Config, layout: RunLayout, summary: dict) 
 # Tune's parts
 
 
-def watchdog_stopper(patience: int):
-    from ray.tune.stopper import Stopper
+class WatchdogStopper(Stopper):
+    """Stops a trial whose watchdog found a trivial solution `patience` checks in a row."""
 
-    class WatchdogStopper(Stopper):
-        """Stops a trial whose watchdog found a trivial solution `patience` checks in a row."""
+    def __init__(self, patience: int):
+        self.patience = patience
 
-        def __call__(self, trial_id: str, result: dict) -> bool:
-            return patience > 0 and result.get("watch/trivial_checks", 0) >= patience
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return self.patience > 0 and result.get("watch/trivial_checks", 0) >= self.patience
 
-        def stop_all(self) -> bool:
-            return False
-
-    return WatchdogStopper()
+    def stop_all(self) -> bool:
+        return False
 
 
-def progress_callback(sweep: Sweep, total: int | None):
+class SweepProgress(tune.Callback):
     """One line per trial event, instead of Tune's result tables (every report would print one)."""
-    from ray.tune import Callback
 
-    from .pipeline import log
+    def __init__(self, sweep: Sweep, total: int | None):
+        self.sweep, self.total = sweep, total
+        self.ended = 0
 
-    keys = [axis.key for axis in sweep.axes]
+    def on_trial_start(self, iteration, trials, trial, **info):
+        values = ", ".join(f"{axis.key}={cell(trial.config.get(axis.key))}" for axis in self.sweep.axes)
+        pipeline.log(f"trial {trial.trial_id} started: {values}")
 
-    class SweepProgress(Callback):
-        def __init__(self):
-            self.ended = 0
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended += 1
+        last = trial.last_result or {}
+        how = stop_reason(self.sweep, last, None)
+        if how == "finished":
+            how = f"finished, {self.sweep.objective} {last['objective']:.4f}"
+        pipeline.log(f"trial {trial.trial_id} {how} after {last.get('time_total_s', 0):.0f}s ({self.count()})")
 
-        def on_trial_start(self, iteration, trials, trial, **info):
-            values = ", ".join(f"{k}={_cell(trial.config.get(k))}" for k in keys)
-            log(f"trial {trial.trial_id} started: {values}")
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended += 1
+        pipeline.log(f"trial {trial.trial_id} failed: see its log above ({self.count()})")
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.ended += 1
-            last = trial.last_result or {}
-            how = stop_reason(sweep, last, None)
-            if how == "finished":
-                how = f"finished, {sweep.objective} {last['objective']:.4f}"
-            log(f"trial {trial.trial_id} {how} after {last.get('time_total_s', 0):.0f}s "
-                f"({self.ended}{f'/{total}' if total else ''} trials ended)")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.ended += 1
-            log(f"trial {trial.trial_id} failed: see its log above ({self.ended}{f'/{total}' if total else ''} "
-                "trials ended)")
-
-    return SweepProgress()
+    def count(self) -> str:
+        return f"{self.ended}{f'/{self.total}' if self.total else ''} trials ended"
 
 
-def planned_trials(sweep: Sweep) -> int | None:
-    """How many trials the sweep runs (grid: every combination, times samples)."""
-    if sweep.search != "grid":
-        return sweep.samples
-    return sweep.samples * math.prod(len(axis.values) for axis in sweep.axes)
+class FinalResultOptuna(OptunaSearch):
+    """Optuna (TPE) on the trial's final objective: the stages' progress reports carry no
+    objective yet, and OptunaSearch would fail on them."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.metric in result:
+            super().on_trial_result(trial_id, result)
 
 
 def searcher(sweep: Sweep, at_once: int):
     if sweep.search != "optuna":
         return None  # Tune's BasicVariantGenerator: grid_search and random sampling from the space
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    class FinalResultOptuna(OptunaSearch):
-        """Optuna (TPE) on the trial's final objective: the stages' progress reports carry no
-        objective yet, and OptunaSearch would fail on them."""
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if self.metric in result:
-                super().on_trial_result(trial_id, result)
-
     return ConcurrencyLimiter(FinalResultOptuna(metric="objective", mode=sweep.mode, seed=sweep.base.run.seed),
                               max_concurrent=at_once)
 
 
 def scheduler(sweep: Sweep):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
     if sweep.scheduler == "fifo":
         return FIFOScheduler()
     cfg = sweep.base
@@ -293,44 +142,22 @@ def scheduler(sweep: Sweep):
                          grace_period=max(1, min(2 * first_check, stage1)), reduction_factor=2)
 
 
-def trials_at_once(sweep: Sweep, nodes: list[placement.Node]) -> int:
-    """Trials whose workers all fit `nodes` at the same time (at least 1). A trial's workers may
-    lie on several nodes: it is the workers that must each fit on one."""
-    if sweep.concurrent:
-        return sweep.concurrent
-    r = sweep.base.run
-    workers = placement.workers_that_fit(nodes, max(r.cpus_per_worker, 1), placement.gpus_per_worker(r))
-    return max(1, workers // r.workers)
+def result_row(sweep: Sweep, result) -> dict:
+    """A trial's row of the results, from its Tune result."""
+    metrics = dict(result.metrics or {})
+    trial_id = metrics.get("trial_id") or os.path.basename(result.path.rstrip("/"))
+    params = {axis.key: (result.config or {}).get(axis.key) for axis in sweep.axes}
+    error = None if result.error is None else pipeline.first_line(result.error)
+    return trial_row(sweep, trial_id, params, metrics, error)
 
 
 # ---------------------------------------------------------------------------------------------
 # The sweep
 
 
-def check_sweep_folder(sweep: Sweep) -> None:
-    """Refuse a sweep whose folder, <storage>/<name>, holds anything but a sweep: a training run of
-    that name (the sweep would delete its tensorboard/ and write over its files) or other files.
-    A missing or empty folder, or one a sweep has started in, is fine."""
-    if any(url_exists(sweep.path(name)) for name in SWEEP_FILES):
-        return
-    run = [name for name in RUN_FILES if url_exists(sweep.path(name))]
-    if run:
-        raise ConfigError(f"--name {sweep.name}: {sweep.root} is a training run ({', '.join(run)}), not a sweep; "
-                          "a sweep there would delete its tensorboard/ and write over its files: give the sweep "
-                          "another --name (or --storage)")
-    other = list_tree(sweep.root)
-    if other:
-        raise ConfigError(f"--name {sweep.name}: {sweep.root} holds {len(other)} file(s) that are not a sweep's, "
-                          f"e.g. {other[0]}: give the sweep another --name (or --storage)")
-
-
 def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
     """Run (or, with `resume`, continue) the sweep; returns the results table's rows."""
     check_sweep_folder(sweep)  # first: nothing is written, and Ray not started, beside a run
-    from ray import tune
-
-    from . import pipeline
-
     check_sweep(sweep)
     cfg = sweep.base
     pipeline.resolve_urls(cfg)
@@ -372,156 +199,11 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
                                         scheduler=scheduler(sweep), max_concurrent_trials=at_once,
                                         trial_dirname_creator=lambda trial: trial.trial_id),
             run_config=tune.RunConfig(name=sweep.name, storage_path=root, storage_filesystem=filesystem,
-                                      stop=watchdog_stopper(sweep.patience), verbose=0,
-                                      callbacks=[progress_callback(sweep, planned_trials(sweep))],
+                                      stop=WatchdogStopper(sweep.patience), verbose=0,
+                                      callbacks=[SweepProgress(sweep, planned_trials(sweep))],
                                       failure_config=tune.FailureConfig(max_failures=0)))
     grid = tuner.fit()
-    rows = [table_row(sweep, result) for result in grid]
+    rows = [result_row(sweep, result) for result in grid]
     write_results(sweep, rows)
     pipeline.log(f"sweep ended after {time.time() - started:.0f}s")
     return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Results
-
-
-def stop_reason(sweep: Sweep, metrics: dict, error) -> str:
-    if error is not None:
-        from .pipeline import first_line
-
-        return f"error: {first_line(error)[:200]}"
-    if "objective" in metrics:
-        return "finished"
-    if sweep.patience and metrics.get("watch/trivial_checks", 0) >= sweep.patience:
-        reason = metrics.get("watch/now") or metrics.get("watch/reason") or "trivial solution"
-        return f"watchdog at step {metrics.get('step')}: {reason}"
-    if sweep.scheduler == "asha":
-        return f"ASHA at {metrics.get(PROGRESS, 0)} images"
-    return "not finished"
-
-
-def table_row(sweep: Sweep, result) -> dict:
-    metrics = dict(result.metrics or {})
-    trial_id = metrics.get("trial_id") or os.path.basename(result.path.rstrip("/"))
-    run = RunLayout(sweep.path("runs"), trial_id)
-    params = {axis.key: (result.config or {}).get(axis.key) for axis in sweep.axes}
-    row = {"trial": trial_id, **params}
-    objective = metrics.get("objective")
-    row.update({
-        "objective": None if objective is None or (isinstance(objective, float) and math.isnan(objective))
-        else float(objective),
-        "stop": stop_reason(sweep, metrics, result.error),
-        "images": metrics.get(PROGRESS),
-        "planned_images": planned_images(trial_config(sweep.base.to_dict(), params, trial_id, sweep.path("runs"))),
-        "wall_s": round(float(metrics.get("time_total_s", 0.0)), 1),
-        "health": metrics.get("watch/health"),
-        "run": run.root,
-        "generator": run.generator if url_exists(run.generator) else "",
-        "segmenter": run.segmenter if url_exists(run.segmenter) else "",
-    })
-    return row
-
-
-def _ended(stop: str) -> str:
-    if stop.startswith("error"):
-        return "failed"
-    if stop.startswith("watchdog"):
-        return "stopped by the watchdog"
-    if stop.startswith("ASHA"):
-        return "stopped by ASHA"
-    return "finished without an objective" if stop == "finished" else stop
-
-
-def no_result(sweep: Sweep, rows: list[dict]) -> str | None:
-    """None when a trial produced a result (an objective), else the line saying none did: how the
-    trials ended, the first failure's reason, and where every trial's is."""
-    if any(row["objective"] is not None for row in rows):
-        return None
-    if not rows:
-        return f"no trial produced a result: the sweep {sweep.root} ran no trial"
-    ended = Counter(_ended(row["stop"]) for row in rows)
-    line = f"no trial produced a result: {', '.join(f'{n} {how}' for how, n in ended.most_common())}"
-    failed = next((row for row in sorted(rows, key=lambda r: r["trial"]) if row["stop"].startswith("error")), None)
-    if failed:
-        line += f" (trial {failed['trial']}: {failed['stop'][len('error: '):]})"
-    return f"{line}; every trial's stop reason: {sweep.path('results.csv')}"
-
-
-def best_row(sweep: Sweep, rows: list[dict]) -> dict | None:
-    scored = [r for r in rows if r["objective"] is not None]
-    if not scored:
-        return None
-    pick = max if sweep.mode == "max" else min
-    return pick(scored, key=lambda r: r["objective"])
-
-
-def write_results(sweep: Sweep, rows: list[dict]) -> None:
-    """results.csv / results.json, best/ and the TensorBoard hparams; printed as a table."""
-    rows = sorted(rows, key=lambda r: r["trial"])
-    best = best_row(sweep, rows)
-    document = {"sweep": sweep.root, "objective": sweep.objective, "mode": sweep.mode, "search": sweep.search,
-                "space": [axis.__dict__ for axis in sweep.axes], "best": best, "trials": rows}
-    # Reports, read by people only: URLs without their credentials (sweep.json keeps the real
-    # ones, --resume reads its base config back).
-    write_bytes(sweep.path("results.json"), (json.dumps(redacted(document), indent=2, default=str) + "\n").encode())
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial"])
-    writer.writeheader()
-    writer.writerows(redacted(rows))
-    write_bytes(sweep.path("results.csv"), text.getvalue().encode())
-    if best:
-        for name in ("generator", "segmenter"):
-            if best[name]:
-                write_bytes(sweep.path("best", f"{name}.pt"), read_bytes(best[name]))
-        write_bytes(sweep.path("best", "trial.json"),
-                    (json.dumps(redacted(best), indent=2, default=str) + "\n").encode())
-    write_hparams(sweep, rows)
-    print(redact(format_table(sweep, rows, best)), flush=True)  # it names the sweep's URLs
-
-
-def write_hparams(sweep: Sweep, rows: list[dict]) -> None:
-    """One TensorBoard hparams entry per trial (rewritten whole: a resumed sweep has no duplicates)."""
-    from .tensorboard import RunWriter
-
-    url = sweep.path("tensorboard")
-    remove_tree(url)
-    writer = RunWriter(url)
-    for row in rows:
-        params = {axis.key: row[axis.key] for axis in sweep.axes}
-        metrics = {"wall_seconds": row["wall_s"]}
-        if row["objective"] is not None:  # a stopped trial has none (NaN would be dropped with a warning)
-            metrics["objective"] = row["objective"]
-        writer.hparams(params, metrics, row["trial"])
-    writer.close()
-
-
-def format_table(sweep: Sweep, rows: list[dict], best: dict | None) -> str:
-    keys = [axis.key for axis in sweep.axes]
-    header = ["trial", *keys, sweep.objective, "wall s", "stop"]
-    lines = [[r["trial"], *(_cell(r[k]) for k in keys), _cell(r["objective"]), f"{r['wall_s']:.0f}", r["stop"]]
-             for r in rows]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
-    out = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *lines]]
-    stopped = [r for r in rows if r["stop"].startswith("watchdog")]
-    if stopped:
-        saved = sum(r["planned_images"] - (r["images"] or 0) for r in stopped)
-        share = saved / sum(r["planned_images"] for r in stopped)
-        out.append(f"the watchdog stopped {len(stopped)} trial(s), sparing {saved} of their training images "
-                   f"({share:.0%})")
-    if best:
-        out.append(f"best: {best['trial']} ({sweep.objective} {best['objective']:.4f}, {sweep.mode}imised); "
-                   f"its artifacts are copied to {sweep.path('best')}")
-    else:
-        out.append("no trial finished with an objective")
-    out.append(f"table: {sweep.path('results.csv')}, {sweep.path('results.json')}; "
-               f"compare trials: tensorboard --logdir {sweep.path('tensorboard')}")
-    return "\n".join(out)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

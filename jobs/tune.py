@@ -112,7 +112,7 @@ def read_sweep_file(path: str) -> dict:
 def build_sweep(args: argparse.Namespace):
     from cluster.config import load_config
     from cluster.search_space import parse_space, specs_from_yaml
-    from cluster.tune import Sweep, check_sweep
+    from cluster.sweep import Sweep, check_sweep
 
     file = read_sweep_file(args.sweep) if args.sweep else {}
     fixed = [f"{k}={_text(v)}" for k, v in (file.get("set") or {}).items()] + list(args.fixed)
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     try:
         if args.resume:
             from cluster.config import ConfigError
-            from cluster.tune import load_sweep
+            from cluster.sweep import load_sweep
 
             if args.space or args.sweep or args.fixed:
                 raise ConfigError("--resume continues a sweep exactly as it was started: give only --name "
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
         else:
             sweep = build_sweep(args)
         if args.dry_run:
-            from cluster.tune import check_sweep_folder
+            from cluster.sweep import check_sweep_folder
 
             check_sweep_folder(sweep)  # run_sweep checks it first too: a --name a run (or anything else) holds
             print(f"sweep {redact(sweep.root)}: {sweep.search} search, {sweep.samples} sample(s), objective "
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
         print(f"some trials did not finish: continue with python jobs/tune.py --resume --name {sweep.name}"
               + (f" --storage {redact(sweep.storage)}" if sweep.storage != "runs" else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
-    from cluster.tune import no_result
+    from cluster.sweep import no_result
 
     failed = no_result(sweep, rows)
     if failed:

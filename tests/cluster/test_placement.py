@@ -11,7 +11,7 @@ from cluster.config import ConfigError, load_config
 from cluster.placement import (Node, check_placement, cpus_per_worker, resources_per_worker, shortfall,
                                workers_that_fit)
 from cluster.search_space import parse_space
-from cluster.tune import Sweep, trials_at_once
+from cluster.sweep import Sweep, trials_at_once
 
 LAPTOP = [Node(cpus=8, gpus=0)]
 GPU_NODES = [Node(cpus=4, gpus=1), Node(cpus=4, gpus=1)]

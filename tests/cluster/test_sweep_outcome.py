@@ -10,7 +10,7 @@ import pytest
 
 from cluster.config import ConfigError, load_config
 from cluster.search_space import parse_space
-from cluster.tune import Sweep, check_sweep_folder, no_result
+from cluster.sweep import Sweep, check_sweep_folder, no_result
 from jobs.tune import main as tune
 from tests.helpers import exit_code, one_line_error
 

@@ -187,7 +187,8 @@ def test_optuna_searches_the_space_and_learns_only_from_final_objectives():
     reports (they carry no objective) and takes a trial's final objective."""
     from cluster.config import load_config
     from cluster.search_space import parse_space
-    from cluster.tune import Sweep, check_sweep, searcher
+    from cluster.sweep import Sweep, check_sweep
+    from cluster.tune import searcher
 
     base = load_config("tiny")
     sweep = Sweep(name="s", storage="unused", base=base, search="optuna", samples=4,
