@@ -37,17 +37,11 @@ class Axis:
     low: float = 0.0
     high: float = 0.0
 
-    def domain(self, search: str):
-        """The Tune search-space entry for `search` = "grid" or "random"."""
-        from ray import tune
-
-        if self.values:
-            return tune.grid_search(list(self.values)) if search == "grid" else tune.choice(list(self.values))
-        if search == "grid":
+    def check_grid(self) -> None:
+        """A grid tries listed values: a range has none (random search samples it)."""
+        if not self.values:
             raise ConfigError(f"{self.key}: a {self.kind} range cannot be searched on a grid; give a list of "
                               "values or use random search")
-        return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[self.kind](
-            self.low, self.high)
 
 
 def checked_value(base: Config, key: str, text: str):

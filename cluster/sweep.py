@@ -118,7 +118,7 @@ def check_sweep(sweep: Sweep) -> None:
         raise ConfigError(f"--patience must be >= 0 (0: the watchdog never stops a trial), got {sweep.patience}")
     if sweep.search == "grid":
         for axis in sweep.axes:
-            axis.domain("grid")  # a range on a grid is one line, here, not when Tune starts
+            axis.check_grid()  # a range on a grid is one line, here, not when Tune starts
     if sweep.objective == "auto":
         sweep.objective = "iou" if sweep.base.data.eval else ("fid" if sweep.inception else "health")
     if sweep.objective not in OBJECTIVES:

@@ -36,6 +36,7 @@ from data_shards.io import arrow_filesystem, read_bytes, write_bytes
 from . import pipeline, placement
 from .config import Config
 from .fidelity import fidelity
+from .search_space import Axis
 from .storage import RunLayout, absolute_url
 from .sweep import (PROGRESS, SETTINGS, Sweep, cell, check_sweep, check_sweep_folder, planned_images,
                     planned_trials, stop_reason, sweep_settings, trial_config, trial_row, trials_at_once,
@@ -71,6 +72,17 @@ def objective_value(sweep: dict, cfg: Config, layout: RunLayout, summary: dict) 
 
 # ---------------------------------------------------------------------------------------------
 # Tune's parts
+
+
+def domain(axis: Axis, search: str):
+    """The Tune search-space entry of `axis` for `search` = "grid" or "random"."""
+    if search == "grid":
+        axis.check_grid()
+        return tune.grid_search(list(axis.values))
+    if axis.values:
+        return tune.choice(list(axis.values))
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[axis.kind](
+        axis.low, axis.high)
 
 
 class WatchdogStopper(Stopper):
@@ -192,9 +204,10 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=filesystem)
     else:
+        search = "grid" if sweep.search == "grid" else "random"  # Optuna samples Tune's random domains
         tuner = tune.Tuner(
             trainable,
-            param_space={axis.key: axis.domain("random" if sweep.search != "grid" else "grid") for axis in sweep.axes},
+            param_space={axis.key: domain(axis, search) for axis in sweep.axes},
             tune_config=tune.TuneConfig(num_samples=sweep.samples, search_alg=searcher(sweep, at_once),
                                         scheduler=scheduler(sweep), max_concurrent_trials=at_once,
                                         trial_dirname_creator=lambda trial: trial.trial_id),

@@ -1,4 +1,4 @@
-"""Search-space specs of Tune sweeps: typed values, Tune domains, and one-line errors."""
+"""Search-space specs of Tune sweeps: typed values and one-line errors (their Tune domains: test_tune.py)."""
 from __future__ import annotations
 
 import pytest
@@ -14,18 +14,6 @@ def test_the_issue_example_parses_into_typed_axes(cfg):
                     Axis("model.num_categories", values=(3, 6, 12)),
                     Axis("stage1.steps", values=(4, 8))]
     assert all(type(v) is int for v in axes[2].values), "N is an integer key"
-
-
-def test_tune_domains_for_grid_and_random_search(cfg):
-    beta, lam = parse_space(["beta=0,1", "lambda=loguniform:0.5:8"], cfg)
-    assert beta.domain("grid") == {"grid_search": [0.0, 1.0]}
-    choice, log = beta.domain("random"), lam.domain("random")
-    assert {choice.sample() for _ in range(50)} == {0.0, 1.0}
-    assert all(0.5 <= log.sample() <= 8 for _ in range(50))
-    with pytest.raises(ConfigError, match="cannot be searched on a grid"):
-        lam.domain("grid")
-    n, = parse_space(["N=randint:2:5"], cfg)
-    assert {n.domain("random").sample() for _ in range(100)} == {2, 3, 4}
 
 
 def test_a_sweep_yaml_space_reads_like_the_command_line(cfg):

@@ -182,20 +182,36 @@ def test_a_sweep_file_gives_the_space_and_settings(tmp_path, capsys):
     assert "unknown sweep key(s) spaces" in capsys.readouterr().err
 
 
+def test_tune_domains_for_grid_and_random_search(cfg):
+    from cluster.search_space import parse_space
+    from cluster.tune import domain
+    from comgan.config import ConfigError
+
+    beta, lam = parse_space(["beta=0,1", "lambda=loguniform:0.5:8"], cfg)
+    assert domain(beta, "grid") == {"grid_search": [0.0, 1.0]}
+    choice, log = domain(beta, "random"), domain(lam, "random")
+    assert {choice.sample() for _ in range(50)} == {0.0, 1.0}
+    assert all(0.5 <= log.sample() <= 8 for _ in range(50))
+    with pytest.raises(ConfigError, match="cannot be searched on a grid"):
+        domain(lam, "grid")
+    n, = parse_space(["N=randint:2:5"], cfg)
+    assert {domain(n, "random").sample() for _ in range(100)} == {2, 3, 4}
+
+
 def test_optuna_searches_the_space_and_learns_only_from_final_objectives():
     """TPE over the same space: it suggests typed values in range, ignores the stages' progress
     reports (they carry no objective) and takes a trial's final objective."""
     from cluster.config import load_config
     from cluster.search_space import parse_space
     from cluster.sweep import Sweep, check_sweep
-    from cluster.tune import searcher
+    from cluster.tune import domain, searcher
 
     base = load_config("tiny")
     sweep = Sweep(name="s", storage="unused", base=base, search="optuna", samples=4,
                   axes=parse_space(["beta=0,0.5,1", "lam=loguniform:0.5:8", "N=3,6"], base))
     check_sweep(sweep)
     search = searcher(sweep, at_once=1)
-    assert search.set_search_properties(None, None, {a.key: a.domain("random") for a in sweep.axes})
+    assert search.set_search_properties(None, None, {a.key: domain(a, "random") for a in sweep.axes})
     params = search.suggest("t1")
     assert params["stage1.beta"] in (0.0, 0.5, 1.0) and 0.5 <= params["stage2.lam"] <= 8
     assert params["model.num_categories"] in (3, 6)
