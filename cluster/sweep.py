@@ -28,7 +28,7 @@ import io
 import json
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from comgan.config import ConfigError, set_key
 from data_shards.io import list_tree, read_bytes, redact, redacted, remove_tree, url_exists, write_bytes
@@ -82,13 +82,21 @@ class Sweep:
     def mode(self) -> str:
         return OBJECTIVES[self.objective]
 
+    @property
+    def varied_keys(self) -> list[str]:
+        """The config keys the sweep varies, in the order its axes were given."""
+        return [axis.key for axis in self.axes]
+
+
+# The settings a sweep YAML and the command line give by name, with their defaults: every field of
+# a Sweep but the four each sweep is given (sweep.json records them by the same names)
+OPTIONS = {field.name: field.default for field in fields(Sweep) if field.default is not MISSING}
+
 
 def sweep_settings(sweep: Sweep) -> dict:
     """The sweep as JSON (sweep.json), the base config included."""
     return {"name": sweep.name, "storage": sweep.storage, "base": sweep.base.to_dict(), "preset": sweep.base.preset,
-            "axes": [asdict(axis) for axis in sweep.axes], "search": sweep.search, "samples": sweep.samples,
-            "objective": sweep.objective, "inception": sweep.inception, "fid_samples": sweep.fid_samples,
-            "scheduler": sweep.scheduler, "patience": sweep.patience, "concurrent": sweep.concurrent}
+            "axes": [asdict(axis) for axis in sweep.axes], **{name: getattr(sweep, name) for name in OPTIONS}}
 
 
 def load_sweep(storage: str, name: str) -> Sweep:
@@ -100,10 +108,7 @@ def load_sweep(storage: str, name: str) -> Sweep:
     data = json.loads(read_bytes(url))
     base = config_from_dict({**data["base"], "preset": data.get("preset", "default")})
     axes = [Axis(**{**a, "values": tuple(a["values"])}) for a in data["axes"]]
-    return Sweep(name=data["name"], storage=storage, base=base, axes=axes, search=data["search"],
-                 samples=data["samples"], objective=data["objective"], inception=data["inception"],
-                 fid_samples=data["fid_samples"], scheduler=data["scheduler"], patience=data["patience"],
-                 concurrent=data["concurrent"])
+    return Sweep(name=data["name"], storage=storage, base=base, axes=axes, **{name: data[name] for name in OPTIONS})
 
 
 def check_sweep(sweep: Sweep) -> None:
@@ -268,7 +273,7 @@ def write_results(sweep: Sweep, rows: list[dict]) -> None:
     rows = sorted(rows, key=lambda r: r["trial"])
     best = best_row(sweep, rows)
     document = {"sweep": sweep.root, "objective": sweep.objective, "mode": sweep.mode, "search": sweep.search,
-                "space": [axis.__dict__ for axis in sweep.axes], "best": best, "trials": rows}
+                "space": [asdict(axis) for axis in sweep.axes], "best": best, "trials": rows}
     # Reports, read by people only: URLs without their credentials (sweep.json keeps the real
     # ones, --resume reads its base config back).
     write_bytes(sweep.path("results.json"), (json.dumps(redacted(document), indent=2, default=str) + "\n").encode())
@@ -293,7 +298,7 @@ def write_hparams(sweep: Sweep, rows: list[dict]) -> None:
     remove_tree(url)
     writer = RunWriter(url)
     for row in rows:
-        params = {axis.key: row[axis.key] for axis in sweep.axes}
+        params = {key: row[key] for key in sweep.varied_keys}
         metrics = {"wall_seconds": row["wall_s"]}
         if row["objective"] is not None:  # a stopped trial has none (NaN would be dropped with a warning)
             metrics["objective"] = row["objective"]
@@ -302,12 +307,13 @@ def write_hparams(sweep: Sweep, rows: list[dict]) -> None:
 
 
 def format_table(sweep: Sweep, rows: list[dict], best: dict | None) -> str:
-    keys = [axis.key for axis in sweep.axes]
-    header = ["trial", *keys, sweep.objective, "wall s", "stop"]
-    lines = [[r["trial"], *(cell(r[k]) for k in keys), cell(r["objective"]), f"{r['wall_s']:.0f}", r["stop"]]
-             for r in rows]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
-    out = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *lines]]
+    # Each column once: its heading, the row's field it shows, and how a value is written
+    columns = [("trial", "trial", str), *((key, key, cell) for key in sweep.varied_keys),
+               (sweep.objective, "objective", cell), ("wall s", "wall_s", "{:.0f}".format), ("stop", "stop", str)]
+    lines = [[heading for heading, _, _ in columns],
+             *([write(row[field]) for _, field, write in columns] for row in rows)]
+    widths = [max(len(text) for text in column) for column in zip(*lines)]
+    out = ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in lines]
     stopped = [r for r in rows if r["stop"].startswith("watchdog")]
     if stopped:
         saved = sum(r["planned_images"] - (r["images"] or 0) for r in stopped)

@@ -106,7 +106,7 @@ class SweepProgress(tune.Callback):
         self.ended = 0
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        values = ", ".join(f"{axis.key}={cell(trial.config.get(axis.key))}" for axis in self.sweep.axes)
+        values = ", ".join(f"{key}={cell(trial.config.get(key))}" for key in self.sweep.varied_keys)
         pipeline.log(f"trial {trial.trial_id} started: {values}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -158,7 +158,7 @@ def result_row(sweep: Sweep, result) -> dict:
     """A trial's row of the results, from its Tune result."""
     metrics = dict(result.metrics or {})
     trial_id = metrics.get("trial_id") or os.path.basename(result.path.rstrip("/"))
-    params = {axis.key: (result.config or {}).get(axis.key) for axis in sweep.axes}
+    params = {key: (result.config or {}).get(key) for key in sweep.varied_keys}
     error = None if result.error is None else pipeline.first_line(result.error)
     return trial_row(sweep, trial_id, params, metrics, error)
 

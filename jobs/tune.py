@@ -50,8 +50,10 @@ from cluster.cli import (EXIT_INTERRUPTED, EXIT_STAGE_FAILED, EXIT_USER_ERROR, O
 from comgan.errors import UserError  # noqa: E402
 from data_shards.io import redact  # noqa: E402
 
-SWEEP_KEYS = ("config", "set", "space", "search", "samples", "objective", "inception", "fid_samples",
-              "scheduler", "patience", "concurrent")
+# The sweep (cluster.sweep and the config: torch) and Tune (cluster.tune: Ray) are imported where they
+# are used, once the command line has parsed: --help and usage mistakes stay instant.
+
+FILE_KEYS = ("config", "set", "space")  # a sweep YAML's keys besides the sweep's settings (sweep.OPTIONS)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,7 +94,9 @@ def read_sweep_file(path: str) -> dict:
     import yaml
 
     from cluster.config import ConfigError
+    from cluster.sweep import OPTIONS
 
+    known = (*FILE_KEYS, *OPTIONS)
     if not os.path.isfile(path):
         raise ConfigError(f"sweep file {path} not found")
     try:
@@ -100,10 +104,10 @@ def read_sweep_file(path: str) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping ({', '.join(SWEEP_KEYS)})")
-    unknown = sorted(set(data) - set(SWEEP_KEYS))
+        raise ConfigError(f"{path} must hold a mapping ({', '.join(known)})")
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(unknown)} (known: {', '.join(SWEEP_KEYS)})")
+        raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(unknown)} (known: {', '.join(known)})")
     if not isinstance(data.get("set", {}), dict):
         raise ConfigError(f"{path}: set: must be a mapping of config keys to values")
     return data
@@ -112,7 +116,7 @@ def read_sweep_file(path: str) -> dict:
 def build_sweep(args: argparse.Namespace):
     from cluster.config import load_config
     from cluster.search_space import parse_space, specs_from_yaml
-    from cluster.sweep import Sweep, check_sweep
+    from cluster.sweep import OPTIONS, Sweep, check_sweep
 
     file = read_sweep_file(args.sweep) if args.sweep else {}
     fixed = [f"{k}={_text(v)}" for k, v in (file.get("set") or {}).items()] + list(args.fixed)
@@ -124,14 +128,13 @@ def build_sweep(args: argparse.Namespace):
     axes = parse_space(specs, base)
 
     def pick(name, default):
+        """The command line's value, else the sweep file's, else the sweep's default."""
         value = getattr(args, name)
-        return value if value is not None else file.get(name, default)
+        value = value if value is not None else file.get(name, default)
+        return int(value) if isinstance(default, int) else value  # the counts: ints, however YAML wrote them
 
     sweep = Sweep(name=args.name or f"sweep-{base.preset}", storage=args.storage or base.run.storage, base=base,
-                  axes=axes, search=pick("search", "grid"), samples=int(pick("samples", 1)),
-                  objective=pick("objective", "auto"), inception=pick("inception", ""),
-                  fid_samples=int(pick("fid_samples", 2000)), scheduler=pick("scheduler", "fifo"),
-                  patience=int(pick("patience", 2)), concurrent=int(pick("concurrent", 0)))
+                  axes=axes, **{name: pick(name, default) for name, default in OPTIONS.items()})
     check_sweep(sweep)
     return sweep
 

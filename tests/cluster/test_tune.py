@@ -182,6 +182,20 @@ def test_a_sweep_file_gives_the_space_and_settings(tmp_path, capsys):
     assert "unknown sweep key(s) spaces" in capsys.readouterr().err
 
 
+def test_sweep_json_gives_back_the_sweep_as_started(tmp_path):
+    """--resume reads every setting back (each one given here differs from its default)."""
+    from cluster.sweep import SETTINGS, load_sweep, sweep_settings
+    from jobs.tune import build_sweep, parse_args
+
+    sweep = build_sweep(parse_args(["--config", "tiny", "--storage", str(tmp_path), "--name", "s", "beta=0,1",
+                                    "lam=uniform:1:2", "--search", "random", "--samples", "3", "--objective", "fid",
+                                    "--inception", "i.pt", "--fid-samples", "9", "--scheduler", "asha",
+                                    "--patience", "4", "--concurrent", "2"]))
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / SETTINGS).write_text(json.dumps(sweep_settings(sweep)))
+    assert load_sweep(str(tmp_path), "s") == sweep
+
+
 def test_tune_domains_for_grid_and_random_search(cfg):
     from cluster.search_space import parse_space
     from cluster.tune import domain
