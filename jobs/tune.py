@@ -146,10 +146,10 @@ def _text(value) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        if args.resume:
-            from cluster.config import ConfigError
-            from cluster.sweep import load_sweep
+        from cluster.config import ConfigError  # inside the try: Ctrl-C while torch loads is one line too
+        from cluster.sweep import check_sweep_folder, load_sweep, no_result
 
+        if args.resume:
             if args.space or args.sweep or args.fixed:
                 raise ConfigError("--resume continues a sweep exactly as it was started: give only --name "
                                   "(and --storage), not a search space, --sweep or --set")
@@ -157,8 +157,6 @@ def main(argv=None) -> int:
         else:
             sweep = build_sweep(args)
         if args.dry_run:
-            from cluster.sweep import check_sweep_folder
-
             check_sweep_folder(sweep)  # run_sweep checks it first too: a --name a run (or anything else) holds
             print(f"sweep {redact(sweep.root)}: {sweep.search} search, {sweep.samples} sample(s), objective "
                   f"{sweep.objective} ({sweep.mode}imised)")
@@ -178,8 +176,6 @@ def main(argv=None) -> int:
         print(f"some trials did not finish: continue with python jobs/tune.py --resume --name {sweep.name}"
               + (f" --storage {redact(sweep.storage)}" if sweep.storage != "runs" else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
-    from cluster.sweep import no_result
-
     failed = no_result(sweep, rows)
     if failed:
         print_error(failed)
