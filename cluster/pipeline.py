@@ -111,13 +111,6 @@ def check_generator(url: str, cfg: Config) -> None:
     load_generator(from_bytes(read_bytes(url), what=url), cfg.model, what=url)
 
 
-def check_fault_spec() -> None:
-    try:
-        faults.from_environment()
-    except faults.FaultSpecError as e:
-        raise ConfigError(str(e)) from None
-
-
 def first_line(error: BaseException) -> str:
     """The first non-empty line of an error from Ray (whose messages carry whole tracebacks)."""
     return next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
@@ -205,7 +198,7 @@ def prepare_run(cfg: Config) -> RunLayout:
     resolve_urls(cfg)
     layout = RunLayout(absolute_url(cfg.run.storage), cfg.run_name)
     say(f"[comgan] run {cfg.run_name}: {layout.root}")
-    check_fault_spec()
+    faults.from_environment()  # a mistyped COMGAN_FAULT fails here, before any worker starts
     if cfg.stage2.generator:
         check_generator(cfg.stage2.generator, cfg)
     ensure_data(cfg)

@@ -33,7 +33,7 @@ from comgan.config import ConfigError
 from comgan.watchdog import health_score, measure
 from data_shards.io import arrow_filesystem, read_bytes, write_bytes
 
-from . import pipeline, placement
+from . import faults, pipeline, placement
 from .config import Config
 from .fidelity import fidelity
 from .search_space import Axis
@@ -180,7 +180,7 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
         raise ConfigError(f"sweep {sweep.root} exists: add --resume to continue it, or give a new --name")
     if resume and not exists:
         raise ConfigError(f"no sweep to resume at {sweep.root}")
-    pipeline.check_fault_spec()
+    faults.from_environment()
     pipeline.ensure_data(cfg)  # once, here: concurrent trials must not all write the synthetic set
     # Auto CPUs give one worker per trial all of the biggest node's: on a laptop trials run one
     # after another, each as fast as a single run.

@@ -38,7 +38,10 @@ def no_ray(monkeypatch):
     def stop(*args, **kwargs):
         raise AssertionError("the sweep went on beside a run")
 
-    for name in ("check_fault_spec", "ensure_data", "place_workers"):
+    import cluster.faults
+
+    monkeypatch.setattr(cluster.faults, "from_environment", stop)
+    for name in ("ensure_data", "place_workers"):
         monkeypatch.setattr(cluster.pipeline, name, stop)
 
 
