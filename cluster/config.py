@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from comgan.config import ComGANConfig, ConfigError, apply_mapping, current_model_keys, set_key
+from comgan.config import ComGANConfig, ConfigError, apply_mapping, current_keys, set_key
 from comgan.config import validate as validate_model_and_stages
 from data_shards.config import DataConfig, StorageConfig
 from data_shards.io import redacted
@@ -100,12 +100,11 @@ def load_config(source: str | None = None, overrides: list[str] | tuple = ()) ->
 
 
 def config_from_dict(data: dict) -> Config:
-    """Rebuild a Config written by `Config.to_dict` (checkpoints, run folders)."""
+    """Rebuild a Config written by `Config.to_dict` (checkpoints, run folders), by this version or
+    an earlier one: keys retired since are renamed or dropped (comgan.config.RETIRED_KEYS)."""
     cfg = Config()
-    data = dict(data)
+    data = current_keys(data)
     preset = data.pop("preset", "default")
-    if isinstance(data.get("model"), dict):  # written before a key was retired
-        data["model"] = current_model_keys(data["model"])
     apply_mapping(cfg, data)
     cfg.preset = preset
     validate(cfg)

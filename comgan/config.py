@@ -16,8 +16,13 @@ import yaml
 from .augment import parse_policy
 from .errors import UserError
 
-# Keys of older files that no longer exist; ignored when an artifact or checkpoint is read back.
-RETIRED_MODEL_KEYS = ("dz_aux_logits",)
+# Keys that no longer exist, each with what replaced it: a current key (no spaces) or a note in
+# words. Files written before them (artifacts, checkpoints, a run folder's config.yaml) still load:
+# `current_keys` moves a renamed key's value to its new name and drops the others. Given in a
+# config file or an override, a retired key is one ConfigError that names what replaced it.
+RETIRED_KEYS = {
+    "model.dz_aux_logits": "no longer a setting (D_z has no auxiliary code head)",
+}
 
 
 class ConfigError(UserError, ValueError):  # ValueError: _coerce catches it as one
@@ -170,16 +175,40 @@ class ComGANConfig:
 # Loading, overrides, validation
 
 
-def current_model_keys(data: dict) -> dict:
-    """A saved model section without the keys that no longer exist (files written before)."""
-    return {k: v for k, v in data.items() if k not in RETIRED_MODEL_KEYS}
+def renamed_to(key: str) -> str:
+    """The current key a retired dotted key became, or "" where it was removed."""
+    replacement = RETIRED_KEYS.get(key, "")
+    return "" if " " in replacement else replacement
+
+
+def current_keys(data: dict, prefix: str = "") -> dict:
+    """A saved (nested) mapping in today's keys: each retired key's value moved to its new name or
+    dropped (RETIRED_KEYS); a value saved under the new name as well wins. `prefix` is the dotted
+    path of `data` itself ("model." for an artifact's model section)."""
+    out, moved = {}, []
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if full in RETIRED_KEYS:
+            if renamed_to(full):
+                moved.append((renamed_to(full)[len(prefix):].split("."), value))
+        elif isinstance(value, dict):
+            out[key] = current_keys(value, prefix=full + ".")
+        else:
+            out[key] = value
+    for path, value in moved:
+        section = out
+        for part in path[:-1]:
+            section = section.setdefault(part, {}) if isinstance(section, dict) else None
+        if isinstance(section, dict):  # else a malformed file, which apply_mapping reports
+            section.setdefault(path[-1], value)
+    return out
 
 
 def model_config_from_dict(data: dict) -> ModelConfig:
     """A saved model section (artifacts), checked with a config's ranges: the file may come from
     any URL, and its sizes decide what gets built."""
     cfg = ModelConfig()
-    apply_mapping(cfg, current_model_keys(data), prefix="model.")
+    apply_mapping(cfg, current_keys(data, prefix="model."), prefix="model.")
     check_finite(cfg, prefix="model.")
     validate_model(cfg)
     return cfg
@@ -222,6 +251,10 @@ def _field(obj, name: str, full: str):
     for f in fields(obj):
         if f.name == name:
             return f
+    if full in RETIRED_KEYS:
+        now = renamed_to(full)
+        raise ConfigError(f"config key {full!r} is now {now}" if now else
+                          f"config key {full!r} was retired: {RETIRED_KEYS[full]}")
     known = ", ".join(f.name for f in fields(obj))
     raise ConfigError(f"unknown config key {full!r} (known here: {known})")
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from cluster.config import ConfigError, config_from_dict, load_config
@@ -69,8 +71,6 @@ def test_storage_options_hold_no_credentials():
 def test_comgan_keeps_only_the_model_and_stage_settings():
     """comgan's config is the mathematics (and how its steps compute it); data, storage and run
     settings belong to their layers."""
-    import dataclasses
-
     from comgan.config import ComGANConfig
 
     assert [f.name for f in dataclasses.fields(ComGANConfig)] == ["model", "stage1", "stage2", "speed"]
@@ -81,6 +81,32 @@ def test_a_config_written_before_the_aux_head_was_retired_still_loads():
     old = load_config("tiny").to_dict()
     old["model"]["dz_aux_logits"] = 20
     assert config_from_dict(old).model.num_categories == 3
+
+
+def test_a_retired_key_given_by_the_user_is_one_line_naming_what_replaced_it(tmp_path):
+    with pytest.raises(ConfigError, match="'model.dz_aux_logits' was retired: no longer a setting") as e:
+        load_config("tiny", ["model.dz_aux_logits=20"])
+    assert "\n" not in str(e.value)
+    path = tmp_path / "old.yaml"
+    path.write_text("model:\n  dz_aux_logits: 20\n")
+    with pytest.raises(ConfigError, match="'model.dz_aux_logits' was retired"):
+        load_config(str(path))
+
+
+def test_every_retired_key_is_gone_and_every_rename_names_a_current_key():
+    from comgan.config import RETIRED_KEYS, renamed_to
+    from cluster.config import Config
+
+    def leaves(obj, prefix=""):
+        out = set()
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            out |= leaves(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else {prefix + f.name}
+        return out
+
+    current = leaves(Config())
+    assert not current & set(RETIRED_KEYS)
+    assert {renamed_to(k) for k in RETIRED_KEYS} - {""} <= current
 
 
 def test_speed_switches_and_configs_written_before_they_existed():
