@@ -22,6 +22,8 @@ from .errors import UserError
 # config file or an override, a retired key is one ConfigError that names what replaced it.
 RETIRED_KEYS = {
     "model.dz_aux_logits": "no longer a setting (D_z has no auxiliary code head)",
+    "model.z_scale": "no longer a setting (the authors' 4.0: comgan/networks.py Z_SCALE)",
+    "model.dm_width": "no longer a setting (D_m has D_z's width, model.dz_width)",
 }
 
 
@@ -33,15 +35,13 @@ class ConfigError(UserError, ValueError):  # ValueError: _coerce catches it as o
 class ModelConfig:
     resolution: int = 32        # image side; power of two >= 16 (paper: 128)
     z_dim: int = 100            # noise size
-    z_scale: float = 4.0        # z ~ N(0, 1) * z_scale, as in the authors' code
     num_categories: int = 6     # N: size of the independent one-hot codes f and b (paper: 200)
     ngf: int = 16               # generator width: 8*ngf channels at 4x4, halved by each upBlock (paper: 64)
     subnet_width: int = 16      # width of the F, B and M subnets (paper: 128 = 2*ngf)
-    dz_width: int = 32          # D_z base width (paper: 32)
+    dz_width: int = 32          # D_z's base width, D_m's too: the paper gives both 32
     info_width: int = 32        # D_f / D_b base width (paper: 64)
     seg_width: int = 16         # U-Net base filters, doubled at each level (paper: 64)
     seg_depth: int = 3          # U-Net down-sampling levels (paper: 4)
-    dm_width: int = 32          # D_m base width (paper: 32)
 
 
 @dataclass
@@ -327,11 +327,9 @@ def validate_model(m: ModelConfig) -> None:
             f"8*ngf must be divisible by 2^{n_up} (halved at each of {n_up} upBlocks)")
     if m.seg_depth < 1 or m.resolution >> m.seg_depth < 2:
         raise ConfigError(f"model.seg_depth must be in 1..{int(math.log2(m.resolution)) - 1}, got {m.seg_depth}")
-    for name in ("z_dim", "subnet_width", "dz_width", "info_width", "seg_width", "dm_width"):
+    for name in ("z_dim", "subnet_width", "dz_width", "info_width", "seg_width"):
         if getattr(m, name) < 1:
             raise ConfigError(f"model.{name} must be >= 1, got {getattr(m, name)}")
-    if m.z_scale <= 0:
-        raise ConfigError(f"model.z_scale must be > 0, got {m.z_scale}")
 
 
 def validate_stages(cfg: ComGANConfig) -> None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .networks import Generator, GeneratorOutput, sample_codes
+from .networks import Z_SCALE, Generator, GeneratorOutput, sample_codes
 from .visualize import image_grid
 
 VARIED = ("f", "b", "z")
@@ -49,7 +49,7 @@ def control_codes(cfg: ModelConfig, vary: str, groups: int, count: int, seed: in
         raise ValueError(f"categories must be in 0..{n - 1} (model.num_categories is {n}), got {categories}")
     rng = torch.Generator().manual_seed(seed)
     z0, f0, b0, _, _ = sample_codes(groups, cfg, generator=rng)           # the fixed settings
-    z_var = torch.randn(groups, count, cfg.z_dim, generator=rng) * cfg.z_scale  # drawn whatever `vary` is
+    z_var = torch.randn(groups, count, cfg.z_dim, generator=rng) * Z_SCALE  # drawn whatever `vary` is
     cols = count if vary == "z" else len(categories)
     z, f, b = (t[:, None].expand(-1, cols, -1).clone() for t in (z0, f0, b0))
     if vary == "z":

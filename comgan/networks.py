@@ -236,9 +236,12 @@ class Generator(nn.Module):
         self.fg_net, self.bg_net = self.bg_net, self.fg_net
 
 
+Z_SCALE = 4.0  # z ~ N(0, 1) * Z_SCALE: the authors' code draws z this wide; every noise draw uses it
+
+
 def sample_codes(batch: int, cfg: ModelConfig, device=None, generator: torch.Generator | None = None):
-    """z ~ N(0, 1) * z_scale and independent one-hot f, b (the paper's unsupervised setting)."""
-    z = torch.randn(batch, cfg.z_dim, device=device, generator=generator) * cfg.z_scale
+    """z ~ N(0, 1) * Z_SCALE and independent one-hot f, b (the paper's unsupervised setting)."""
+    z = torch.randn(batch, cfg.z_dim, device=device, generator=generator) * Z_SCALE
     n = cfg.num_categories
     f_idx = torch.randint(n, (batch,), device=device, generator=generator)
     b_idx = torch.randint(n, (batch,), device=device, generator=generator)
@@ -340,7 +343,7 @@ def build_stage1_networks(cfg: ModelConfig) -> dict[str, nn.Module]:
 def build_stage2_networks(cfg: ModelConfig) -> dict[str, nn.Module]:
     return {
         "S": UNet(cfg.seg_width, cfg.seg_depth),
-        "D_m": Discriminator(1, cfg.dm_width, cfg.resolution),
+        "D_m": Discriminator(1, cfg.dz_width, cfg.resolution),  # D_m has D_z's width (model.dz_width)
     }
 
 

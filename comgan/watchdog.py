@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .networks import Z_SCALE
 
 WATCH_SEED = 31
 EMPTY_AREA, FULL_AREA = 0.05, 0.95   # a sample's mask area under / over which it counts as empty / full
@@ -64,7 +65,7 @@ HEALTHY_FG_GAP_RATIO = 0.5   # weakest category's relative layer gap at which it
 def watch_codes(cfg: ModelConfig, samples: int, device=None) -> tuple[torch.Tensor, ...]:
     """Fixed codes: z and b drawn from WATCH_SEED, f cycling through every category equally."""
     gen = torch.Generator().manual_seed(WATCH_SEED)
-    z = torch.randn(samples, cfg.z_dim, generator=gen) * cfg.z_scale
+    z = torch.randn(samples, cfg.z_dim, generator=gen) * Z_SCALE
     f_idx = torch.arange(samples) % cfg.num_categories
     b_idx = torch.randint(cfg.num_categories, (samples,), generator=gen)
     n = cfg.num_categories

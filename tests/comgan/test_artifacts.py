@@ -27,7 +27,7 @@ def forged(kind: str, **model) -> dict:
     # A segmenter does not build G, so a G wide enough for its resolution costs it nothing.
     ("comgan.segmenter", {"resolution": 2 ** 20, "ngf": 2 ** 17}, ["model.resolution must be a power of two from 16 to 2048, got 1048576"]),
     ("comgan.segmenter", {"seg_width": "wide"}, ["model.seg_width must be an integer"]),
-    ("comgan.generator", {"z_scale": float("nan")}, ["model.z_scale must be a finite number, got nan"]),
+    ("comgan.generator", {"z_dim": float("nan")}, ["model.z_dim must be an integer, got nan"]),
     ("comgan.generator", {"ngf": 2 ** 40}, ["model.ngf=1099511627776", "more than int64 can count"]),
     ("comgan.generator", {"z_dim": 10 ** 9}, ["model.z_dim=1000000000", "parameters"]),
 ])
@@ -62,3 +62,12 @@ def test_a_sound_artifact_still_loads():
     model = ModelConfig(resolution=16, seg_width=4, seg_depth=2)
     net, saved = load_segmenter(from_bytes(to_bytes(segmenter_artifact(UNet(4, 2), model))))
     assert saved == model and not net.training
+
+
+def test_an_artifact_written_with_keys_retired_since_still_loads():
+    """Artifacts save their whole model section: keys removed from it since are ignored."""
+    model = ModelConfig(resolution=16, seg_width=4, seg_depth=2)
+    old = segmenter_artifact(UNet(4, 2), model)
+    old["model"].update(z_scale=4.0, dm_width=32, dz_aux_logits=20)
+    _, saved = load_segmenter(from_bytes(to_bytes(old)))
+    assert saved == model

@@ -19,7 +19,7 @@ from PIL import Image
 from cluster.config import load_config
 from comgan.artifacts import generator_artifact, segmenter_artifact, to_bytes
 from comgan.controls import generate
-from comgan.networks import Generator, UNet, sample_codes
+from comgan.networks import Z_SCALE, Generator, UNet, sample_codes
 from data_shards.io import read_bytes, write_bytes
 from tests.helpers import exit_code, one_line_error
 
@@ -143,7 +143,7 @@ def test_each_column_is_its_codes_with_only_the_varied_code_changed(generator_fi
     # The codes, regenerated here: the fixed (z, f, b) of each group first, then the z columns.
     rng = torch.Generator().manual_seed(seed)
     z0, f0, b0, _, _ = sample_codes(groups, model, generator=rng)
-    z_cols = torch.randn(groups, count, model.z_dim, generator=rng) * model.z_scale
+    z_cols = torch.randn(groups, count, model.z_dim, generator=rng) * Z_SCALE
     g = Generator(model)
     g.load_state_dict(torch.load(generator_file, weights_only=True)["state_dict"])
     cols = N if vary != "z" else count
