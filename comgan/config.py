@@ -24,6 +24,8 @@ RETIRED_KEYS = {
     "model.dz_aux_logits": "no longer a setting (D_z has no auxiliary code head)",
     "model.z_scale": "no longer a setting (the authors' 4.0: comgan/networks.py Z_SCALE)",
     "model.dm_width": "no longer a setting (D_m has D_z's width, model.dz_width)",
+    **{f"{stage}.adam_beta{i}": "no longer a setting (the paper's (0.5, 0.999): comgan/speed.py ADAM_BETAS)"
+       for stage in ("stage1", "stage2") for i in (1, 2)},
 }
 
 
@@ -49,8 +51,6 @@ class Stage1Config:
     steps: int = 800            # one step = one D_z update + one G/D_f/D_b update (~8 min on 2 CPU cores)
     batch_size: int = 32        # global batch, split evenly across workers
     lr: float = 2e-4            # Adam learning rate of both optimisers
-    adam_beta1: float = 0.5
-    adam_beta2: float = 0.999
     beta: float = 1.0           # weight of the mask binary-entropy term
     # Steps over which beta rises linearly from ~0 to its value (0 = from the first step). Early
     # in stage 1 many masks are faint; the entropy term drives a faint mask to 0, which can leave
@@ -89,8 +89,6 @@ class Stage2Config:
     # per step, and at 2e-4 S's output layer needs ~1000 steps just to leave 0.5 (measured on the
     # default: strict IoU 0.23 after 500 steps at 2e-4, 0.81 at 1e-3).
     lr: float = 1e-3
-    adam_beta1: float = 0.5
-    adam_beta2: float = 0.999
     # Share of the last steps over which S's and D_m's learning rate falls linearly to zero (0 =
     # constant). At a constant lr S still moves fast when it is exported.
     lr_decay: float = 0.0
@@ -379,6 +377,3 @@ def validate_stages(cfg: ComGANConfig) -> None:
             raise ConfigError(f"{stage_name}.lr must be > 0, got {stage.lr}")
         if stage.batch_size < 1:
             raise ConfigError(f"{stage_name}.batch_size must be >= 1, got {stage.batch_size}")
-        for beta in ("adam_beta1", "adam_beta2"):
-            if not 0 <= getattr(stage, beta) < 1:
-                raise ConfigError(f"{stage_name}.{beta} must be in [0, 1), got {getattr(stage, beta)}")

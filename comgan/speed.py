@@ -42,10 +42,13 @@ def as_input(x: torch.Tensor, speed: SpeedConfig) -> torch.Tensor:
     return x.contiguous(memory_format=memory_format(speed))
 
 
+ADAM_BETAS = (0.5, 0.999)  # the paper's (beta1, beta2), for every optimiser of both stages
+
+
 def adam(params, stage_cfg, speed: SpeedConfig) -> torch.optim.Adam:
     """Adam with one fused kernel over all parameters where the switch asks for it (CPU and CUDA
     both have one): the same update as the per-parameter loop, up to rounding."""
-    return torch.optim.Adam(params, lr=stage_cfg.lr, betas=(stage_cfg.adam_beta1, stage_cfg.adam_beta2),
+    return torch.optim.Adam(params, lr=stage_cfg.lr, betas=ADAM_BETAS,
                             fused=True if speed.fused_optimizer else None)
 
 
