@@ -26,6 +26,9 @@ RETIRED_KEYS = {
     "model.dm_width": "no longer a setting (D_m has D_z's width, model.dz_width)",
     **{f"{stage}.adam_beta{i}": "no longer a setting (the paper's (0.5, 0.999): comgan/speed.py ADAM_BETAS)"
        for stage in ("stage1", "stage2") for i in (1, 2)},
+    "stage1.mask_border_ring": "no longer a setting (1/16 of the side: comgan/training.py MASK_BORDER_RING)",
+    "stage1.ema_decay": "no longer a setting (0.999: comgan/training.py G_EMA_DECAY)",
+    "stage1.bn_recalibration_batches": "no longer a setting (20: comgan/export.py BN_RECALIBRATION_BATCHES)",
 }
 
 
@@ -59,11 +62,10 @@ class Stage1Config:
     mask_area_weight: float = 20.0  # weight of a hinge keeping each mask's area in [min, max] (not in the paper: 0)
     mask_area_min: float = 0.05    # the hinge's bounds: by default they forbid only (nearly) empty
     mask_area_max: float = 0.95    # or full masks; a lower max says "objects are the smaller part"
-    # Weight of a prior that one layer owns the frame's outer ring (`mask_border_ring` of the side
-    # wide), whichever layer that is (losses.mask_border_loss; not in the paper: 0). Photos whose
+    # Weight of a prior that one layer owns the frame's outer ring (1/16 of the side wide),
+    # whichever layer that is (losses.mask_border_loss; not in the paper: 0). Photos whose
     # object sits inside the frame (horses) otherwise split into top (sky + object) and bottom.
     mask_border_weight: float = 0.0
-    mask_border_ring: float = 0.0625
     # DiffAugment policy for every D_z input, real and fake alike (comgan/augment.py): a comma list
     # of color, translation, cutout; "" = off. Small photo sets need it: D_z memorises them.
     augment: str = ""
@@ -76,8 +78,6 @@ class Stage1Config:
     # (0.73, against 0.87 at 0.25 and without it; benchmarks/results/README.md). Reading b from
     # x_bar as well made masks soft.
     composite_info_weight: float = 0.25
-    ema_decay: float = 0.999    # G_ema decay, ramped up from 0 over the first steps
-    bn_recalibration_batches: int = 20  # re-estimate G_ema's BatchNorm statistics before export
     orient_mask: bool = True    # at export, swap F/B if the mask covers the border (the background)
 
 
@@ -346,9 +346,8 @@ def validate_stages(cfg: ComGANConfig) -> None:
             parse_policy(policy)
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
-    if s1.mask_border_weight < 0 or not 0 < s1.mask_border_ring < 0.5:
-        raise ConfigError(f"stage1.mask_border_weight must be >= 0 and stage1.mask_border_ring in (0, 0.5), got "
-                          f"{s1.mask_border_weight} and {s1.mask_border_ring}")
+    if s1.mask_border_weight < 0:
+        raise ConfigError(f"stage1.mask_border_weight must be >= 0, got {s1.mask_border_weight}")
     if s2.self_train_colour_bins < 0 or s2.self_train_colour_bins > 64:
         raise ConfigError(f"stage2.self_train_colour_bins must be in 0..64 (0 = off), got {s2.self_train_colour_bins}")
     if s2.self_train_weight < 0 or s2.self_train_start < 0:
@@ -366,10 +365,6 @@ def validate_stages(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage2.lam (lambda) must be >= 0, got {s2.lam}")
     if s1.beta_warmup < 0:
         raise ConfigError(f"stage1.beta_warmup must be >= 0 steps (0 = off), got {s1.beta_warmup}")
-    if not 0 <= s1.ema_decay < 1:
-        raise ConfigError(f"stage1.ema_decay must be in [0, 1), got {s1.ema_decay}")
-    if s1.bn_recalibration_batches < 0:
-        raise ConfigError(f"stage1.bn_recalibration_batches must be >= 0, got {s1.bn_recalibration_batches}")
     for stage_name, stage in (("stage1", s1), ("stage2", s2)):
         if stage.steps < 0:
             raise ConfigError(f"{stage_name}.steps must be >= 0, got {stage.steps}")

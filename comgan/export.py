@@ -23,6 +23,7 @@ from .metrics import border_mean, mask_statistics
 from .networks import Generator, sample_codes
 
 RECALIBRATION_SEED, ORIENTATION_SEED, HEALTH_SEED = 101, 202, 99
+BN_RECALIBRATION_BATCHES = 20  # stage-1 batches of fresh codes that re-estimate G_ema's BatchNorm statistics
 
 
 def chunk_sizes(n: int, chunk: int) -> list[int]:
@@ -82,13 +83,14 @@ def mask_health(generator: nn.Module, cfg: ComGANConfig, samples: int, chunk: in
     return {k: float(v) for k, v in mask_statistics(masks).items()}
 
 
-def export_generator(g_ema: Generator, cfg: ComGANConfig, chunk: int, health_samples: int = 512) -> tuple:
+def export_generator(g_ema: Generator, cfg: ComGANConfig, chunk: int, health_samples: int = 512,
+                     recalibration_batches: int = BN_RECALIBRATION_BATCHES) -> tuple:
     """A recalibrated, oriented copy of G_ema (the training state is left as it was), what was
     done to it, and its mask health: (generator, {"bn_recalibrated", "swapped_fg_bg"}, health)."""
     g = copy.deepcopy(g_ema)
     device = next(g.parameters()).device
     s1 = cfg.stage1
-    n = s1.bn_recalibration_batches * s1.batch_size
+    n = recalibration_batches * s1.batch_size
     # BatchNorm needs two samples per channel in train mode: recalibration chunks hold at least 2.
     recalibrate_batchnorm(g, code_batches(cfg, n, max(2, min(chunk, s1.batch_size)), RECALIBRATION_SEED, device))
     swapped = False

@@ -29,6 +29,10 @@ from .networks import build_stage1_networks, build_stage2_networks, sample_codes
 from .refine import colour_refined
 
 
+MASK_BORDER_RING = 1 / 16  # width of the frame's outer ring the border prior looks at, as a share of the side
+G_EMA_DECAY = 0.999        # G_ema (what is exported) averages G with this decay, ramped up from 0 (ema_decay_at)
+
+
 def plain_backward(loss: torch.Tensor) -> None:
     loss.backward()
 
@@ -168,7 +172,7 @@ class Stage1Step(_Step):
             loss_g = loss_g + cfg.stage1.mask_area_weight * area
         if composite_info is not None:
             loss_g = loss_g + cfg.stage1.composite_info_weight * composite_info
-        border = losses.mask_border_loss(out.mask, cfg.stage1.mask_border_ring)
+        border = losses.mask_border_loss(out.mask, MASK_BORDER_RING)
         if cfg.stage1.mask_border_weight:
             loss_g = loss_g + cfg.stage1.mask_border_weight * border
         self.backward(loss_g)
@@ -177,7 +181,7 @@ class Stage1Step(_Step):
         state.D_z.requires_grad_(True)
 
         state.step += 1
-        update_ema(state.G_ema, state.G, ema_decay_at(state.step, cfg.stage1.ema_decay))
+        update_ema(state.G_ema, state.G, ema_decay_at(state.step, G_EMA_DECAY))
         stats = {
             "loss/D_z": loss_d, "loss/G_adv": adv, "loss/D_f_info": info_f, "loss/D_b_info": info_b,
             "loss/binary_entropy": entropy, "loss/mask_area_hinge": area,

@@ -23,10 +23,10 @@ from comgan.export import export_generator
 from comgan.networks import Generator
 torch.set_num_threads(1)
 chunk, n = int(sys.argv[1]), int(sys.argv[2])
-cfg = load_config("paper", [f"stage1.batch_size={n}", "stage1.bn_recalibration_batches=1", "stage1.orient_mask=false"])
+cfg = load_config("paper", [f"stage1.batch_size={n}", "stage1.orient_mask=false"])
 g = Generator(cfg.model).eval().requires_grad_(False)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-_, done, health = export_generator(g, cfg, chunk=chunk, health_samples=n)
+_, done, health = export_generator(g, cfg, chunk=chunk, health_samples=n, recalibration_batches=1)
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 print(json.dumps({"grown_mb": grown, "done": done, "health": health}))
 """
