@@ -29,6 +29,9 @@ RETIRED_KEYS = {
     "stage1.mask_border_ring": "no longer a setting (1/16 of the side: comgan/training.py MASK_BORDER_RING)",
     "stage1.ema_decay": "no longer a setting (0.999: comgan/training.py G_EMA_DECAY)",
     "stage1.bn_recalibration_batches": "no longer a setting (20: comgan/export.py BN_RECALIBRATION_BATCHES)",
+    "stage2.self_train_confidence": "no longer a setting (0.8: comgan/training.py SELF_TRAIN_CONFIDENCE)",
+    "stage2.self_train_ema": "no longer a setting (0.99: comgan/training.py SELF_TRAIN_EMA)",
+    "stage2.self_train_augment": "no longer a setting (colour and translation: comgan/training.py SELF_TRAIN_AUGMENT)",
 }
 
 
@@ -107,15 +110,9 @@ class Stage2Config:
     # trained 1000 steps without it: 0.794; benchmarks/results/README.md). 0 = off.
     self_train_weight: float = 1.0
     self_train_start: int = 400        # first step with self-training (S should be useful by then)
-    self_train_confidence: float = 0.8  # pixels the teacher gives > this or < 1 - this are learnt
-    self_train_ema: float = 0.99       # the teacher's EMA decay (updated every step from step 0)
-    # What S sees of the real batch when it learns the teacher's masks (comgan/augment.py policies;
-    # the pseudo-labels move with the image, and a cut-out square drops out of the loss). On the
-    # horses cutout helped one generator (0.645 -> 0.661) and shrank another's masks to nothing.
-    self_train_augment: str = "color,translation"
     # Refine the teacher's masks with each photo's colours before they become labels (comgan/refine.py):
-    # colour histograms of this many cells per channel (0 = off), built from the pixels beyond
-    # self_train_confidence. On the horses, one generator: strict IoU 0.624 without, 0.645 with 8.
+    # colour histograms of this many cells per channel (0 = off), built from the teacher's
+    # confident pixels. On the horses, one generator: strict IoU 0.624 without, 0.645 with 8.
     self_train_colour_bins: int = 0
     # An image whose teacher mask covers under this share of the generated batch's mean mask area
     # (or leaves under this share of its background) teaches nothing that step (0 = off): a
@@ -341,11 +338,10 @@ def validate_stages(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage1.mask_area_weight must be >= 0 and 0 <= stage1.mask_area_min < "
                           f"stage1.mask_area_max <= 1, got {s1.mask_area_weight}, {s1.mask_area_min} and "
                           f"{s1.mask_area_max}")
-    for key, policy in (("stage1.augment", s1.augment), ("stage2.self_train_augment", s2.self_train_augment)):
-        try:
-            parse_policy(policy)
-        except ValueError as e:
-            raise ConfigError(f"{key}: {e}") from None
+    try:
+        parse_policy(s1.augment)
+    except ValueError as e:
+        raise ConfigError(f"stage1.augment: {e}") from None
     if s1.mask_border_weight < 0:
         raise ConfigError(f"stage1.mask_border_weight must be >= 0, got {s1.mask_border_weight}")
     if s2.self_train_colour_bins < 0 or s2.self_train_colour_bins > 64:
@@ -355,10 +351,6 @@ def validate_stages(cfg: ComGANConfig) -> None:
                           f"{s2.self_train_weight} and {s2.self_train_start}")
     if not 0 <= s2.self_train_area_guard < 1:
         raise ConfigError(f"stage2.self_train_area_guard must be in [0, 1) (0 = off), got {s2.self_train_area_guard}")
-    if not 0.5 <= s2.self_train_confidence < 1:
-        raise ConfigError(f"stage2.self_train_confidence must be in [0.5, 1), got {s2.self_train_confidence}")
-    if not 0 <= s2.self_train_ema < 1:
-        raise ConfigError(f"stage2.self_train_ema must be in [0, 1), got {s2.self_train_ema}")
     if not 0 <= s2.lr_decay <= 1:
         raise ConfigError(f"stage2.lr_decay must be in [0, 1] (0 = constant), got {s2.lr_decay}")
     if s2.lam < 0:

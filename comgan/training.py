@@ -31,6 +31,9 @@ from .refine import colour_refined
 
 MASK_BORDER_RING = 1 / 16  # width of the frame's outer ring the border prior looks at, as a share of the side
 G_EMA_DECAY = 0.999        # G_ema (what is exported) averages G with this decay, ramped up from 0 (ema_decay_at)
+SELF_TRAIN_CONFIDENCE = 0.8  # self-training learns the teacher's pixels > this or < 1 - this: unsure ones teach noise
+SELF_TRAIN_EMA = 0.99        # the teacher is S's EMA (steadier than S), updated every step from step 0
+SELF_TRAIN_AUGMENT = "color,translation"  # S's view of the real batch (labels move with it): S learns to see through it
 
 
 def plain_backward(loss: torch.Tensor) -> None:
@@ -273,7 +276,7 @@ class Stage2Step(_Step):
         state.D_m.requires_grad_(True)
 
         state.step += 1
-        update_ema(state.S_teacher, state.S, cfg.stage2.self_train_ema)  # from step 0: ready when self-training starts
+        update_ema(state.S_teacher, state.S, SELF_TRAIN_EMA)  # from step 0: ready when self-training starts
         stats.update({"loss/D_m": loss_dm, "loss/S_consistency": cons, "loss/S_adv": adv, "loss/S_total": loss_s,
                       "seg/pred_real_mean": pred_real.mean(), "seg/pred_fake_mean": pred_fake.mean()})
         return {k: v.detach() for k, v in stats.items()}
@@ -282,20 +285,19 @@ class Stage2Step(_Step):
     def pseudo_labels(self, real: torch.Tensor, generated_area: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(augmented real, binary pseudo-label, confident-pixel weight, per-image 1/0: not held
         back by stage2.self_train_area_guard), the first three through the same
-        stage2.self_train_augment: the teacher sees the plain photo (and its mirror image), so its
+        SELF_TRAIN_AUGMENT: the teacher sees the plain photo (and its mirror image), so its
         labels do not depend on the augmentation S must learn to see through. A cut-out square
         zeroes the weight too: S is not asked to guess what it cannot see."""
         teacher = self.state.S_teacher
         probs = (teacher(real) + teacher(real.flip(-1)).flip(-1)) / 2
         if self.cfg.stage2.self_train_colour_bins:
-            probs = colour_refined(real, probs, self.cfg.stage2.self_train_colour_bins,
-                                   self.cfg.stage2.self_train_confidence)
-        margin = self.cfg.stage2.self_train_confidence - 0.5
+            probs = colour_refined(real, probs, self.cfg.stage2.self_train_colour_bins, SELF_TRAIN_CONFIDENCE)
+        margin = SELF_TRAIN_CONFIDENCE - 0.5
         pseudo = (probs > 0.5).to(real.dtype)
         confident = ((probs - 0.5).abs() > margin).to(real.dtype)
         unguarded = area_within(pseudo, generated_area, self.cfg.stage2.self_train_area_guard)
         confident = confident * unguarded.view(-1, 1, 1, 1)
-        return (*diff_augment(real, pseudo, confident, policy=parse_policy(self.cfg.stage2.self_train_augment)),
+        return (*diff_augment(real, pseudo, confident, policy=parse_policy(SELF_TRAIN_AUGMENT)),
                 unguarded)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from comgan.ema import make_ema
 from comgan.metrics import iou_dice, segmentation_scores
 from comgan.networks import GeneratorOutput
+from comgan import training
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
 
 
@@ -394,8 +396,9 @@ def self_training_step(cfg, start: int, step: int, perturb_teacher: bool = False
     """run_stage2 with self-training configured to begin at `start`, taken at `step`."""
     cfg = copy.deepcopy(cfg)
     cfg.stage2.self_train_weight, cfg.stage2.self_train_start = 1.0, start
-    cfg.stage2.self_train_confidence = 0.5  # an untrained teacher is nowhere confident: learn every pixel
-    return run_stage2(cfg, perturb="S_teacher" if perturb_teacher else None, step=step)
+    # An untrained teacher is nowhere confident: learn every pixel.
+    with mock.patch.object(training, "SELF_TRAIN_CONFIDENCE", 0.5):
+        return run_stage2(cfg, perturb="S_teacher" if perturb_teacher else None, step=step)
 
 
 def test_self_training_starts_at_its_step_and_learns_from_the_teacher(cfg):
@@ -423,12 +426,11 @@ def test_self_training_options_reach_the_step(cfg, key, value):
     assert stats["loss/S_self_train"] != plain_stats["loss/S_self_train"]
 
 
-def test_pseudo_labels_move_with_the_image_and_a_cutout_leaves_the_loss(cfg):
+def test_pseudo_labels_move_with_the_image_and_a_cutout_leaves_the_loss(cfg, monkeypatch):
     """The student's view and the teacher's labels get one transform; a cut-out square zeroes the
     image and the confident weight there (colour and translation off: only the cutout acts)."""
-    cfg = copy.deepcopy(cfg)
-    cfg.stage2.self_train_confidence = 0.5
-    cfg.stage2.self_train_augment = "cutout"
+    monkeypatch.setattr(training, "SELF_TRAIN_CONFIDENCE", 0.5)
+    monkeypatch.setattr(training, "SELF_TRAIN_AUGMENT", "cutout")
     state = Stage2State.create(cfg)
     step = Stage2Step(state=state, cfg=cfg, generator=Stage1State.create(cfg).G_ema)
     real = real_batch(cfg).clamp(min=0.1)  # no zero pixel outside the cutout
@@ -457,11 +459,11 @@ def test_the_area_guard_holds_back_images_whose_teacher_sees_too_little_or_too_m
     assert area_within(masks, area, 0.3).tolist() == [0, 1, 1, 0]
 
 
-def test_a_guarded_image_leaves_the_self_training_loss(cfg):
+def test_a_guarded_image_leaves_the_self_training_loss(cfg, monkeypatch):
     """An empty teacher mask is held back (the guard zeroes its confident weight); without the
     guard the same image is learnt as all background."""
     cfg = copy.deepcopy(cfg)
-    cfg.stage2.self_train_augment = ""
+    monkeypatch.setattr(training, "SELF_TRAIN_AUGMENT", "")
     state = Stage2State.create(cfg)
     step = Stage2Step(state=state, cfg=cfg, generator=Stage1State.create(cfg).G_ema)
     with torch.no_grad():
@@ -476,9 +478,8 @@ def test_a_guarded_image_leaves_the_self_training_loss(cfg):
     assert not unguarded.any() and not confident.any()
 
 
-def test_teacher_is_an_ema_of_s_from_the_first_step(cfg):
-    cfg = copy.deepcopy(cfg)
-    cfg.stage2.self_train_ema = 0.9
+def test_teacher_is_an_ema_of_s_from_the_first_step(cfg, monkeypatch):
+    monkeypatch.setattr(training, "SELF_TRAIN_EMA", 0.9)
     torch.manual_seed(0)
     gen = Stage1State.create(cfg).G_ema
     state = Stage2State.create(cfg)
