@@ -31,6 +31,7 @@ RETIRED_KEYS = {
     "stage1.bn_recalibration_batches": "no longer a setting (20: comgan/export.py BN_RECALIBRATION_BATCHES)",
     "stage2.self_train_confidence": "no longer a setting (0.8: comgan/training.py SELF_TRAIN_CONFIDENCE)",
     "stage2.self_train_ema": "no longer a setting (0.99: comgan/training.py SELF_TRAIN_EMA)",
+    "stage2.lr_decay": "removed, never measured (stage 2's learning rate is constant)",
     "stage2.self_train_augment": "no longer a setting (colour and translation: comgan/training.py SELF_TRAIN_AUGMENT)",
 }
 
@@ -92,9 +93,6 @@ class Stage2Config:
     # per step, and at 2e-4 S's output layer needs ~1000 steps just to leave 0.5 (measured on the
     # default: strict IoU 0.23 after 500 steps at 2e-4, 0.81 at 1e-3).
     lr: float = 1e-3
-    # Share of the last steps over which S's and D_m's learning rate falls linearly to zero (0 =
-    # constant). At a constant lr S still moves fast when it is exported.
-    lr_decay: float = 0.0
     lam: float = 2.0            # lambda: weight of the L1 consistency S(x_bar) ~ x_bar_m
     # The stage-1 artifact (generator.pt, any URL) stage 2 learns from; empty: this run's own
     # stage1/generator.pt, trained first. jobs/segment.py --generator sets it.
@@ -351,8 +349,6 @@ def validate_stages(cfg: ComGANConfig) -> None:
                           f"{s2.self_train_weight} and {s2.self_train_start}")
     if not 0 <= s2.self_train_area_guard < 1:
         raise ConfigError(f"stage2.self_train_area_guard must be in [0, 1) (0 = off), got {s2.self_train_area_guard}")
-    if not 0 <= s2.lr_decay <= 1:
-        raise ConfigError(f"stage2.lr_decay must be in [0, 1] (0 = constant), got {s2.lr_decay}")
     if s2.lam < 0:
         raise ConfigError(f"stage2.lam (lambda) must be >= 0, got {s2.lam}")
     if s1.beta_warmup < 0:

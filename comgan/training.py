@@ -240,10 +240,6 @@ class Stage2Step(_Step):
         state, cfg = self.state, self.cfg
         S, D_m, opt_S, opt_Dm = self.use("S"), self.use("D_m"), self.use("opt_S"), self.use("opt_Dm")
         real = speed.as_input(real, cfg.speed)
-        lr = decayed_lr(cfg.stage2.lr, state.step, cfg.stage2.steps, cfg.stage2.lr_decay)
-        for optimizer in (opt_S, opt_Dm):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
         fake_img, fake_mask = self.generate(real.shape[0], real.device)
         self_training = cfg.stage2.self_train_weight > 0 and state.step >= cfg.stage2.self_train_start
         if self_training:
@@ -305,15 +301,6 @@ def warmed_beta(beta: float, step: int, warmup: int) -> float:
     """beta, rising linearly from beta / warmup at step 0 to beta from step warmup - 1 on (warmup
     0: beta throughout). A function of the step alone, so a resumed run follows the same schedule."""
     return beta if warmup <= 0 else beta * min(1.0, (step + 1) / warmup)
-
-
-def decayed_lr(lr: float, step: int, steps: int, decay: float) -> float:
-    """lr, falling linearly over the last `decay` share of `steps` to lr / (decay steps) at the
-    last step (never zero: the last step still learns). A function of the step alone, so a resumed
-    run follows the same schedule."""
-    span = round(decay * steps)
-    remaining = steps - step  # steps left, this one included
-    return lr if span <= 0 or remaining > span else lr * remaining / span
 
 
 def area_within(masks: torch.Tensor, reference_area: torch.Tensor, guard: float) -> torch.Tensor:

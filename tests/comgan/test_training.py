@@ -75,23 +75,6 @@ def test_beta_rises_linearly_over_its_warmup_steps():
     assert warmed_beta(2.0, 0, 0) == 2.0
 
 
-def test_stage2_lr_falls_linearly_over_its_last_share_of_steps(cfg):
-    """stage2.lr_decay = 0.5 of 8 steps: lr for steps 0-3, then 4/4, 3/4, 2/4, 1/4 of it; the
-    optimisers of S and D_m follow it step by step; 0 keeps it constant."""
-    from comgan.training import decayed_lr
-    assert [decayed_lr(1.0, step, 8, 0.5) for step in range(8)] == [1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
-    assert [decayed_lr(1.0, step, 8, 0.0) for step in range(8)] == [1] * 8
-    cfg.stage2.steps, cfg.stage2.lr_decay = 4, 0.5
-    state = Stage2State.create(cfg)
-    step = Stage2Step(state, cfg, generator=Stage1State.create(cfg).G_ema.eval())
-    seen = []
-    for _ in range(4):
-        step(real_batch(cfg))
-        seen.append([g["lr"] for opt in (state.opt_S, state.opt_Dm) for g in opt.param_groups])
-    lr = cfg.stage2.lr
-    assert seen == [[lr, lr], [lr, lr], [lr, lr], [lr / 2, lr / 2]]
-
-
 def test_beta_weights_binary_entropy(cfg):
     l0 = stage1_step_stats(cfg, beta=0.0)["loss/G_total"]
     st = stage1_step_stats(cfg, beta=10.0)
