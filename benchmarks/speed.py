@@ -1,5 +1,5 @@
 """Training-step speed: images/s, achieved GFLOP/s and peak memory of stage 1 and stage 2, for the
-plain formulation and each speed switch (comgan/config.py SpeedConfig), measured side by side.
+plain formulation and each speed switch (comgan/speed.py Formulation), measured side by side.
 
 What it does, on whatever machine it runs (CPU, or one CUDA GPU with --device cuda):
 1. Measures the machine's convolution roof: one 3x3 conv of the paper's widest subnet shape
@@ -47,13 +47,13 @@ sys.path.insert(0, str(ROOT))
 
 from cluster.config import load_config  # noqa: E402
 from comgan import speed  # noqa: E402
-from comgan.config import ConfigError, SpeedConfig  # noqa: E402
+from comgan.config import ConfigError  # noqa: E402
 from comgan.ema import make_ema  # noqa: E402
 from comgan.networks import Generator  # noqa: E402
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step  # noqa: E402
 
-PLAIN = SpeedConfig.plain()
-FAST = SpeedConfig()
+PLAIN = speed.Formulation.plain()
+FAST = speed.Formulation()  # what training runs (winograd and compile off, as by default)
 # name -> (speed switches, autocast dtype or None). Each lever alone, then all of them.
 VARIANTS = {
     "plain": (PLAIN, None),
@@ -66,10 +66,10 @@ VARIANTS = {
     "fast": (FAST, None),
     "fast+winograd": (replace(FAST, winograd=True), None),         # opt-in: a native kernel
     "fast+compile": (replace(FAST, compile=True), None),
-    "fast+tf32": (replace(FAST, tf32=True), None),                 # GPU only
+    "fast+tf32": (FAST, None),                                     # GPU only: TF32 in matmuls too
     "fast+bf16": (FAST, torch.bfloat16),                           # autocast, as run.mixed_precision=bf16
 }
-GPU_ONLY = ("fast+tf32",)
+GPU_ONLY = TF32 = ("fast+tf32",)
 DEFAULT_VARIANTS = ("plain", "channels_last", "code_as_bias", "fused_glu", "fused_adam", "winograd", "fast")
 
 
@@ -81,7 +81,7 @@ def conv_roof(device: str, repeats: int, batch: int = 8, size: int = 128, warmup
     """GFLOP/s of one 3x3 conv (128 -> 256 ch, 128x128, batch 8), forward + backward, in fp32
     (on a GPU: cuDNN autotuned, TF32 off). --quick passes a smaller batch and size: a smoke run's
     figure, not the machine's roof."""
-    speed.set_backend_flags(replace(PLAIN, cudnn_benchmark=True))
+    speed.set_backend_flags()
     torch.backends.cudnn.allow_tf32 = False
     x = torch.randn(batch, 128, size, size, device=device, requires_grad=True)
     w = torch.randn(256, 128, 3, 3, device=device, requires_grad=True)
@@ -117,8 +117,9 @@ class Bench:
 
     def __init__(self, stage: str, cfg, variant: str, device: str, batch: int):
         switches, self.autocast = VARIANTS[variant]
+        self.tf32 = variant in TF32
         cfg = with_speed(cfg, switches)
-        speed.set_backend_flags(cfg.speed)
+        self.set_backend_flags()
         self.device, self.cfg = device, cfg
         torch.manual_seed(0)  # the same weights for every variant
         res = cfg.model.resolution
@@ -138,14 +139,21 @@ class Bench:
         for name in self.state.TRAINED + self.state.CARRIED:
             getattr(self.state, name).to(self.device)
 
+    def set_backend_flags(self) -> None:
+        """Training's GPU settings (comgan.speed), with TF32 in matmuls and convolutions too for
+        the TF32 variant; process-wide, so every variant sets its own before it runs."""
+        speed.set_backend_flags()
+        if self.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
     def __call__(self) -> None:
-        speed.set_backend_flags(self.cfg.speed)  # process-wide: every variant sets its own
+        self.set_backend_flags()
         ctx = torch.autocast(self.device, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
         with ctx:
             self.step(self.real)
 
     def timed(self, steps: int) -> float:
-        speed.set_backend_flags(self.cfg.speed)
+        self.set_backend_flags()
         sync(self.device)
         t0 = time.perf_counter()
         for _ in range(steps):

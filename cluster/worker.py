@@ -81,7 +81,7 @@ def setup_worker(job: StageJob) -> Config:
     # setting (RunConfig.logging_config) misses; keep warnings (ours and Ray's), drop the chatter.
     logging.getLogger().setLevel(logging.WARNING)
     torch.set_num_threads(max(1, int(job.cpus_per_worker)))  # more threads than cores thrash
-    speed.set_backend_flags(cfg.speed)
+    speed.set_backend_flags()
     configure_storage(cfg)
     return cfg
 

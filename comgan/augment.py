@@ -80,7 +80,7 @@ def translate(x: torch.Tensor, grid) -> torch.Tensor:
     padded = F.pad(x, [1, 1, 1, 1])
     batch = torch.arange(n, device=x.device)[:, None, None]
     shifted = padded.permute(0, 2, 3, 1)[batch, gy, gx].permute(0, 3, 1, 2)  # NHWC memory
-    # In the layout of the input: the networks run NCHW or channels_last (SpeedConfig), and a
+    # In the layout of the input: the networks run NCHW or channels_last (speed.Formulation), and a
     # conv given the other layout would reorder it on every call.
     layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     return shifted.contiguous(memory_format=layout)

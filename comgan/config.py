@@ -31,6 +31,10 @@ RETIRED_KEYS = {
     "stage1.bn_recalibration_batches": "no longer a setting (20: comgan/export.py BN_RECALIBRATION_BATCHES)",
     "stage2.self_train_confidence": "no longer a setting (0.8: comgan/training.py SELF_TRAIN_CONFIDENCE)",
     "stage2.self_train_ema": "no longer a setting (0.99: comgan/training.py SELF_TRAIN_EMA)",
+    **{f"speed.{name}": "no longer a setting (always on in training: comgan/speed.py Formulation)"
+       for name in ("channels_last", "code_as_bias", "fused_glu", "fused_optimizer")},
+    "speed.cudnn_benchmark": "no longer a setting (always on for GPUs: comgan/speed.py CUDNN_BENCHMARK)",
+    "speed.tf32": "no longer a setting (PyTorch's default: no TF32 in matmuls)",
     "stage2.lr_decay": "removed, never measured (stage 2's learning rate is constant)",
     "stage2.self_train_augment": "no longer a setting (colour and translation: comgan/training.py SELF_TRAIN_AUGMENT)",
 }
@@ -125,35 +129,20 @@ class Stage2Config:
 
 @dataclass
 class SpeedConfig:
-    """How steps are computed, never what (comgan/speed.py; measured by benchmarks/speed.py).
-    All off is the plain formulation the equivalence tests compare against."""
-    # NHWC tensors for every convolution (oneDNN and cuDNN prefer it; see benchmarks/results).
-    channels_last: bool = True
-    # F's and B's first conv takes the one-hot code as a per-sample bias (plus the zero padding's
-    # border corrections) instead of N tiled input channels: at N = 200 that is 3/4 of the conv.
-    # (Generators loaded from artifacts for evaluation or generation always take this path.)
-    code_as_bias: bool = True
-    fused_glu: bool = True        # GLU by F.glu / chunk instead of two slices (see networks.GLU)
-    fused_optimizer: bool = True  # Adam as one fused kernel (CPU and CUDA)
+    """How steps are computed, never what (comgan/speed.py; measured by benchmarks/speed.py). The
+    switches that only keep the mathematics are always on in training (speed.Formulation); these
+    two are opt-in, for what each costs."""
     # CPU: wide 3x3 convs (64+ channels at 32x32 px and up: only the paper preset has them) by
     # Winograd F(4x4, 3x3), 4x fewer multiplications (comgan/winograd.py). Opt-in: its native
-    # kernel needs a C++ compiler and is built on first use. Needs channels_last; GPUs use cuDNN.
+    # kernel needs a C++ compiler and is built on first use. GPUs leave 3x3 convs to cuDNN.
     winograd: bool = False
-    compile: bool = False         # torch.compile every trained network (slow to start; see README)
-    tf32: bool = False            # GPU: TF32 in matmuls too (PyTorch allows it in convolutions by default)
-    cudnn_benchmark: bool = True  # GPU: let cuDNN time its algorithms once per input shape
-
-    @classmethod
-    def plain(cls) -> "SpeedConfig":
-        """Every switch off: today's reference formulation."""
-        return cls(channels_last=False, code_as_bias=False, fused_glu=False, fused_optimizer=False, winograd=False,
-                   compile=False, tf32=False, cudnn_benchmark=False)
+    compile: bool = False         # torch.compile every trained network: opt-in, each worker compiles first
 
 
 @dataclass
 class ComGANConfig:
     """The model and both training stages: everything that decides what is computed, and the
-    speed switches that decide only how. The run config (cluster/config.py) extends it with where
+    opt-in speed switches that decide only how. The run config (cluster/config.py) extends it with where
     data and runs live and how workers run."""
     model: ModelConfig = field(default_factory=ModelConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)

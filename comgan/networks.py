@@ -22,7 +22,7 @@ from .config import ModelConfig
 class GLU(nn.Module):
     """Gated linear unit over channels: halves them, x[:c] * sigmoid(x[c:]).
 
-    `fused` (SpeedConfig.fused_glu) picks how, with the same values. Off: the authors' two slices,
+    `fused` (speed.Formulation.fused_glu) picks how, with the same values. Off: the authors' two slices,
     whose backward builds a zeroed NCHW gradient and copies each half in. On: F.glu's kernel in
     NCHW; under channels_last, chunk, whose backward (a cat of the halves' gradients) keeps the
     layout, where F.glu's backward returns NCHW gradients and makes BatchNorm's backward 7x slower.
@@ -134,7 +134,7 @@ class Subnet(nn.Module):
     def __init__(self, c_phi, code_len, width, c_last, num_res, c_out, activation):
         super().__init__()
         self.code_len = code_len
-        # How the code enters the first conv (SpeedConfig.code_as_bias; same result either way).
+        # How the code enters the first conv (speed.Formulation.code_as_bias; same result either way).
         self.code_as_bias = True
         self.body = nn.Sequential(
             same_block(c_phi + code_len, width),

@@ -105,14 +105,21 @@ def test_every_retired_key_is_gone_and_every_rename_names_a_current_key():
     assert {renamed_to(k) for k in RETIRED_KEYS} - {""} <= current
 
 
-def test_speed_switches_and_configs_written_before_they_existed():
-    cfg = load_config("tiny", ["speed.channels_last=false", "speed.compile=true"])
-    assert not cfg.speed.channels_last and cfg.speed.compile and cfg.speed.code_as_bias
+def test_speed_keys_and_configs_written_before_they_existed():
+    """Two speed keys are left (the opt-in ones); the switches that keep the mathematics are not
+    settings any more, and a run folder written with them still loads."""
+    cfg = load_config("tiny", ["speed.compile=true"])
+    assert cfg.speed.compile and not cfg.speed.winograd
+    assert [f.name for f in dataclasses.fields(cfg.speed)] == ["winograd", "compile"]
     old = load_config("tiny").to_dict()
     del old["speed"]  # checkpoints and run folders written before issue 12
     assert config_from_dict(old).speed == load_config("tiny").speed
-    with pytest.raises(ConfigError, match="speed.channels_last must be true or false"):
-        load_config("tiny", ["speed.channels_last=3"])
+    old["speed"] = {"channels_last": False, "code_as_bias": True, "tf32": False, "cudnn_benchmark": True}
+    assert config_from_dict(old).speed == load_config("tiny").speed
+    with pytest.raises(ConfigError, match="speed.compile must be true or false"):
+        load_config("tiny", ["speed.compile=3"])
+    with pytest.raises(ConfigError, match="'speed.channels_last' was retired: no longer a setting .always on"):
+        load_config("tiny", ["speed.channels_last=false"])
 
 
 def test_paper_preset_turns_off_every_term_the_paper_does_not_have():
@@ -122,30 +129,6 @@ def test_paper_preset_turns_off_every_term_the_paper_does_not_have():
     assert (s1.mask_area_weight, s1.mask_border_weight, s1.composite_info_weight) == (0, 0, 0)
     assert s1.augment == ""
     assert s2.self_train_weight == 0 and s2.adv_weight == 1 and not s2.export_teacher
-
-
-def test_the_equal_budget_benchmark_arms_are_what_they_claim(monkeypatch):
-    """benchmarks/equal_budget.py: the plain arm loads as SpeedConfig.plain() whatever speed keys
-    both arms were given; the fast arm keeps those keys and scales the steps both arms were given
-    (or the recipe's) and the self-training start."""
-    from pathlib import Path
-
-    from comgan.config import SpeedConfig
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import equal_budget
-
-    shared = ["speed.compile=true", "speed.channels_last=true", "stage1.steps=100"]
-    arms = equal_budget.arm_arguments(1.5, shared)
-    plain, fast = load_config("default", arms["plain"]), load_config("default", arms["fast"])
-    assert plain.speed == SpeedConfig.plain()
-    assert fast.speed.compile and fast.speed.channels_last and fast.speed.winograd == SpeedConfig().winograd
-    default = load_config("default")
-    assert (plain.stage1.steps, plain.stage2.steps) == (100, default.stage2.steps)
-    assert (fast.stage1.steps, fast.stage2.steps) == (150, round(default.stage2.steps * 1.5))
-    assert fast.stage2.self_train_start == round(default.stage2.self_train_start * 1.5)
-    with pytest.raises(ConfigError, match="stage1.stepz"):
-        equal_budget.arm_arguments(1.5, ["stage1.stepz=3"])
 
 
 def test_the_saved_config_hides_url_credentials_and_a_rerun_still_resumes(tmp_path):

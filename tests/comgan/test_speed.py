@@ -1,6 +1,7 @@
 """The speed switches (comgan/speed.py) change how a step computes, never what: each stage's step
-with every switch on is compared with the plain formulation (all off) on the same weights, codes
-and inputs, in fp32: losses, every gradient, and the weights after the optimisers' update."""
+with every switch on, as training runs it, is compared with the plain formulation (all off, kept
+for this) on the same weights, codes and inputs, in fp32: losses, every gradient, and the weights
+after the optimisers' update."""
 import copy
 import dataclasses
 
@@ -8,14 +9,22 @@ import pytest
 import torch
 import torch.nn as nn
 
+from cluster.config import load_config
 from comgan import speed, winograd
-from comgan.config import SpeedConfig
 from comgan.networks import GLU, Generator, conv_with_constant_channels, sample_codes
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step
 
-FAST = SpeedConfig()  # the defaults: channels_last, code as bias, fused Adam (no compile: slow to start)
+FAST = speed.Formulation()  # what training runs: channels_last, code as bias, fused Adam (no compile: slow to start)
 FAST_WINOGRAD = dataclasses.replace(FAST, winograd=True)  # the opt-in native kernel on top
-PLAIN = SpeedConfig.plain()
+PLAIN = speed.Formulation.plain()
+
+
+def test_training_runs_every_switch_that_keeps_the_mathematics():
+    """A config's speed section holds only the opt-in switches; a step built from it runs the
+    fast formulation, which the tests below compare with the plain one."""
+    for preset in ("default", "tiny", "paper", "photos"):
+        assert speed.formulation(load_config(preset).speed) == FAST
+    assert speed.formulation(load_config("tiny", ["speed.winograd=true"]).speed) == FAST_WINOGRAD
 
 
 def with_speed(cfg, speed):

@@ -93,7 +93,7 @@ def test_the_switch_routes_every_3x3_conv_and_keeps_parameter_names(cfg):
     convs = [m for net in (generator, segmenter) for m in net.modules() if isinstance(m, Conv3x3)]
     assert convs and all(m.winograd for m in convs)
     assert [k for k, _ in generator.named_parameters()] == names
-    speed.prepare_networks([generator, segmenter], SpeedConfig.plain())
+    speed.prepare_networks([generator, segmenter], speed.Formulation.plain())
     assert not any(m.winograd for m in convs)
     assert not any(type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1)
                    for net in (generator, segmenter) for m in net.modules())  # none left out
