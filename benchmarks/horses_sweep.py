@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cluster.config import load_config
-from comgan.inference import predict
+from comgan.inference import INFERENCE_BATCH, predict
 from comgan.metrics import (
     all_foreground_baseline,
     centred_box_baseline,
@@ -96,7 +96,7 @@ def run_variant(name: str, overrides: list[str], data: str, config: str, seed: i
     train = F.interpolate(photos, size=(res, res), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
     t0 = time.time()
     s1, last1 = train_stage(STAGE1, cfg, train, seed=seed)
-    g_artifact, health = STAGE1.export(s1, cfg, cfg.run.inference_batch)
+    g_artifact, health = STAGE1.export(s1, cfg, INFERENCE_BATCH)
     from comgan.artifacts import load_generator
     g, _ = load_generator(g_artifact)
     g = g.to(device)

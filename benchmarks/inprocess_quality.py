@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cluster.config import load_config  # noqa: E402
 from comgan.export import export_generator  # noqa: E402
+from comgan.inference import INFERENCE_BATCH  # noqa: E402
 from comgan.metrics import all_foreground_baseline, centred_box_baseline, segmentation_scores  # noqa: E402
 from comgan.networks import sample_codes  # noqa: E402
 from comgan.training import Stage1State, Stage1Step, Stage2State, Stage2Step  # noqa: E402
@@ -47,7 +48,7 @@ def run(cfg, seed, train, test, out_dir=None):
         if (i + 1) % 250 == 0:
             print(f"  seed {seed} s1 {i + 1}: " + " ".join(f"{k.split('/')[-1]}={v.item():.3f}" for k, v in st.items()), flush=True)
     t1 = time.time()
-    g_export, done, health = export_generator(s1.G_ema, cfg, chunk=cfg.run.inference_batch)
+    g_export, done, health = export_generator(s1.G_ema, cfg, chunk=INFERENCE_BATCH)
     s2 = Stage2State.create(cfg)
     step2 = Stage2Step(s2, cfg, generator=g_export)
     for i in range(cfg.stage2.steps):

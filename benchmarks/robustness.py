@@ -100,12 +100,13 @@ def screen_draw(seed: int, numerics: str, config: str, overrides: list[str], gri
     from cluster.config import load_config
     from comgan.artifacts import from_bytes, generator_artifact, load_generator, to_bytes
     from comgan.export import export_generator
+    from comgan.inference import INFERENCE_BATCH
     from comgan.metrics import segmentation_scores
     from data_shards.synthetic import synthetic_samples
 
     torch.set_num_threads(1 if numerics == "threads1" else min(2, os.cpu_count() or 1))
     cfg = load_config(config, [*overrides, f"run.seed={seed}"])
-    d, m, run = cfg.data, cfg.model, cfg.run
+    d, m = cfg.data, cfg.model
 
     def images_and_masks(count, set_seed):
         samples = list(synthetic_samples(count, m.resolution, d.synthetic_styles, set_seed))
@@ -130,7 +131,7 @@ def screen_draw(seed: int, numerics: str, config: str, overrides: list[str], gri
         row = {}
     else:
         s1, row = screen_stage1(cfg, batch)
-        generator, done, _ = export_generator(s1.G_ema, cfg, run.inference_batch)
+        generator, done, _ = export_generator(s1.G_ema, cfg, INFERENCE_BATCH)
         row["swapped_fg_bg"] = done["swapped_fg_bg"]
         if grid_path:
             Path(grid_path).parent.mkdir(parents=True, exist_ok=True)
@@ -159,8 +160,9 @@ def screen_draw(seed: int, numerics: str, config: str, overrides: list[str], gri
 
 def screen_stage1(cfg, batch) -> tuple:
     """Stage 1 to its end whatever the watchdog finds: (state, the watchdog's record)."""
+    from comgan.inference import INFERENCE_BATCH
     from comgan.training import Stage1State, Stage1Step
-    from comgan.watchdog import counts_toward_streak, health_score, measure, trivial_reason
+    from comgan.watchdog import WATCH_SAMPLES, counts_toward_streak, health_score, measure, trivial_reason
 
     m, run = cfg.model, cfg.run
     s1 = Stage1State.create(cfg)
@@ -171,12 +173,12 @@ def screen_stage1(cfg, batch) -> tuple:
         if i % run.log_every == 0:
             grad_curve.append([i, float(stats["grad/mask"]), float(stats["grad/mask_net"])])
         if run.watch_every and (i % run.watch_every == 0 or i == cfg.stage1.steps):
-            watched = measure(s1.G_ema, m, run.watch_samples, run.inference_batch)
+            watched = measure(s1.G_ema, m, WATCH_SAMPLES, INFERENCE_BATCH)
             final = i == cfg.stage1.steps
             reason = trivial_reason(watched, final=final)
             streak = streak + 1 if counts_toward_streak(reason, watched, previous) else 0
             previous = watched
-            live = measure(s1.G, m, run.watch_samples, run.inference_batch)  # G itself, not its EMA
+            live = measure(s1.G, m, WATCH_SAMPLES, INFERENCE_BATCH)  # G itself, not its EMA
             checks.append({"step": i, "reason": reason or "", "streak": streak, "soft": watched["watch/mask_soft"],
                            "degenerate": watched["watch/mask_degenerate"], "health": health_score(watched),
                            "area": watched["watch/mask_mean"], "soft_live": live["watch/mask_soft"],

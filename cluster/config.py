@@ -41,14 +41,10 @@ class RunConfig:
     checkpoint_every: int = 500 # steps between checkpoints (and one at the end of each stage)
     keep_checkpoints: int = 2   # newest checkpoints kept per stage; older ones are deleted
     max_failures: int = 2       # worker-group restarts (from the latest checkpoint) before a stage fails
-    # Images per forward pass in every no-grad pass (export checks, BatchNorm re-estimation,
-    # previews, evaluation): bounds their memory whatever the sample counts.
-    inference_batch: int = 32
     # The trivial-solution watchdog (comgan/watchdog.py): every watch_every stage-1 steps (0: off)
-    # and at the end, G_ema's layer split is measured on watch_samples fixed codes, logged under
-    # watch/ in TensorBoard, and the first trivial solution found is named in the log and summary.
+    # and at the end, G_ema's layer split is measured on fixed codes, logged under watch/ in
+    # TensorBoard, and the first trivial solution found is named in the log and summary.
     watch_every: int = 250
-    watch_samples: int = 256
     # Stage 1 begun again on a trivial solution (0: never, the watchdog only warns): when the
     # watchdog finds one at watch_patience checks in a row, or at its last check, the attempt is
     # set aside under <run>/stage1_collapsed/attempt<k>/ (its TensorBoard under
@@ -152,12 +148,11 @@ def validate(cfg: Config) -> None:
                               f"evenly across run.workers={r.workers}")
     if r.cpus_per_worker < 0:
         raise ConfigError(f"run.cpus_per_worker must be >= 0 (0: auto), got {r.cpus_per_worker}")
-    for name in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints", "inference_batch"):
+    for name in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(r, name) < 1:
             raise ConfigError(f"run.{name} must be >= 1, got {getattr(r, name)}")
-    if r.watch_every < 0 or r.watch_samples < 2:
-        raise ConfigError(f"run.watch_every must be >= 0 (0: off) and run.watch_samples >= 2, got "
-                          f"{r.watch_every} and {r.watch_samples}")
+    if r.watch_every < 0:
+        raise ConfigError(f"run.watch_every must be >= 0 (0: off), got {r.watch_every}")
     if r.collapse_restarts < 0 or r.watch_patience < 1:
         raise ConfigError(f"run.collapse_restarts must be >= 0 (0: never) and run.watch_patience >= 1, got "
                           f"{r.collapse_restarts} and {r.watch_patience}")

@@ -24,6 +24,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from comgan.artifacts import ArtifactError, from_bytes, load_generator
+from comgan.inference import INFERENCE_BATCH
 from comgan.watchdog import health_score, segmenter_reason
 from data_shards.config import SYNTHETIC_HOMES
 from data_shards.index import holds_shards, read_manifest
@@ -359,7 +360,7 @@ def segmenter_warning(metrics: dict, cfg: Config) -> str | None:
 
 
 def evaluate_run(cfg: Config, layout: RunLayout, started: float) -> dict:
-    results, grid = evaluate.evaluate(layout.segmenter, cfg.data.eval, batch_size=cfg.run.inference_batch,
+    results, grid = evaluate.evaluate(layout.segmenter, cfg.data.eval, batch_size=INFERENCE_BATCH,
                                       score_resolution=cfg.data.eval_resolution or None, grabcut=cfg.data.eval_grabcut,
                                       flip=cfg.data.eval_flip, colour=cfg.data.eval_colour_refine)
     if any(results["data_problems"].values()):

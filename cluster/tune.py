@@ -30,7 +30,8 @@ from ray.tune.stopper import Stopper
 
 from comgan.artifacts import from_bytes, load_generator
 from comgan.config import ConfigError
-from comgan.watchdog import health_score, measure
+from comgan.inference import INFERENCE_BATCH
+from comgan.watchdog import WATCH_SAMPLES, health_score, measure
 from data_shards.io import arrow_filesystem, read_bytes, write_bytes
 
 from . import faults, pipeline, placement
@@ -64,10 +65,10 @@ def objective_value(sweep: dict, cfg: Config, layout: RunLayout, summary: dict) 
         return float(summary["eval"]["segmenter"]["iou_strict"])
     if kind == "fid":
         return float(fidelity(layout.generator, cfg.data.train, sweep["inception"], num_generated=sweep["fid_samples"],
-                              num_real=sweep["fid_samples"], batch=cfg.run.inference_batch)["fid"])
+                              num_real=sweep["fid_samples"], batch=INFERENCE_BATCH)["fid"])
     generator, _ = load_generator(from_bytes(read_bytes(layout.generator), layout.generator), cfg.model,
                                   what=layout.generator)
-    return health_score(measure(generator, cfg.model, cfg.run.watch_samples, cfg.run.inference_batch))
+    return health_score(measure(generator, cfg.model, WATCH_SAMPLES, INFERENCE_BATCH))
 
 
 # ---------------------------------------------------------------------------------------------

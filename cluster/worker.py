@@ -26,9 +26,10 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast
 
 from comgan import speed
 from comgan.artifacts import from_bytes, load_generator, to_bytes
+from comgan.inference import INFERENCE_BATCH
 from comgan.stages import PREVIEW_COUNT, STAGES, StageSpec
 from comgan.training import Snapshot
-from comgan.watchdog import counts_toward_streak, health_score, trivial_reason
+from comgan.watchdog import WATCH_SAMPLES, counts_toward_streak, health_score, trivial_reason
 from data_shards.io import read_bytes, redacted
 from data_shards.order import LoaderCursor
 from data_shards.problems import PROBLEM_KINDS
@@ -263,7 +264,7 @@ class StageRun:
                 f"{self.cfg.run.watch_patience} checks in a row ({self.watched.get('watch/now')})",
                 sys.__stdout__)
         elif acc.is_main_process:
-            artifact, metrics = self.spec.export(state, self.cfg, self.cfg.run.inference_batch)
+            artifact, metrics = self.spec.export(state, self.cfg, INFERENCE_BATCH)
             checkpoints.export_artifact(self.job.artifact, to_bytes(artifact))  # with its sha256 beside it
             final.update(metrics)  # summary.json: e.g. the mask statistics of what is handed to stage 2
             self.log_images(state.step)
@@ -283,8 +284,7 @@ class StageRun:
     def watch(self, step: int) -> None:
         """The watchdog's measures to TensorBoard; the first trivial solution to the log and, with
         the last measures, to the stage's final metrics (summary.json)."""
-        run = self.cfg.run
-        stats = self.spec.watch(self.state, self.cfg, run.watch_samples, run.inference_batch)
+        stats = self.spec.watch(self.state, self.cfg, WATCH_SAMPLES, INFERENCE_BATCH)
         reason = trivial_reason(stats, final=step == self.spec.settings(self.cfg).steps)
         # How many checks in a row found a trivial solution: a sweep stops a trial (and a run starts
         # stage 1 over) on a streak, not on one check early in training; faint masks that are

@@ -35,6 +35,8 @@ RETIRED_KEYS = {
        for name in ("channels_last", "code_as_bias", "fused_glu", "fused_optimizer")},
     "speed.cudnn_benchmark": "no longer a setting (always on for GPUs: comgan/speed.py CUDNN_BENCHMARK)",
     "speed.tf32": "no longer a setting (PyTorch's default: no TF32 in matmuls)",
+    "run.watch_samples": "no longer a setting (256: comgan/watchdog.py WATCH_SAMPLES)",
+    "run.inference_batch": "no longer a setting (32: comgan/inference.py INFERENCE_BATCH)",
     "stage2.lr_decay": "removed, never measured (stage 2's learning rate is constant)",
     "stage2.self_train_augment": "no longer a setting (colour and translation: comgan/training.py SELF_TRAIN_AUGMENT)",
 }

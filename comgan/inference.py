@@ -6,6 +6,10 @@ import torch.nn.functional as F
 
 from .refine import colour_refined
 
+# Images per forward pass in every no-grad pass of a run (export checks, BatchNorm re-estimation,
+# watchdog, evaluation): bounds their memory whatever the sample counts.
+INFERENCE_BATCH = 32
+
 
 @torch.no_grad()
 def predict(segmenter: torch.nn.Module, images: torch.Tensor, resolution: int, threshold: float,

@@ -42,6 +42,7 @@ from .config import ModelConfig
 from .networks import Z_SCALE
 
 WATCH_SEED = 31
+WATCH_SAMPLES = 256  # codes per watchdog check, the same at every check so that checks compare (f cycles through N)
 EMPTY_AREA, FULL_AREA = 0.05, 0.95   # a sample's mask area under / over which it counts as empty / full
 MAX_DEGENERATE = 0.5    # more samples than this with empty or full masks: collapsed
 # More than this (but not collapsed): partial collapse. On the default job the share alone does

@@ -36,7 +36,7 @@ def test_overrides_and_round_trip():
     ("stage2.adam_beta1=0.5", "'stage2.adam_beta1' was retired"),
     ("stage1.bn_recalibration_batches=1", "'stage1.bn_recalibration_batches' was retired"),
     ("run.workers=0", "run.workers must be >= 1, got 0"),
-    ("run.inference_batch=0", "run.inference_batch must be >= 1"),
+    ("run.inference_batch=64", "'run.inference_batch' was retired"),
     ("run.collapse_restarts=-1", "run.collapse_restarts must be >= 0"),
     ("run.watch_patience=0", "run.watch_patience >= 1"),
     ("beta", "not of the form key=value"),
