@@ -361,8 +361,7 @@ def segmenter_warning(metrics: dict, cfg: Config) -> str | None:
 
 def evaluate_run(cfg: Config, layout: RunLayout, started: float) -> dict:
     results, grid = evaluate.evaluate(layout.segmenter, cfg.data.eval, batch_size=INFERENCE_BATCH,
-                                      score_resolution=cfg.data.eval_resolution or None, grabcut=cfg.data.eval_grabcut,
-                                      flip=cfg.data.eval_flip, colour=cfg.data.eval_colour_refine)
+                                      score_resolution=cfg.data.eval_resolution or None, grabcut=cfg.data.eval_grabcut)
     if any(results["data_problems"].values()):
         say(f"[comgan] evaluation skipped or repaired bad samples: {results['data_problems']}")
     results["wall_seconds"] = time.time() - started

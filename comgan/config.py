@@ -37,6 +37,8 @@ RETIRED_KEYS = {
     "speed.tf32": "no longer a setting (PyTorch's default: no TF32 in matmuls)",
     "run.watch_samples": "no longer a setting (256: comgan/watchdog.py WATCH_SAMPLES)",
     "run.inference_batch": "no longer a setting (32: comgan/inference.py INFERENCE_BATCH)",
+    "data.eval_flip": "no longer a setting (score a run's segmenter with jobs/evaluate.py --flip)",
+    "data.eval_colour_refine": "no longer a setting (score a run's segmenter with jobs/evaluate.py --colour-refine)",
     "stage2.lr_decay": "removed, never measured (stage 2's learning rate is constant)",
     "stage2.self_train_augment": "no longer a setting (colour and translation: comgan/training.py SELF_TRAIN_AUGMENT)",
 }

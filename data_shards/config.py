@@ -17,8 +17,6 @@ class DataConfig:
     eval: str = "data_shards/synthetic/eval"    # held-out shards with ground-truth masks
     eval_resolution: int = 0    # score masks at this size (predictions upsampled); 0: the model's
     eval_grabcut: bool = False  # also score GrabCut (OpenCV) on the same images; best at >= 128 px
-    eval_flip: bool = False     # score the segmenter's masks averaged with its mirror image's
-    eval_colour_refine: bool = False  # ... refined by each image's own colours (comgan/refine.py)
     # Write the built-in synthetic set to `train`/`eval` if missing, only inside SYNTHETIC_HOMES;
     # elsewhere `python jobs/make_shards.py synthetic URL` writes it, explicitly.
     synthetic: bool = True

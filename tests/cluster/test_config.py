@@ -37,6 +37,8 @@ def test_overrides_and_round_trip():
     ("stage1.bn_recalibration_batches=1", "'stage1.bn_recalibration_batches' was retired"),
     ("run.workers=0", "run.workers must be >= 1, got 0"),
     ("run.inference_batch=64", "'run.inference_batch' was retired"),
+    ("data.eval_flip=true", "'data.eval_flip' was retired: no longer a setting (score a run's segmenter with "
+                            "jobs/evaluate.py --flip)"),
     ("run.collapse_restarts=-1", "run.collapse_restarts must be >= 0"),
     ("run.watch_patience=0", "run.watch_patience >= 1"),
     ("beta", "not of the form key=value"),
