@@ -6,7 +6,7 @@ once per seed, each as its own run, and prints one table from the runs' summary.
     python benchmarks/default_job.py --seeds 0 1 2
     python benchmarks/default_job.py --seeds 0 -- stage1.steps=1000   # extra job arguments
     python benchmarks/default_job.py --seeds 0 --prefix st --generator benchmarks/out/runs/bench-default-seed0/stage1/generator.pt \
-        -- stage2.self_train_weight=0 stage2.steps=400                # stage 2 only (jobs/segment.py), one generator
+        -- stage2.self_train.weight=0 stage2.steps=400                # stage 2 only (jobs/segment.py), one generator
 
 With --generator, each seed trains stage 2 only on that stage-1 artifact: stage-2 settings are
 compared on one and the same generator, as stage-1 runs differ a lot from seed to seed.

@@ -4,7 +4,7 @@ The `photos` preset's own benchmark, on the horses and the flowers with a held-o
 benchmarks/photos.py. This one keeps the tools behind benchmarks/results/horses.json: variants on
 all 200 horses, stage 2 alone on a fixed generator (--generator), colour-refined scores.
 The rows of horses.json ran the former `horses` preset (cluster/configs/horses.yaml, replaced by
-`photos`); as it last stood, it is the `photos` preset with stage1.steps=2000 stage2.steps=1200 stage2.self_train_start=600
+`photos`); as it last stood, it is the `photos` preset with stage1.steps=2000 stage2.steps=1200 stage2.self_train.start=600
 run.checkpoint_every=500 run.image_every=500 (and data.* set by this script) is that preset.
 
 1. Converts an images/ + masks/ folder (default: ../shared/data/weizmann_horse) to shards: each
@@ -60,7 +60,7 @@ VARIANTS = {
     "base": [],
     "bf16": ["run.mixed_precision=bf16"],  # on a CPU with avx512_bf16: the recipe within 60 minutes here
     "no-border": ["stage1.mask_border_weight=0"],
-    "no-self-train": ["stage2.self_train_weight=0"],
+    "no-self-train": ["stage2.self_train.weight=0"],
     "no-augment": ["stage1.augment="],
     "beta0": ["stage1.beta=0"],
     "beta2": ["stage1.beta=2"],

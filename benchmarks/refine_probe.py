@@ -2,7 +2,7 @@
 refinements that snap a mask to the photo's own edges, to decide what self-training's
 pseudo-labels should be (the teacher's masks are blurry where the horses' legs and backs are):
 
-- the colour model of comgan/refine.py (what stage2.self_train_colour_bins and --colour-refine use);
+- the colour model of comgan/refine.py (what stage2.self_train.colour_bins and --colour-refine use);
 - guided filter (He et al., 2010): the mask's probabilities filtered with the photo as guide
   (radius r, regulariser eps), at the segmenter's trained size or at the scoring size;
 - GrabCut initialised with the mask (sure foreground / background where the mask is confident,

@@ -215,7 +215,7 @@ def screen_stage2(cfg, generator, batch, score, curve_every: int = 0):
         step2(batch(cfg.stage2.batch_size))
         if curve_every and (i % curve_every == 0 or i == cfg.stage2.steps):
             curve.append([i, in_eval_mode(s2.S), in_eval_mode(s2.S_teacher)])
-    exported, other = (s2.S_teacher, s2.S) if cfg.stage2.export_teacher else (s2.S, s2.S_teacher)
+    exported, other = (s2.S_teacher, s2.S) if cfg.stage2.self_train.export_teacher else (s2.S, s2.S_teacher)
     return exported.eval(), other.eval(), curve
 
 

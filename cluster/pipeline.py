@@ -17,6 +17,7 @@ import math
 import os
 import shlex
 import time
+from dataclasses import asdict
 
 import ray
 import yaml
@@ -92,16 +93,27 @@ def check_run_config(cfg: Config, layout: RunLayout) -> None:
     if not url_exists(layout.config):
         write_bytes(layout.config, cfg.to_yaml().encode())
         return
-    old = config_from_dict(yaml.safe_load(read_bytes(layout.config)))
+    old = config_from_dict(yaml.safe_load(read_bytes(layout.config)))  # in today's keys, whenever written
     for section in ("model", "stage1", "stage2", "data"):
         # config.yaml holds URLs redacted (Config.to_yaml): compared as saved, a URL whose
         # credentials are redacted (or a presigned one signed anew) still resumes its run.
-        a, b = redacted(getattr(old, section).__dict__), redacted(getattr(cfg, section).__dict__)
+        a, b = (leaf_values(redacted(asdict(getattr(c, section)))) for c in (old, cfg))
         for key in a:
             if a[key] != b[key] and key not in ("loader_workers",):
                 raise ConfigError(
                     f"run {layout.root} was started with {section}.{key}={a[key]!r}, now {b[key]!r}: "
                     f"use a new --name, or the same settings to resume it")
+
+
+def leaf_values(section: dict, prefix: str = "") -> dict:
+    """A config section's values by dotted key below it (stage2's self_train.weight, ...)."""
+    out = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            out.update(leaf_values(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def check_generator(url: str, cfg: Config) -> None:
@@ -348,14 +360,14 @@ def segmenter_warning(metrics: dict, cfg: Config) -> str | None:
     if "seg/pred_real_mean" not in metrics or "seg/pred_fake_mean" not in metrics:
         return None
     reason = segmenter_reason(float(metrics["seg/pred_real_mean"]), float(metrics["seg/pred_fake_mean"]))
-    if reason and cfg.stage2.self_train_weight > 0:
-        # Seen on the horses at stage2.self_train_weight=2 and with a stage-1 prior that left the
+    if reason and cfg.stage2.self_train.weight > 0:
+        # Seen on the horses at stage2.self_train.weight=2 and with a stage-1 prior that left the
         # teacher sure mostly of the background: it taught background until S marked nothing.
-        guard = ("" if cfg.stage2.self_train_area_guard else
-                 "stage2.self_train_area_guard=0.5 (photos whose teacher mask shrank teach nothing), ")
+        guard = ("" if cfg.stage2.self_train.area_guard else
+                 "stage2.self_train.area_guard=0.5 (photos whose teacher mask shrank teach nothing), ")
         reason += (f" (self-training on the teacher's own masks can do this: try {guard}a lower "
-                   f"stage2.self_train_weight than {cfg.stage2.self_train_weight:g}, or "
-                   f"stage2.self_train_weight=0 to see the segmenter without it)")
+                   f"stage2.self_train.weight than {cfg.stage2.self_train.weight:g}, or "
+                   f"stage2.self_train.weight=0 to see the segmenter without it)")
     return reason
 
 

@@ -39,6 +39,9 @@ RETIRED_KEYS = {
     "run.inference_batch": "no longer a setting (32: comgan/inference.py INFERENCE_BATCH)",
     "data.eval_flip": "no longer a setting (score a run's segmenter with jobs/evaluate.py --flip)",
     "data.eval_colour_refine": "no longer a setting (score a run's segmenter with jobs/evaluate.py --colour-refine)",
+    **{f"stage2.{old}": f"stage2.self_train.{new}" for old, new in (
+        ("self_train_weight", "weight"), ("self_train_start", "start"), ("self_train_colour_bins", "colour_bins"),
+        ("self_train_area_guard", "area_guard"), ("export_teacher", "export_teacher"))},
     "stage2.lr_decay": "removed, never measured (stage 2's learning rate is constant)",
     "stage2.self_train_augment": "no longer a setting (colour and translation: comgan/training.py SELF_TRAIN_AUGMENT)",
 }
@@ -94,6 +97,33 @@ class Stage1Config:
 
 
 @dataclass
+class SelfTrainConfig:
+    """Stage 2's self-training on the real images (not in the paper). S learns from generated pairs
+    only, and on real photos its masks are blobs (the generated images are blurrier than photos).
+    From step `start` on, S also learns the confident pixels of its EMA teacher's masks of the real
+    batch (teacher: flip-averaged, unaugmented input; S: colour + translation), which adapts it to
+    the photos' domain. On the horses, one generator: strict IoU 0.367 after 1000 steps without it,
+    0.464 after 500 more with it; on the default job's generators of seeds 1 and 2, 0.820 / 0.802
+    after 400 steps without it, 0.871 / 0.872 after 400 more with it (seed 1 trained 1000 steps
+    without it: 0.794; benchmarks/results/README.md)."""
+    weight: float = 1.0         # weight of the self-training term in S's loss (0 = off)
+    start: int = 400            # first step with self-training (S should be useful by then)
+    # Refine the teacher's masks with each photo's colours before they become labels (comgan/refine.py):
+    # colour histograms of this many cells per channel (0 = off), built from the teacher's
+    # confident pixels. On the horses, one generator: strict IoU 0.624 without, 0.645 with 8.
+    colour_bins: int = 0
+    # An image whose teacher mask covers under this share of the generated batch's mean mask area
+    # (or leaves under this share of its background) teaches nothing that step (0 = off): a
+    # teacher that sees ever less object teaches background, and S's masks on the photos can
+    # shrink step by step to nothing (three horse runs; comgan/watchdog.segmenter_reason).
+    area_guard: float = 0.0
+    # Export S's EMA (the self-training teacher, kept in every run) instead of S itself. On the
+    # horses the teacher scored above S at every checkpoint of two self-trained runs (0.633
+    # against 0.612 at the end of one; benchmarks/results/README.md).
+    export_teacher: bool = False
+
+
+@dataclass
 class Stage2Config:
     steps: int = 800            # one step = one D_m update + one S update (~4 min on 2 CPU cores)
     batch_size: int = 32        # global batch of generated and of real images, each
@@ -106,29 +136,7 @@ class Stage2Config:
     # stage1/generator.pt, trained first. jobs/segment.py --generator sets it.
     generator: str = ""
     adv_weight: float = 1.0     # weight of S's adversarial terms against D_m (paper: 1)
-    # Self-training on the real images (not in the paper). S learns from generated pairs only, and
-    # on real photos its masks are blobs (the generated images are blurrier than photos). From step
-    # self_train_start on, S also learns the confident pixels of its EMA teacher's masks of the
-    # real batch (teacher: flip-averaged, unaugmented input; S: colour + translation), which
-    # adapts it to the photos' domain. On the horses, one generator: strict IoU 0.367 after 1000
-    # steps without it, 0.464 after 500 more with it; on the default job's generators of seeds 1
-    # and 2, 0.820 / 0.802 after 400 steps without it, 0.871 / 0.872 after 400 more with it (seed 1
-    # trained 1000 steps without it: 0.794; benchmarks/results/README.md). 0 = off.
-    self_train_weight: float = 1.0
-    self_train_start: int = 400        # first step with self-training (S should be useful by then)
-    # Refine the teacher's masks with each photo's colours before they become labels (comgan/refine.py):
-    # colour histograms of this many cells per channel (0 = off), built from the teacher's
-    # confident pixels. On the horses, one generator: strict IoU 0.624 without, 0.645 with 8.
-    self_train_colour_bins: int = 0
-    # An image whose teacher mask covers under this share of the generated batch's mean mask area
-    # (or leaves under this share of its background) teaches nothing that step (0 = off): a
-    # teacher that sees ever less object teaches background, and S's masks on the photos can
-    # shrink step by step to nothing (three horse runs; comgan/watchdog.segmenter_reason).
-    self_train_area_guard: float = 0.0
-    # Export S's EMA (the self-training teacher, kept in every run) instead of S itself. On the
-    # horses the teacher scored above S at every checkpoint of two self-trained runs (0.633
-    # against 0.612 at the end of one; benchmarks/results/README.md).
-    export_teacher: bool = False
+    self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
 
 @dataclass
@@ -335,13 +343,14 @@ def validate_stages(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage1.augment: {e}") from None
     if s1.mask_border_weight < 0:
         raise ConfigError(f"stage1.mask_border_weight must be >= 0, got {s1.mask_border_weight}")
-    if s2.self_train_colour_bins < 0 or s2.self_train_colour_bins > 64:
-        raise ConfigError(f"stage2.self_train_colour_bins must be in 0..64 (0 = off), got {s2.self_train_colour_bins}")
-    if s2.self_train_weight < 0 or s2.self_train_start < 0:
-        raise ConfigError(f"stage2.self_train_weight and stage2.self_train_start must be >= 0, got "
-                          f"{s2.self_train_weight} and {s2.self_train_start}")
-    if not 0 <= s2.self_train_area_guard < 1:
-        raise ConfigError(f"stage2.self_train_area_guard must be in [0, 1) (0 = off), got {s2.self_train_area_guard}")
+    st = s2.self_train
+    if st.colour_bins < 0 or st.colour_bins > 64:
+        raise ConfigError(f"stage2.self_train.colour_bins must be in 0..64 (0 = off), got {st.colour_bins}")
+    if st.weight < 0 or st.start < 0:
+        raise ConfigError(f"stage2.self_train.weight and stage2.self_train.start must be >= 0, got "
+                          f"{st.weight} and {st.start}")
+    if not 0 <= st.area_guard < 1:
+        raise ConfigError(f"stage2.self_train.area_guard must be in [0, 1) (0 = off), got {st.area_guard}")
     if s2.lam < 0:
         raise ConfigError(f"stage2.lam (lambda) must be >= 0, got {s2.lam}")
     if s1.beta_warmup < 0:

@@ -117,7 +117,7 @@ def _stage2_previews(state: Stage2State, cfg, generator, real) -> dict:
 
 
 def _stage2_export(state: Stage2State, cfg, chunk: int) -> tuple[dict, dict]:
-    network = "S_teacher" if cfg.stage2.export_teacher else "S"
+    network = "S_teacher" if cfg.stage2.self_train.export_teacher else "S"
     return segmenter_artifact(getattr(state, network), cfg.model, {"step": state.step, "network": network}), {}
 
 

@@ -241,7 +241,7 @@ class Stage2Step(_Step):
         S, D_m, opt_S, opt_Dm = self.use("S"), self.use("D_m"), self.use("opt_S"), self.use("opt_Dm")
         real = speed.as_input(real, cfg.speed)
         fake_img, fake_mask = self.generate(real.shape[0], real.device)
-        self_training = cfg.stage2.self_train_weight > 0 and state.step >= cfg.stage2.self_train_start
+        self_training = cfg.stage2.self_train.weight > 0 and state.step >= cfg.stage2.self_train.start
         if self_training:
             real, pseudo, confident, unguarded = self.pseudo_labels(real, fake_mask.mean())
         # One S call on generated and real images: one DDP forward, shared BatchNorm statistics.
@@ -264,7 +264,7 @@ class Stage2Step(_Step):
         stats = {}
         if self_training:
             self_loss = losses.pseudo_label_loss(pred_real, pseudo, confident)
-            loss_s = loss_s + cfg.stage2.self_train_weight * self_loss
+            loss_s = loss_s + cfg.stage2.self_train.weight * self_loss
             stats = {"loss/S_self_train": self_loss, "seg/confident_share": confident.mean(),
                      "seg/guarded_images": 1 - unguarded.mean()}
         self.backward(loss_s)
@@ -280,18 +280,18 @@ class Stage2Step(_Step):
     @torch.no_grad()
     def pseudo_labels(self, real: torch.Tensor, generated_area: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(augmented real, binary pseudo-label, confident-pixel weight, per-image 1/0: not held
-        back by stage2.self_train_area_guard), the first three through the same
+        back by stage2.self_train.area_guard), the first three through the same
         SELF_TRAIN_AUGMENT: the teacher sees the plain photo (and its mirror image), so its
         labels do not depend on the augmentation S must learn to see through. A cut-out square
         zeroes the weight too: S is not asked to guess what it cannot see."""
         teacher = self.state.S_teacher
         probs = (teacher(real) + teacher(real.flip(-1)).flip(-1)) / 2
-        if self.cfg.stage2.self_train_colour_bins:
-            probs = colour_refined(real, probs, self.cfg.stage2.self_train_colour_bins, SELF_TRAIN_CONFIDENCE)
+        if self.cfg.stage2.self_train.colour_bins:
+            probs = colour_refined(real, probs, self.cfg.stage2.self_train.colour_bins, SELF_TRAIN_CONFIDENCE)
         margin = SELF_TRAIN_CONFIDENCE - 0.5
         pseudo = (probs > 0.5).to(real.dtype)
         confident = ((probs - 0.5).abs() > margin).to(real.dtype)
-        unguarded = area_within(pseudo, generated_area, self.cfg.stage2.self_train_area_guard)
+        unguarded = area_within(pseudo, generated_area, self.cfg.stage2.self_train.area_guard)
         confident = confident * unguarded.view(-1, 1, 1, 1)
         return (*diff_augment(real, pseudo, confident, policy=parse_policy(SELF_TRAIN_AUGMENT)),
                 unguarded)

@@ -26,8 +26,8 @@ def test_overrides_and_round_trip():
     ("stage1.composite_info_weight=-0.5", "stage1.composite_info_weight must be >= 0"),
     ("stage2.self_train_confidence=0.8", "'stage2.self_train_confidence' was retired"),
     ("stage1.augment=color,blur", "stage1.augment: unknown augmentation blur"),
-    ("stage2.self_train_colour_bins=-1", "stage2.self_train_colour_bins must be in 0..64"),
-    ("stage2.self_train_area_guard=1", "stage2.self_train_area_guard must be in [0, 1)"),
+    ("stage2.self_train.colour_bins=-1", "stage2.self_train.colour_bins must be in 0..64"),
+    ("stage2.self_train.area_guard=1", "stage2.self_train.area_guard must be in [0, 1)"),
     ("stage1.lr=nan", "stage1.lr must be a finite number, got nan"),
     ("stage2.lam=inf", "stage2.lam must be a finite number, got inf"),
     ("stage1.beta=-.inf", "stage1.beta must be a finite number, got -inf"),
@@ -124,13 +124,71 @@ def test_speed_keys_and_configs_written_before_they_existed():
         load_config("tiny", ["speed.channels_last=false"])
 
 
+def test_the_self_training_keys_are_one_section_and_their_old_names_say_where_they_went():
+    cfg = load_config("default", ["stage2.self_train.weight=0", "stage2.self_train.start=10"])
+    assert (cfg.stage2.self_train.weight, cfg.stage2.self_train.start) == (0, 10)
+    with pytest.raises(ConfigError) as e:
+        load_config("default", ["stage2.self_train_weight=0"])
+    assert str(e.value) == "config key 'stage2.self_train_weight' is now stage2.self_train.weight"
+    with pytest.raises(ConfigError, match="'stage2.export_teacher' is now stage2.self_train.export_teacher"):
+        load_config("default", ["stage2.export_teacher=true"])
+    with pytest.raises(ConfigError, match="stage2.self_train is a section"):
+        load_config("default", ["stage2.self_train=0"])
+    photos = load_config("photos").stage2.self_train
+    assert (photos.weight, photos.start, photos.colour_bins, photos.area_guard, photos.export_teacher) == (
+        1, 300, 8, 0.5, True)
+    assert load_config("tiny").stage2.self_train.start == 2 and load_config("paper").stage2.self_train.weight == 0
+
+
+def old_flat_config(**self_train) -> dict:
+    """The tiny preset's config as a run folder or checkpoint written before issue 28 point 7
+    holds it: self-training's keys flat in stage2 (with `self_train` overriding today's values),
+    and every key retired then, at the value it had."""
+    old = load_config("tiny").to_dict()
+    st = {**old["stage2"].pop("self_train"), **self_train}
+    old["stage2"].update({k if k == "export_teacher" else f"self_train_{k}": v for k, v in st.items()})
+    old["model"].update(z_scale=4.0, dm_width=8)
+    old["stage1"].update(adam_beta1=0.5, adam_beta2=0.999, mask_border_ring=0.0625, ema_decay=0.999,
+                         bn_recalibration_batches=20)
+    old["stage2"].update(adam_beta1=0.5, adam_beta2=0.999, lr_decay=0.0, self_train_confidence=0.8,
+                         self_train_ema=0.99, self_train_augment="color,translation")
+    old["speed"].update(channels_last=True, code_as_bias=True, fused_glu=True, fused_optimizer=True, tf32=False,
+                        cudnn_benchmark=True)
+    old["data"].update(eval_flip=False, eval_colour_refine=False)
+    old["run"].update(inference_batch=32, watch_samples=256)
+    return old
+
+
+def test_a_config_in_the_old_flat_form_loads_under_the_new_names():
+    old = old_flat_config(weight=0.5, export_teacher=True)
+    assert "self_train" not in old["stage2"] and old["stage2"]["self_train_weight"] == 0.5
+    assert config_from_dict(old) == load_config("tiny", ["stage2.self_train.weight=0.5",
+                                                         "stage2.self_train.export_teacher=true"])
+
+
+def test_a_run_started_before_the_keys_were_renamed_still_resumes(tmp_path):
+    """The run check reads the old run's config.yaml in today's keys: the same settings under the
+    new names resume it, other ones are refused naming the new key."""
+    import yaml
+
+    from cluster.pipeline import check_run_config
+    from cluster.storage import RunLayout
+
+    layout = RunLayout(str(tmp_path), "run")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old_flat_config(weight=0.5), sort_keys=False))
+    check_run_config(load_config("tiny", ["stage2.self_train.weight=0.5"]), layout)
+    with pytest.raises(ConfigError, match=r"was started with stage2.self_train.weight=0.5, now 1.0"):
+        check_run_config(load_config("tiny"), layout)
+
+
 def test_paper_preset_turns_off_every_term_the_paper_does_not_have():
     """The default adds terms the paper lacks; the paper preset must train the paper's losses only."""
     cfg = load_config("paper")
     s1, s2 = cfg.stage1, cfg.stage2
     assert (s1.mask_area_weight, s1.mask_border_weight, s1.composite_info_weight) == (0, 0, 0)
     assert s1.augment == ""
-    assert s2.self_train_weight == 0 and s2.adv_weight == 1 and not s2.export_teacher
+    assert s2.self_train.weight == 0 and s2.adv_weight == 1 and not s2.self_train.export_teacher
 
 
 def test_the_saved_config_hides_url_credentials_and_a_rerun_still_resumes(tmp_path):

@@ -150,12 +150,12 @@ def test_a_segmenter_whose_masks_on_the_real_images_vanished_is_reported():
     from cluster.pipeline import segmenter_warning
 
     shrunk = {"seg/pred_real_mean": 0.017, "seg/pred_fake_mean": 0.25}
-    advice = segmenter_warning(shrunk, load_config("tiny", ["stage2.self_train_weight=2"]))
-    assert "shrank towards nothing" in advice and "stage2.self_train_weight than 2" in advice
-    assert "stage2.self_train_area_guard=0.5" in advice
-    guarded = segmenter_warning(shrunk, load_config("tiny", ["stage2.self_train_area_guard=0.5"]))
-    assert "shrank" in guarded and "self_train_area_guard" not in guarded  # already on: not advised
-    plain = segmenter_warning(shrunk, load_config("tiny", ["stage2.self_train_weight=0"]))
+    advice = segmenter_warning(shrunk, load_config("tiny", ["stage2.self_train.weight=2"]))
+    assert "shrank towards nothing" in advice and "stage2.self_train.weight than 2" in advice
+    assert "stage2.self_train.area_guard=0.5" in advice
+    guarded = segmenter_warning(shrunk, load_config("tiny", ["stage2.self_train.area_guard=0.5"]))
+    assert "shrank" in guarded and "area_guard" not in guarded  # already on: not advised
+    plain = segmenter_warning(shrunk, load_config("tiny", ["stage2.self_train.weight=0"]))
     assert "shrank" in plain and "self-training" not in plain
     assert segmenter_warning({"seg/pred_real_mean": 0.26, "seg/pred_fake_mean": 0.25}, load_config("tiny")) is None
     assert segmenter_warning({"step": 4}, load_config("tiny")) is None  # nothing measured: nothing said

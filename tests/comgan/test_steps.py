@@ -395,14 +395,14 @@ def test_stage2_adv_weight_zero_removes_dm_from_s_gradient(cfg):
 def self_training_step(cfg, start: int, step: int, perturb_teacher: bool = False):
     """run_stage2 with self-training configured to begin at `start`, taken at `step`."""
     cfg = copy.deepcopy(cfg)
-    cfg.stage2.self_train_weight, cfg.stage2.self_train_start = 1.0, start
+    cfg.stage2.self_train.weight, cfg.stage2.self_train.start = 1.0, start
     # An untrained teacher is nowhere confident: learn every pixel.
     with mock.patch.object(training, "SELF_TRAIN_CONFIDENCE", 0.5):
         return run_stage2(cfg, perturb="S_teacher" if perturb_teacher else None, step=step)
 
 
 def test_self_training_starts_at_its_step_and_learns_from_the_teacher(cfg):
-    """Before self_train_start S's update ignores the teacher (bit for bit); from it on the
+    """Before stage2.self_train.start S's update ignores the teacher (bit for bit); from it on the
     teacher's labels change S's gradient and the term is reported and added to S's total."""
     _, before = self_training_step(cfg, start=5, step=4)
     _, before_other = self_training_step(cfg, start=5, step=4, perturb_teacher=True)
@@ -416,12 +416,11 @@ def test_self_training_starts_at_its_step_and_learns_from_the_teacher(cfg):
                                + stats["loss/S_self_train"])
 
 
-@pytest.mark.parametrize("key, value", [("self_train_colour_bins", 4),
-                                        ("self_train_area_guard", 0.99)])
+@pytest.mark.parametrize("key, value", [("colour_bins", 4), ("area_guard", 0.99)])
 def test_self_training_options_reach_the_step(cfg, key, value):
     plain_stats, _ = self_training_step(cfg, start=0, step=0)
     cfg = copy.deepcopy(cfg)
-    setattr(cfg.stage2, key, value)
+    setattr(cfg.stage2.self_train, key, value)
     stats, _ = self_training_step(cfg, start=0, step=0)
     assert stats["loss/S_self_train"] != plain_stats["loss/S_self_train"]
 
@@ -473,7 +472,7 @@ def test_a_guarded_image_leaves_the_self_training_loss(cfg, monkeypatch):
     real = real_batch(cfg)
     _, pseudo, confident, unguarded = step.pseudo_labels(real, torch.tensor(0.3))
     assert pseudo.sum() == 0 and confident.all() and unguarded.all()
-    cfg.stage2.self_train_area_guard = 0.25
+    cfg.stage2.self_train.area_guard = 0.25
     _, _, confident, unguarded = step.pseudo_labels(real, torch.tensor(0.3))
     assert not unguarded.any() and not confident.any()
 
@@ -499,7 +498,7 @@ def test_stage2_exports_the_teacher_when_asked(cfg):
     Stage2Step(state=state, cfg=cfg, generator=gen)(real_batch(cfg))  # S moves; its EMA lags behind
     for export_teacher, chosen, other in ((False, state.S, state.S_teacher), (True, state.S_teacher, state.S)):
         cfg = copy.deepcopy(cfg)
-        cfg.stage2.export_teacher = export_teacher
+        cfg.stage2.self_train.export_teacher = export_teacher
         artifact, _ = STAGE2.export(state, cfg, 4)
         assert artifact["network"] == ("S_teacher" if export_teacher else "S")
         for name, value in artifact["state_dict"].items():

@@ -171,7 +171,7 @@ def test_faint_masks_that_keep_settling_do_not_make_a_streak():
 
 
 @pytest.mark.parametrize("real, generated, words", [
-    (0.017, 0.25, "shrank towards nothing"),   # the horses at stage2.self_train_weight=2
+    (0.017, 0.25, "shrank towards nothing"),   # the horses at stage2.self_train.weight=2
     (0.6, 0.25, None),                          # larger objects in the photos: not a factor of four
     (0.95, 0.25, "grew over the whole image"),  # the background share fell from 75 % to 5 %
     (0.99, 0.80, "grew over the whole image"),

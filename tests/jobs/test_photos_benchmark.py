@@ -169,11 +169,11 @@ def test_the_photos_preset_is_sized_for_an_hour_and_reads_the_users_shards(tmp_p
     from data_shards.index import DatasetError, read_manifest
 
     cfg = load_config("photos")
-    assert (cfg.stage1.steps, cfg.stage2.steps, cfg.stage2.self_train_start) == (1000, 600, 300)
+    assert (cfg.stage1.steps, cfg.stage2.steps, cfg.stage2.self_train.start) == (1000, 600, 300)
     assert (cfg.run.checkpoint_every, cfg.run.image_every, cfg.run.mixed_precision) == (250, 250, "no")
     assert (cfg.data.eval_resolution, cfg.data.eval_grabcut, cfg.data.synthetic) == (128, True, False)
     assert "benchmarks" not in cfg.data.train + cfg.data.eval and cfg.data.eval == ""
-    assert cfg.stage1.augment and cfg.stage1.mask_border_weight > 0 and cfg.stage2.self_train_weight > 0
+    assert cfg.stage1.augment and cfg.stage1.mask_border_weight > 0 and cfg.stage2.self_train.weight > 0
     monkeypatch.chdir(tmp_path)   # the preset's data.train, where nothing is: the error names it
     with pytest.raises(DatasetError, match=f"no shard dataset at {tmp_path / cfg.data.train}"):
         read_manifest(str(tmp_path / cfg.data.train))
