@@ -29,31 +29,24 @@ class RunConfig:
     name: str = ""              # run folder under storage; empty: the config's name
     storage: str = "runs"       # where runs live: local folder or fsspec URL
     workers: int = 1            # Ray Train workers (data-parallel processes)
-    # CPUs Ray reserves for each worker. 0 (auto): the CPUs of this machine split across the
-    # workers, for a local run; a cluster run with GPUs must name it (e.g. 3 on a 4-vCPU GPU node)
-    # since its nodes may not be up yet when the job starts.
+    # CPUs Ray reserves per worker; 0 (auto): this machine's split across the workers. A cluster run
+    # with GPUs must name it (e.g. 3 on a 4-vCPU GPU node): its nodes may not be up when the job starts.
     cpus_per_worker: int = 0
     use_gpu: bool = False       # one GPU per worker
     mixed_precision: str = "no" # no, bf16 (CPU or GPU) or fp16 (GPU only, with loss scaling)
-    seed: int = 0
+    seed: int = 0               # the run's random seed: initial weights, codes and the data order
     log_every: int = 50         # steps between progress lines and scalar logs
     image_every: int = 500      # steps between image grids in TensorBoard
     checkpoint_every: int = 500 # steps between checkpoints (and one at the end of each stage)
     keep_checkpoints: int = 2   # newest checkpoints kept per stage; older ones are deleted
     max_failures: int = 2       # worker-group restarts (from the latest checkpoint) before a stage fails
-    # The trivial-solution watchdog (comgan/watchdog.py): every watch_every stage-1 steps (0: off)
-    # and at the end, G_ema's layer split is measured on fixed codes, logged under watch/ in
-    # TensorBoard, and the first trivial solution found is named in the log and summary.
+    # Stage-1 steps between checks of G_ema's layer split by the trivial-solution watchdog (0: off;
+    # comgan/watchdog.py), plus one at the end: a failed run says so in its log and summary.
     watch_every: int = 250
-    # Stage 1 begun again on a trivial solution (0: never, the watchdog only warns): when the
-    # watchdog finds one at watch_patience checks in a row, or at its last check, the attempt is
-    # set aside under <run>/stage1_collapsed/attempt<k>/ (its TensorBoard under
-    # tensorboard/stage1_collapsed<k>) and stage 1 starts over with run.seed + 1000 * k, up to
-    # collapse_restarts times; the last attempt always runs to the end, and if it is trivial too,
-    # the healthiest attempt that ran to the end is handed on. Off by default: no restart of the
-    # default job has paid yet (benchmarks/results/README.md); Tune sweeps never restart a trial.
+    # Times stage 1 may start over (seed + 1000 * k) on a trivial solution (0: the watchdog only warns;
+    # docs/outputs.md). Off by default: no restart of the default job has paid yet.
     collapse_restarts: int = 0
-    watch_patience: int = 2
+    watch_patience: int = 2     # checks in a row that must find a trivial solution before stage 1 starts over
 
 
 @dataclass

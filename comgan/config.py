@@ -66,70 +66,52 @@ class ModelConfig:
 
 @dataclass
 class Stage1Config:
-    steps: int = 800            # one step = one D_z update + one G/D_f/D_b update (~8 min on 2 CPU cores)
+    steps: int = 800            # one step = one D_z update + one G/D_f/D_b update
     batch_size: int = 32        # global batch, split evenly across workers
-    lr: float = 2e-4            # Adam learning rate of both optimisers
+    lr: float = 2e-4            # Adam learning rate of both optimisers (the paper's)
     beta: float = 1.0           # weight of the mask binary-entropy term
-    # Steps over which beta rises linearly from ~0 to its value (0 = from the first step). Early
-    # in stage 1 many masks are faint; the entropy term drives a faint mask to 0, which can leave
-    # an object style to the background branch for good.
+    # Steps over which beta rises linearly from ~0 (0 = full from the first step): the entropy term
+    # can drive an early faint mask to 0 and leave its object style to the background for good.
     beta_warmup: int = 0
-    mask_area_weight: float = 20.0  # weight of a hinge keeping each mask's area in [min, max] (not in the paper: 0)
+    # Weight of a hinge keeping each mask's area in [min, max] (not in the paper: 0): the background
+    # branch can otherwise draw a whole object style under an empty mask.
+    mask_area_weight: float = 20.0
     mask_area_min: float = 0.05    # the hinge's bounds: by default they forbid only (nearly) empty
     mask_area_max: float = 0.95    # or full masks; a lower max says "objects are the smaller part"
-    # Weight of a prior that one layer owns the frame's outer ring (1/16 of the side wide),
-    # whichever layer that is (losses.mask_border_loss; not in the paper: 0). Photos whose
-    # object sits inside the frame (horses) otherwise split into top (sky + object) and bottom.
+    # Weight of a prior that one layer, either, owns the frame's outer ring (losses.mask_border_loss;
+    # not in the paper: 0): photos of objects inside the frame otherwise split into top and bottom.
     mask_border_weight: float = 0.0
     # DiffAugment policy for every D_z input, real and fake alike (comgan/augment.py): a comma list
     # of color, translation, cutout; "" = off. Small photo sets need it: D_z memorises them.
     augment: str = ""
-    # Weight of D_f's info term on the composite (not in the paper: 0). D_f learns to read f from
-    # x_f; a frozen copy of it must also read f from x_bar (FineGAN reads its child code from the
-    # final image). An object style drawn by the background branch under a faint mask hides f in
-    # the composite, so this term asks for masks that show the foreground layer. On the default
-    # job, seed 0 (red style lost to the background branch on every draw before) went from 0.63
-    # to 0.85 strict IoU at 0.25 and 0.83 at 0.5; at 0.5 seed 1's masks grew past its objects
-    # (0.73, against 0.87 at 0.25 and without it; benchmarks/results/README.md). Reading b from
-    # x_bar as well made masks soft.
+    # Weight of a frozen D_f reading f from the composite x_bar too (not in the paper: 0): an object
+    # style drawn by the background branch under a faint mask hides f there, so it asks for visible masks.
     composite_info_weight: float = 0.25
     orient_mask: bool = True    # at export, swap F/B if the mask covers the border (the background)
 
 
 @dataclass
 class SelfTrainConfig:
-    """Stage 2's self-training on the real images (not in the paper). S learns from generated pairs
-    only, and on real photos its masks are blobs (the generated images are blurrier than photos).
-    From step `start` on, S also learns the confident pixels of its EMA teacher's masks of the real
-    batch (teacher: flip-averaged, unaugmented input; S: colour + translation), which adapts it to
-    the photos' domain. On the horses, one generator: strict IoU 0.367 after 1000 steps without it,
-    0.464 after 500 more with it; on the default job's generators of seeds 1 and 2, 0.820 / 0.802
-    after 400 steps without it, 0.871 / 0.872 after 400 more with it (seed 1 trained 1000 steps
-    without it: 0.794; benchmarks/results/README.md)."""
-    weight: float = 1.0         # weight of the self-training term in S's loss (0 = off)
-    start: int = 400            # first step with self-training (S should be useful by then)
-    # Refine the teacher's masks with each photo's colours before they become labels (comgan/refine.py):
-    # colour histograms of this many cells per channel (0 = off), built from the teacher's
-    # confident pixels. On the horses, one generator: strict IoU 0.624 without, 0.645 with 8.
+    """Stage 2's self-training on the real images (not in the paper). S learns from generated pairs,
+    blurrier than photos, so its masks on photos are blobs; from step `start` on it also learns the
+    confident pixels of its EMA teacher's masks of the real batch, which adapts it to the photos."""
+    weight: float = 1.0         # weight of the self-training term in S's loss (0 = off; paper: 0)
+    start: int = 400            # first step with self-training: S must first learn from generated pairs
+    # Refine the teacher's masks by each photo's colours before they become labels (comgan/refine.py),
+    # with histograms of this many cells per channel (0 = off): cleaner labels where colours differ.
     colour_bins: int = 0
-    # An image whose teacher mask covers under this share of the generated batch's mean mask area
-    # (or leaves under this share of its background) teaches nothing that step (0 = off): a
-    # teacher that sees ever less object teaches background, and S's masks on the photos can
-    # shrink step by step to nothing (three horse runs; comgan/watchdog.segmenter_reason).
+    # An image whose teacher mask covers under this share of the generated masks' mean area (or of their
+    # background) teaches nothing that step (0 = off): keeps S's masks from shrinking step by step to nothing.
     area_guard: float = 0.0
-    # Export S's EMA (the self-training teacher, kept in every run) instead of S itself. On the
-    # horses the teacher scored above S at every checkpoint of two self-trained runs (0.633
-    # against 0.612 at the end of one; benchmarks/results/README.md).
-    export_teacher: bool = False
+    export_teacher: bool = False  # export S's EMA teacher (kept in every run) instead of S: steadier between checkpoints
 
 
 @dataclass
 class Stage2Config:
-    steps: int = 800            # one step = one D_m update + one S update (~4 min on 2 CPU cores)
+    steps: int = 800            # one step = one D_m update + one S update
     batch_size: int = 32        # global batch of generated and of real images, each
-    # S and D_m. Paper: 2e-4 over tens of thousands of steps; Adam moves each weight by about lr
-    # per step, and at 2e-4 S's output layer needs ~1000 steps just to leave 0.5 (measured on the
-    # default: strict IoU 0.23 after 500 steps at 2e-4, 0.81 at 1e-3).
+    # Adam learning rate of S and D_m (paper: 2e-4 over tens of thousands of steps): Adam moves each
+    # weight by about lr per step, and a stage 2 of hundreds of steps needs the larger rate.
     lr: float = 1e-3
     lam: float = 2.0            # lambda: weight of the L1 consistency S(x_bar) ~ x_bar_m
     # The stage-1 artifact (generator.pt, any URL) stage 2 learns from; empty: this run's own
@@ -141,14 +123,12 @@ class Stage2Config:
 
 @dataclass
 class SpeedConfig:
-    """How steps are computed, never what (comgan/speed.py; measured by benchmarks/speed.py). The
-    switches that only keep the mathematics are always on in training (speed.Formulation); these
-    two are opt-in, for what each costs."""
-    # CPU: wide 3x3 convs (64+ channels at 32x32 px and up: only the paper preset has them) by
-    # Winograd F(4x4, 3x3), 4x fewer multiplications (comgan/winograd.py). Opt-in: its native
-    # kernel needs a C++ compiler and is built on first use. GPUs leave 3x3 convs to cuDNN.
+    """How steps are computed, never what (comgan/speed.py). The switches that only keep the
+    mathematics are always on in training (speed.Formulation); these two cost something, so are opt-in."""
+    # CPU: wide 3x3 convs (64+ channels at 32+ px: only the paper preset's) by Winograd F(4x4, 3x3), 4x
+    # fewer multiplications (comgan/winograd.py); opt-in, as its native kernel needs a C++ compiler.
     winograd: bool = False
-    compile: bool = False         # torch.compile every trained network: opt-in, each worker compiles first
+    compile: bool = False         # torch.compile every trained network: opt-in, each worker compiles for a while first
 
 
 @dataclass

@@ -21,12 +21,11 @@ class DataConfig:
     # elsewhere `python jobs/make_shards.py synthetic URL` writes it, explicitly.
     synthetic: bool = True
     synthetic_train_size: int = 10000  # 800 steps of 32 see each image about 2.5 times
-    synthetic_eval_size: int = 500
+    synthetic_eval_size: int = 500     # its held-out images with masks: what a run is scored on
     synthetic_styles: int = 4   # K foreground and K background styles
-    samples_per_shard: int = 1000
-    # DataLoader processes per training worker: they decode the next batches while a step runs.
-    # 0 decodes in the training process: on a 2-core machine the default job's stage 1 ran 3-7 %
-    # faster that way (the whole job 2-4 %; benchmarks/results/README.md).
+    samples_per_shard: int = 1000      # images per tar shard of the synthetic set (a shard is one file or object)
+    # DataLoader processes per training worker, decoding the next batches while a step runs; 0 decodes
+    # in the training process, which can pay on a machine with as few cores as workers.
     loader_workers: int = 1
     hflip: bool = True          # random horizontal flips of real images
 
