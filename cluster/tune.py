@@ -33,6 +33,7 @@ from comgan.config import ConfigError
 from comgan.inference import INFERENCE_BATCH
 from comgan.watchdog import WATCH_SAMPLES, health_score, measure
 from data_shards.io import arrow_filesystem, read_bytes, write_bytes
+from data_shards.progress import say
 
 from . import faults, pipeline, placement
 from .config import Config
@@ -108,7 +109,7 @@ class SweepProgress(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         values = ", ".join(f"{key}={cell(trial.config.get(key))}" for key in self.sweep.varied_keys)
-        pipeline.log(f"trial {trial.trial_id} started: {values}")
+        say(f"[comgan] trial {trial.trial_id} started: {values}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.ended += 1
@@ -116,11 +117,11 @@ class SweepProgress(tune.Callback):
         how = stop_reason(self.sweep, last, None)
         if how == "finished":
             how = f"finished, {self.sweep.objective} {last['objective']:.4f}"
-        pipeline.log(f"trial {trial.trial_id} {how} after {last.get('time_total_s', 0):.0f}s ({self.count()})")
+        say(f"[comgan] trial {trial.trial_id} {how} after {last.get('time_total_s', 0):.0f}s ({self.count()})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ended += 1
-        pipeline.log(f"trial {trial.trial_id} failed: see its log above ({self.count()})")
+        say(f"[comgan] trial {trial.trial_id} failed: see its log above ({self.count()})")
 
     def count(self) -> str:
         return f"{self.ended}{f'/{self.total}' if self.total else ''} trials ended"
@@ -197,7 +198,7 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=settings), TRIAL_DRIVER)
     if not resume:
         write_bytes(sweep.path(SETTINGS), (json.dumps(sweep_settings(sweep), indent=2) + "\n").encode())
-    pipeline.log(f"sweep {sweep.name}: {sweep.root} ({sweep.search} search, objective {sweep.objective} "
+    say(f"[comgan] sweep {sweep.name}: {sweep.root} ({sweep.search} search, objective {sweep.objective} "
                  f"({sweep.mode}), {at_once} trial(s) at once, {cfg.run.workers} worker(s) x "
                  f"{cfg.run.cpus_per_worker} CPU each)")
     started = time.time()
@@ -219,5 +220,5 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
     grid = tuner.fit()
     rows = [result_row(sweep, result) for result in grid]
     write_results(sweep, rows)
-    pipeline.log(f"sweep ended after {time.time() - started:.0f}s")
+    say(f"[comgan] sweep ended after {time.time() - started:.0f}s")
     return rows

@@ -31,14 +31,20 @@ NO_RAY_ADDRESS = "this test starts Ray; mark it with @pytest.mark.ray"
 RAY_FIXTURES = ("local_ray", "token_head")
 
 
+@pytest.hookimpl(wrapper=True)  # around xdist's own hook, which reads the groups (tryfirst is not enough)
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test` runs two workers), every Ray test goes to one worker, one
     after another: they share one local cluster (local_ray), and two clusters side by side on a
     2-core machine starve each other's heartbeats. The other worker runs the rest meanwhile; the
     Ray tests spend most of their time waiting on Ray, not computing."""
-    for item in items:
-        if item.get_closest_marker("ray") is not None:
-            item.add_marker(pytest.mark.xdist_group("ray"))
+    ray_tests = [item for item in items if item.get_closest_marker("ray") is not None]
+    for item in ray_tests:
+        item.add_marker(pytest.mark.xdist_group("ray"))
+    result = yield
+    if getattr(config.option, "loadgroup", False) and not all(item.nodeid.endswith("@ray") for item in ray_tests):
+        raise pytest.UsageError("pytest-xdist did not group the Ray tests on one worker (--dist loadgroup); "
+                                "this pytest/pytest-xdist pair does not support it (see pyproject.toml)")
+    return result
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -75,6 +81,25 @@ def _no_ray_unless_marked(request, monkeypatch):
         monkeypatch.setattr(ray, "is_initialized", lambda: False)
         monkeypatch.setattr(ray_worker, "init", refuse, raising=False)
     yield
+
+
+@pytest.fixture(autouse=True)
+def one_thread_beside_ray(request, monkeypatch):
+    """Tests without Ray run on one intra-op thread, their subprocesses too (OMP_NUM_THREADS).
+    Under `make test` they share two cores with the Ray tests, whose workers would otherwise wait
+    for cores that two-thread torch ops keep busy; and a tiny net's multithreaded ops each end at
+    an OpenMP barrier, where a descheduled thread made the same steps 20 to 80 times slower. What
+    a test compares runs in the same thread count on both sides."""
+    if request.node.get_closest_marker("ray") is not None:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

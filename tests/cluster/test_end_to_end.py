@@ -86,7 +86,8 @@ def test_the_watchdog_names_a_run_forced_into_full_masks_and_stage1_starts_again
     cfg = load_config("tiny", [*tiny_data(tiny_shards, held_out=False), f"run.storage={tmp_path}", "run.name=full",
                                "stage1.steps=50", "run.watch_every=10",
                                "stage1.mask_area_min=0.995", "stage1.mask_area_max=1", "stage1.mask_area_weight=1000",
-                               "stage1.lr=0.005", "run.collapse_restarts=1", "run.watch_patience=2", "run.seed=3"])
+                               "stage1.lr=0.005", "run.collapse_restarts=1", "run.watch_patience=2", "run.seed=3",
+                               "run.checkpoint_every=25", "run.image_every=25"])  # tiny's 3: 16 reports an attempt
     summary = run_pipeline(cfg, stage1_only=True)
     run = tmp_path / "full"
     out = capsys.readouterr().out

@@ -19,7 +19,7 @@ HEAD_ONLY = [Node(cpus=0, gpus=0)]  # ray_cluster.yaml: a CPU-less head, GPU wor
 
 
 def cfg(*overrides: str):
-    return load_config("tiny", list(overrides))
+    return load_config("tiny", ["run.cpus_per_worker=0", *overrides])  # 0: auto, what these tests check
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_watchdog_stops_the_forced_trial_the_healthy_one_finishes_and_the_table_
                          f"stage1.mask_area_min=0.05,{FORCED_FULL}",
                          "--set", "stage1.mask_area_max=1", "--set", "stage1.mask_area_weight=1000",
                          "--set", "stage1.lr=0.005", "--set", "stage1.steps=60", "--set", "run.watch_every=10",
-                         "--set", "run.checkpoint_every=30", "--set", "run.cpus_per_worker=1"))
+                         "--set", "run.checkpoint_every=30"))
     out = capsys.readouterr().out
     sweep = tmp_path / "sw"
     rows = read_table(sweep)

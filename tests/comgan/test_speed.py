@@ -143,7 +143,7 @@ def test_stage2_step_fast_equals_plain(small):
 
 
 @pytest.mark.parametrize("stage", [1, 2])
-def test_steps_with_winograd_on_every_conv_equal_the_plain_step(one_thread, small, monkeypatch, stage):
+def test_steps_with_winograd_on_every_conv_equal_the_plain_step(small, monkeypatch, stage):
     """As above, with every 3x3 conv of the tiny nets by Winograd: the default width thresholds
     leave these narrow layers to the direct kernel (tests/comgan/test_winograd.py tests the rest)."""
     for name in ("MIN_IN_CHANNELS", "MIN_OUT_CHANNELS", "MIN_PIXELS"):
@@ -167,7 +167,7 @@ def test_steps_with_winograd_on_every_conv_equal_the_plain_step(one_thread, smal
     assert_same(grads(plain), grads(fast), "gradients", 1e-4)
 
 
-def test_training_does_not_drift_apart(one_thread, small):
+def test_training_does_not_drift_apart(small):
     """Several steps: the rounding differences (and an occasional Adam sign flip on a gradient
     within rounding of zero) stay at the level of rounding in the losses."""
     torch.manual_seed(0)
@@ -185,7 +185,7 @@ def float64():
     torch.set_default_dtype(torch.float32)
 
 
-def test_the_same_trajectory_over_many_steps_in_float64(one_thread, small, float64):
+def test_the_same_trajectory_over_many_steps_in_float64(small, float64):
     """GAN training amplifies rounding differences step after step (in fp32 two runs decorrelate
     within about a hundred steps, so the default job's outcome on a seed is not the plain
     formulation's). In float64 the rounding starts near 1e-16, so the same mathematics must
@@ -200,7 +200,7 @@ def test_the_same_trajectory_over_many_steps_in_float64(one_thread, small, float
     assert_same(weights(plain), weights(fast), "weights after 25 float64 steps", 1e-8)
 
 
-def test_a_plain_checkpoint_resumes_in_the_fast_layout(one_thread, small):
+def test_a_plain_checkpoint_resumes_in_the_fast_layout(small):
     """Adam's moments saved from NCHW networks meet NHWC parameters on resume: they take the
     parameters' layout, and the fused update pairs each moment with its own parameter's entries."""
     torch.manual_seed(0)
@@ -269,9 +269,8 @@ def test_the_speed_benchmark_runs_and_reports_every_variant(tmp_path):
     """benchmarks/speed.py on the tiny preset: its report holds every variant's figures (not a
     timing test: the figures are only checked to exist and be consistent). --quick measures the
     conv roof on a small conv: the paper-size one is 2 TFLOP of work, most of a minute on a CPU.
-    One thread, as in the one_thread fixture: the tiny steps' ops crawl with two on busy cores."""
+    One thread, as every test without Ray (tests/conftest.py): the tiny steps' ops crawl with two on busy cores."""
     import json
-    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -280,7 +279,7 @@ def test_the_speed_benchmark_runs_and_reports_every_variant(tmp_path):
     out = tmp_path / "speed.json"
     subprocess.run([sys.executable, str(script), "--preset", "tiny", "--batch", "4", "--steps", "1", "--rounds", "2",
                     "--variants", "plain", "fast", "--quick", "--out", str(out)], check=True, capture_output=True,
-                   timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                   timeout=300)
     report = json.loads(out.read_text())
     assert set(report["conv_roof_gflop_s"]) == {"nchw", "channels_last"}
     for stage in ("stage1", "stage2"):

@@ -206,7 +206,7 @@ def test_stage_state_round_trips_through_state_dict(cfg):
         assert not changed(snapshot(getattr(a, name)), getattr(b, name)), name
 
 
-def test_previews_and_export_leave_the_training_random_stream_alone(one_thread, cfg):
+def test_previews_and_export_leave_the_training_random_stream_alone(cfg):
     """What is trained must not depend on run.image_every or on exporting: previews and export
     checks draw from their own generators."""
     from comgan.stages import STAGE1, STAGE2
