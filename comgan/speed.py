@@ -10,7 +10,7 @@ benchmarks/results/speed_*.json and the README there).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -43,7 +43,7 @@ class Formulation(SpeedConfig):
 def formulation(speed: SpeedConfig) -> Formulation:
     """What a step runs with: a config's speed section gets every always-on switch; a Formulation
     (the tests' and benchmarks' reference or variants) is taken as it is."""
-    return speed if isinstance(speed, Formulation) else Formulation(winograd=speed.winograd, compile=speed.compile)
+    return speed if isinstance(speed, Formulation) else Formulation(**asdict(speed))
 
 
 def memory_format(speed: SpeedConfig) -> torch.memory_format:
