@@ -31,12 +31,13 @@ NO_RAY_ADDRESS = "this test starts Ray; mark it with @pytest.mark.ray"
 RAY_FIXTURES = ("local_ray", "token_head")
 
 
-@pytest.hookimpl(wrapper=True)  # around xdist's own hook, which reads the groups (tryfirst is not enough)
+@pytest.hookimpl(wrapper=True)  # marks before xdist's own hook turns them into groups, checks after it
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test` runs two workers), every Ray test goes to one worker, one
-    after another: they share one local cluster (local_ray), and two clusters side by side on a
-    2-core machine starve each other's heartbeats. The other worker runs the rest meanwhile; the
-    Ray tests spend most of their time waiting on Ray, not computing."""
+    after another: they share one local cluster (local_ray), and with two clusters side by side
+    Ray's placement-group cleaner fails ("Found multiple active Ray instances") and a stopped
+    trial's CPU is never freed. The other worker runs the rest meanwhile; the Ray tests spend most
+    of their time waiting on Ray, not computing."""
     ray_tests = [item for item in items if item.get_closest_marker("ray") is not None]
     for item in ray_tests:
         item.add_marker(pytest.mark.xdist_group("ray"))
