@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from comgan import inference
-from comgan.artifacts import ArtifactError, from_bytes, load_segmenter
+from comgan.artifacts import from_bytes, load_segmenter
 from data_shards.images import open_photo, squashed_photo, to_rgb8
-from data_shards.io import StorageError, is_local_path, read_bytes, url_exists, write_bytes
+from data_shards.io import StorageError, is_local_path, read_bytes, write_bytes
 
 from .segment_plan import Outcome, Photo, SegmentError
+from .storage import read_artifact
 
 BACKGROUND_DIM = 1 / 3   # overlays: background brightness
 FULL_SIZE_AT_ONCE = 2    # photos whose full-size mask / overlay is computed at once (a 48 MP one: ~0.7 GB)
@@ -53,12 +54,7 @@ class Settings:
 
 def read_segmenter(url: str) -> tuple[bytes, int]:
     """(artifact bytes, the segmenter's resolution), after checking that the file is a segmenter."""
-    if not url_exists(url):
-        raise ArtifactError(f"segmenter {url} does not exist")
-    try:
-        data = read_bytes(url)
-    except (IsADirectoryError, FileNotFoundError):
-        raise ArtifactError(f"segmenter {url} is not a file") from None
+    data = read_artifact(url, "segmenter")
     _, model = load_segmenter(from_bytes(data, what=url), what=url)
     return data, model.resolution
 

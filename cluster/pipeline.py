@@ -24,7 +24,7 @@ import yaml
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from comgan.artifacts import ArtifactError, from_bytes, load_generator
+from comgan.artifacts import from_bytes, load_generator
 from comgan.inference import INFERENCE_BATCH
 from comgan.watchdog import health_score, segmenter_reason
 from data_shards.config import SYNTHETIC_HOMES
@@ -37,7 +37,7 @@ from data_shards.writer import write_synthetic
 
 from . import checkpoints, evaluate, failures, faults, lease, placement
 from .config import Config, ConfigError, config_from_dict
-from .storage import RunLayout, absolute_url, configure_storage
+from .storage import RunLayout, absolute_url, configure_storage, read_artifact
 from .tensorboard import RunWriter
 from .worker import StageJob, stage_worker
 
@@ -119,9 +119,7 @@ def leaf_values(section: dict, prefix: str = "") -> dict:
 def check_generator(url: str, cfg: Config) -> None:
     """Refuse a handoff artifact that is missing, not a generator, or built for another model,
     before any worker starts (the message names the key and both values)."""
-    if not url_exists(url):
-        raise ArtifactError(f"generator {url} does not exist")
-    load_generator(from_bytes(read_bytes(url), what=url), cfg.model, what=url)
+    load_generator(from_bytes(read_artifact(url, "generator"), what=url), cfg.model, what=url)
 
 
 def first_line(error: BaseException) -> str:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from comgan.artifacts import ArtifactError
+from data_shards.io import configure_s3, join_url, read_bytes, url_exists
+
 from .config import Config
-from data_shards.io import configure_s3, join_url
 
 
 def configure_storage(cfg: Config) -> None:
@@ -72,3 +74,14 @@ class RunLayout:
     @property
     def eval_grid(self) -> str:
         return self.path("eval_grid.png")
+
+
+def read_artifact(url: str, kind: str) -> bytes:
+    """The bytes of a stored artifact ("generator", "segmenter"), or one ArtifactError line naming
+    what is wrong with the path: nothing there, or a folder."""
+    if not url_exists(url):
+        raise ArtifactError(f"{kind} {url} does not exist")
+    try:
+        return read_bytes(url)
+    except (IsADirectoryError, FileNotFoundError):
+        raise ArtifactError(f"{kind} {url} is not a file") from None

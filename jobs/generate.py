@@ -34,14 +34,15 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cluster.cli import EXIT_USER_ERROR, OneLineParser, int_at_least, print_error  # noqa: E402
+from cluster.storage import read_artifact  # noqa: E402
 from comgan import inference  # noqa: E402
-from comgan.artifacts import ArtifactError, from_bytes, load_generator  # noqa: E402
+from comgan.artifacts import from_bytes, load_generator  # noqa: E402
 from comgan.controls import (VARIED, control_codes, control_grid, default_categories, default_scale,  # noqa: E402
                              generate, grid_size)
 from comgan.errors import UserError  # noqa: E402
 from comgan.visualize import grid_to_uint8  # noqa: E402
 from data_shards.images import MAX_PIXELS  # noqa: E402
-from data_shards.io import join_url, read_bytes, redact, url_exists, write_bytes  # noqa: E402
+from data_shards.io import join_url, redact, url_exists, write_bytes  # noqa: E402
 
 MAX_SCALE = 64  # a 16 px image 1024 px wide: more shows nothing new, and the grids grow with its square
 
@@ -95,13 +96,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load(url: str, device: torch.device):
-    if not url_exists(url):
-        raise ArtifactError(f"generator {url} does not exist")
-    try:
-        data = read_bytes(url)
-    except (IsADirectoryError, FileNotFoundError):
-        raise ArtifactError(f"generator {url} is not a file") from None
-    obj = from_bytes(data, what=url)
+    obj = from_bytes(read_artifact(url, "generator"), what=url)
     generator, model = load_generator(obj, what=url)
     step = obj.get("step")
     return generator.to(device), model, step if isinstance(step, int) else 0
