@@ -27,6 +27,7 @@ RETIRED_KEYS = {
     **{f"{stage}.adam_beta{i}": "no longer a setting (the paper's (0.5, 0.999): comgan/speed.py ADAM_BETAS)"
        for stage in ("stage1", "stage2") for i in (1, 2)},
     "stage1.mask_border_ring": "no longer a setting (1/16 of the side: comgan/training.py MASK_BORDER_RING)",
+    "stage1.mask_area_min": "no longer a setting (0.05 changed nothing: comgan/losses.py MASK_AREA_MIN)",
     "stage1.ema_decay": "no longer a setting (0.999: comgan/training.py G_EMA_DECAY)",
     "stage1.bn_recalibration_batches": "no longer a setting (20: comgan/export.py BN_RECALIBRATION_BATCHES)",
     "stage2.self_train_confidence": "no longer a setting (0.8: comgan/training.py SELF_TRAIN_CONFIDENCE)",
@@ -76,8 +77,9 @@ class Stage1Config:
     # Weight of a hinge keeping each mask's area in [min, max] (not in the paper: 0): the background
     # branch can otherwise draw a whole object style under an empty mask.
     mask_area_weight: float = 20.0
-    mask_area_min: float = 0.05    # the hinge's bounds: by default they forbid only (nearly) empty
-    mask_area_max: float = 0.95    # or full masks; a lower max says "objects are the smaller part"
+    # The hinge's upper bound (its lower one is losses.MASK_AREA_MIN): by default it forbids only
+    # (nearly) full masks; a lower max says "objects are the smaller part" (under 0.05: empty masks).
+    mask_area_max: float = 0.95
     # Weight of a prior that one layer, either, owns the frame's outer ring (losses.mask_border_loss;
     # not in the paper: 0): photos of objects inside the frame otherwise split into top and bottom.
     mask_border_weight: float = 0.0
@@ -87,6 +89,10 @@ class Stage1Config:
     # Weight of a frozen D_f reading f from the composite x_bar too (not in the paper: 0): an object
     # style drawn by the background branch under a faint mask hides f there, so it asks for visible masks.
     composite_info_weight: float = 0.25
+    # Share of the composites D_z judges whose background layer is the next sample's (not in the
+    # paper: 0): an object drawn by the background branch then shows beside another sample's object,
+    # and a mask wider than its object shows a foreign seam around it; D_z can reject both.
+    background_shuffle: float = 0.0
     orient_mask: bool = True    # at export, swap F/B if the mask covers the border (the background)
 
 
@@ -313,10 +319,9 @@ def validate_stages(cfg: ComGANConfig) -> None:
         value = getattr(getattr(cfg, section), name)
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
-    if s1.mask_area_weight < 0 or not 0 <= s1.mask_area_min < s1.mask_area_max <= 1:
-        raise ConfigError(f"stage1.mask_area_weight must be >= 0 and 0 <= stage1.mask_area_min < "
-                          f"stage1.mask_area_max <= 1, got {s1.mask_area_weight}, {s1.mask_area_min} and "
-                          f"{s1.mask_area_max}")
+    if s1.mask_area_weight < 0 or not 0 < s1.mask_area_max <= 1:
+        raise ConfigError(f"stage1.mask_area_weight must be >= 0 and stage1.mask_area_max in (0, 1], "
+                          f"got {s1.mask_area_weight} and {s1.mask_area_max}")
     try:
         parse_policy(s1.augment)
     except ValueError as e:
@@ -333,6 +338,8 @@ def validate_stages(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage2.self_train.area_guard must be in [0, 1) (0 = off), got {st.area_guard}")
     if s2.lam < 0:
         raise ConfigError(f"stage2.lam (lambda) must be >= 0, got {s2.lam}")
+    if not 0 <= s1.background_shuffle <= 1:
+        raise ConfigError(f"stage1.background_shuffle must be in [0, 1] (a share of the batch), got {s1.background_shuffle}")
     if s1.beta_warmup < 0:
         raise ConfigError(f"stage1.beta_warmup must be >= 0 steps (0 = off), got {s1.beta_warmup}")
     for stage_name, stage in (("stage1", s1), ("stage2", s2)):

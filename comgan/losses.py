@@ -24,15 +24,20 @@ def binary_entropy(mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p)).mean()
 
 
-def mask_area_hinge(mask: torch.Tensor, min_area: float, max_area: float | None = None) -> torch.Tensor:
-    """Mean over images of how far each mask's area falls outside [min_area, max_area]
-    (max_area defaults to 1 - min_area).
+# The area hinge's lower bound: forbids only (nearly) empty masks. Never a setting that mattered:
+# the live generator draws the scene with F, so only the upper bound acts (0.1 gave the same run).
+MASK_AREA_MIN = 0.05
+
+
+def mask_area_hinge(mask: torch.Tensor, max_area: float = 1 - MASK_AREA_MIN) -> torch.Tensor:
+    """Mean over images of how far each mask's area falls outside [MASK_AREA_MIN, max_area]; a
+    max_area under MASK_AREA_MIN lowers the floor with it (masks held under it: nearly empty).
 
     Not in the paper. F and B are symmetric, so the default bounds are too: they forbid only the
     degenerate all-background / all-foreground masks with which one branch draws whole objects
     (seen: a foreground style drawn by B under an empty mask), and leave every plausible area free.
     A lower max_area is a prior that objects are the smaller part of the picture."""
-    max_area = 1 - min_area if max_area is None else max_area
+    min_area = min(MASK_AREA_MIN, max_area)
     area = mask.flatten(1).mean(1)
     return (F.relu(min_area - area) + F.relu(area - max_area)).mean()
 

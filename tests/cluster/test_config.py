@@ -24,6 +24,8 @@ def test_overrides_and_round_trip():
     ("stage1.batch_size=7", "divide evenly"),
     ("stage1.mask_border_weight=-1", "stage1.mask_border_weight must be >= 0"),
     ("stage1.composite_info_weight=-0.5", "stage1.composite_info_weight must be >= 0"),
+    ("stage1.background_shuffle=1.5", "stage1.background_shuffle must be in [0, 1]"),
+    ("stage1.mask_area_min=0.1", "'stage1.mask_area_min' was retired: no longer a setting (0.05 changed nothing"),
     ("stage2.self_train_confidence=0.8", "'stage2.self_train_confidence' was retired"),
     ("stage1.augment=color,blur", "stage1.augment: unknown augmentation blur"),
     ("stage2.self_train.colour_bins=-1", "stage2.self_train.colour_bins must be in 0..64"),

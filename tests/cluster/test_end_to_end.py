@@ -75,17 +75,17 @@ def test_two_workers_end_to_end(local_ray, tiny_shards, tmp_path, capsys):
 
 
 @pytest.mark.ray
-def test_the_watchdog_names_a_run_forced_into_full_masks_and_stage1_starts_again(
+def test_the_watchdog_names_a_run_forced_into_empty_masks_and_stage1_starts_again(
         local_ray, tiny_shards, tmp_path, capsys):
-    """An area hinge that demands masks over 99 % of the image: within a few steps the
-    foreground branch draws everything, and the run's log and summary say so. With one collapse
+    """An area hinge that demands masks under 0.5 % of the image: within a few steps the
+    background branch draws everything, and the run's log and summary say so. With one collapse
     restart, the first attempt stops at the second trivial check in a row and is set aside; the
     second (another seed, as trivial) runs to the end, as no restart is left."""
     from cluster.pipeline import run_pipeline
 
     cfg = load_config("tiny", [*tiny_data(tiny_shards, held_out=False), f"run.storage={tmp_path}", "run.name=full",
                                "stage1.steps=50", "run.watch_every=10",
-                               "stage1.mask_area_min=0.995", "stage1.mask_area_max=1", "stage1.mask_area_weight=1000",
+                               "stage1.mask_area_max=0.005", "stage1.mask_area_weight=1000",
                                "stage1.lr=0.005", "run.collapse_restarts=1", "run.watch_patience=2", "run.seed=3",
                                "run.checkpoint_every=25", "run.image_every=25"])  # tiny's 3: 16 reports an attempt
     summary = run_pipeline(cfg, stage1_only=True)

@@ -19,9 +19,9 @@ from tests.helpers import ROOT, exit_code, one_line_error, tiny_data
 
 TUNE = [sys.executable, str(ROOT / "jobs" / "tune.py")]
 
-# Masks over 99.5 % of the image, enforced hard: within a few steps the foreground branch draws
+# Masks under 0.5 % of the image, enforced hard: within a few steps the background branch draws
 # everything (the same forcing as the end-to-end watchdog test).
-FORCED_FULL = "0.995"
+FORCED_EMPTY = "0.005"
 
 
 def tiny_sweep(tiny_shards, storage: Path, *words: str) -> list[str]:
@@ -56,20 +56,19 @@ def test_watchdog_stops_the_forced_trial_the_healthy_one_finishes_and_the_table_
     from jobs.tune import main
 
     # Two trials at once (1 CPU per worker on the 2-CPU cluster): a healthy one and one whose area
-    # hinge demands full masks. Watchdog checks every 10 steps; three trivial checks in a row stop a
+    # hinge demands empty masks. Watchdog checks every 10 steps; three trivial checks in a row stop a
     # trial. (The healthy one's masks sharpen through the faint-mask band at steps 20-30, as real
     # runs do early on: patience is what lets such a trial through.)
     rc = main(tiny_sweep(tiny_shards, tmp_path, "--name", "sw", "--patience", "3",
-                         f"stage1.mask_area_min=0.05,{FORCED_FULL}",
-                         "--set", "stage1.mask_area_max=1", "--set", "stage1.mask_area_weight=1000",
+                         f"stage1.mask_area_max=0.95,{FORCED_EMPTY}", "--set", "stage1.mask_area_weight=1000",
                          "--set", "stage1.lr=0.005", "--set", "stage1.steps=60", "--set", "run.watch_every=10",
                          "--set", "run.checkpoint_every=30"))
     out = capsys.readouterr().out
     sweep = tmp_path / "sw"
     rows = read_table(sweep)
     assert rc == 0 and len(rows) == 2, out
-    by_min = {float(r["stage1.mask_area_min"]): r for r in rows.values()}
-    healthy, forced = by_min[0.05], by_min[float(FORCED_FULL)]
+    by_max = {float(r["stage1.mask_area_max"]): r for r in rows.values()}
+    healthy, forced = by_max[0.95], by_max[float(FORCED_EMPTY)]
 
     assert healthy["stop"] == "finished", healthy
     assert 0.0 <= float(healthy["objective"]) <= 1.0
@@ -77,7 +76,7 @@ def test_watchdog_stops_the_forced_trial_the_healthy_one_finishes_and_the_table_
     summary = json.loads((sweep / "runs" / healthy["trial"] / "summary.json").read_text())
     assert float(healthy["objective"]) == pytest.approx(summary["eval"]["segmenter"]["iou_strict"])
 
-    assert forced["stop"].startswith("watchdog at step") and "mask collapsed (full)" in forced["stop"], forced
+    assert forced["stop"].startswith("watchdog at step") and "mask collapsed (empty)" in forced["stop"], forced
     assert forced["objective"] == "" and forced["segmenter"] == ""
     assert int(forced["images"]) < 60 * 8, "stopped before the end of stage 1"
     assert int(forced["planned_images"]) == 60 * 8 + 4 * 8 == int(healthy["images"])
@@ -101,7 +100,7 @@ def test_watchdog_stops_the_forced_trial_the_healthy_one_finishes_and_the_table_
     for trial in rows:
         content = mux.PluginRunToTagToContent("hparams").get(trial, {})
         assert content, f"no hparams entry for {trial}: {list(mux.Runs())}"
-        assert b"stage1.mask_area_min" in b"".join(content.values())
+        assert b"stage1.mask_area_max" in b"".join(content.values())
 
     # The stopped trial's workers gave their placement group back: nothing is left allocated.
     assert wait_for_free_cpus(local_ray, 2) == 2

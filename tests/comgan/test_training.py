@@ -83,13 +83,40 @@ def test_beta_weights_binary_entropy(cfg):
 
 def test_mask_area_hinge_weights_only_degenerate_masks(cfg):
     masks = torch.stack([torch.zeros(1, 8, 8), torch.full((1, 8, 8), 0.3), torch.ones(1, 8, 8)])
-    assert mask_area_hinge(masks, 0.05).item() == pytest.approx((0.05 + 0 + 0.05) / 3)
-    assert mask_area_hinge(masks[1:2], 0.05).item() == 0  # any plausible area is free
-    assert mask_area_hinge(masks[1:2], 0.05, 0.2).item() == pytest.approx(0.1)  # a lower max bites
+    assert mask_area_hinge(masks).item() == pytest.approx((0.05 + 0 + 0.05) / 3)
+    assert mask_area_hinge(masks[1:2]).item() == 0  # any plausible area is free
+    assert mask_area_hinge(masks[1:2], 0.2).item() == pytest.approx(0.1)  # a lower max bites
+    assert mask_area_hinge(masks[1:2], 0.01).item() == pytest.approx(0.29)  # under the floor: held near empty
+    assert mask_area_hinge(masks[0:1] + 0.01, 0.01).item() == pytest.approx(0, abs=1e-7)
     l0 = stage1_step_stats(cfg, mask_area_weight=0.0)["loss/G_total"]
-    st = stage1_step_stats(cfg, mask_area_weight=100.0, mask_area_min=0.499, mask_area_max=0.501)
+    st = stage1_step_stats(cfg, mask_area_weight=100.0, mask_area_max=0.01)
     assert st["loss/mask_area_hinge"] > 0
     torch.testing.assert_close(st["loss/G_total"] - l0, 100.0 * st["loss/mask_area_hinge"], rtol=1e-4, atol=1e-4)
+
+
+def test_borrowed_backgrounds_take_the_next_samples_background_layer():
+    from comgan.networks import GeneratorOutput
+    from comgan.training import composite_with_borrowed_backgrounds
+
+    torch.manual_seed(0)
+    mask, fg, bg = torch.rand(4, 1, 2, 2), torch.rand(4, 3, 2, 2), torch.rand(4, 3, 2, 2)
+    out = GeneratorOutput(mask * fg + (1 - mask) * bg, mask, fg, bg, torch.zeros(4, 3, 2, 2))
+    assert composite_with_borrowed_backgrounds(out, 0.0) is out.image
+    half = composite_with_borrowed_backgrounds(out, 0.5)
+    torch.testing.assert_close(half[:2], mask[:2] * fg[:2] + (1 - mask[:2]) * bg[1:3])
+    torch.testing.assert_close(half[2:], out.image[2:])
+    every = composite_with_borrowed_backgrounds(out, 1.0)
+    torch.testing.assert_close(every, mask * fg + (1 - mask) * bg.roll(-1, dims=0))  # the last borrows the first's
+
+
+def test_borrowed_backgrounds_reach_what_d_z_judges(cfg):
+    """Same seeds, same networks: only the judged composites differ, so the adversarial losses
+    move and the composite the info and mask terms see does not."""
+    plain = stage1_step_stats(copy.deepcopy(cfg), background_shuffle=0.0)
+    shuffled = stage1_step_stats(copy.deepcopy(cfg), background_shuffle=1.0)
+    assert shuffled["loss/D_z"] != plain["loss/D_z"] and shuffled["loss/G_adv"] != plain["loss/G_adv"]
+    torch.testing.assert_close(shuffled["loss/binary_entropy"], plain["loss/binary_entropy"])
+    torch.testing.assert_close(shuffled["loss/D_b_info"], plain["loss/D_b_info"])
 
 
 def test_mask_border_loss_is_orientation_free_and_weighted(cfg):
