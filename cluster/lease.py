@@ -48,7 +48,7 @@ def lease_url(run_root: str) -> str:
 
 
 def warn(message: str) -> None:
-    progress.say(f"[comgan] warning: {message}")
+    progress.tell(f"warning: {message}")
 
 
 def read_lease(url: str) -> dict | None:

@@ -31,7 +31,7 @@ from data_shards.config import SYNTHETIC_HOMES
 from data_shards.index import holds_shards, read_manifest
 from data_shards.io import (arrow_filesystem, holds_anything, join_url, move_tree, read_bytes, redacted,
                             remove_tree, url_exists, write_bytes)
-from data_shards.progress import say
+from data_shards.progress import tell
 from data_shards.reader import check_usable
 from data_shards.writer import write_synthetic
 
@@ -62,7 +62,7 @@ def ensure_data(cfg: Config) -> None:
         if not data.synthetic or not url or holds_shards(url):
             continue
         if is_synthetic_home(url):
-            say(f"[comgan] writing {count} synthetic {model.resolution}px images to {url}")
+            tell(f"writing {count} synthetic {model.resolution}px images to {url}")
             write_synthetic(url, count, model.resolution, data.synthetic_styles, seed,
                             samples_per_shard=data.samples_per_shard)
         elif not holds_anything(url):  # what is there (images, a cut-off write) read_manifest explains
@@ -73,7 +73,7 @@ def ensure_data(cfg: Config) -> None:
                               f"elsewhere, write it first: {command})")
     train = read_manifest(data.train)
     check_usable(data.train, resolution=model.resolution)  # a set no reader can use fails here, not in every worker
-    say(f"[comgan] training shards: {data.train} ({train['num_samples']} images in {len(train['shards'])} shards)")
+    tell(f"training shards: {data.train} ({train['num_samples']} images in {len(train['shards'])} shards)")
     if data.eval:
         held_out = read_manifest(data.eval)
         if not held_out.get("has_masks"):
@@ -158,7 +158,7 @@ def run_stage(stage: str, cfg: Config, layout: RunLayout, artifact: str, generat
                              logging_config=ray.LoggingConfig(log_level="WARNING")),
     )
     precision = "" if cfg.run.mixed_precision == "no" else f", {cfg.run.mixed_precision} mixed precision"
-    say(f"[comgan] {stage}: {cfg.run.workers} worker(s) x {cpus} CPU{' + 1 GPU' if cfg.run.use_gpu else ''}"
+    tell(f"{stage}: {cfg.run.workers} worker(s) x {cpus} CPU{' + 1 GPU' if cfg.run.use_gpu else ''}"
         f"{precision}")
     failures.clear(layout.stage_dir(stage))  # a record of an earlier run: its cause may be fixed
     try:
@@ -181,7 +181,7 @@ def run_pipeline(cfg: Config, stage1_only: bool = False, callbacks: tuple = ()) 
     layout = prepare_run(cfg)
     # One run, one writer: the lease is taken before this driver writes anything into the run
     # folder, renewed while it runs and released however it ends (cluster/lease.py).
-    with lease.acquire(layout.root) as run_lease:  # its warnings: lease.warn, "[comgan] warning: ..."
+    with lease.acquire(layout.root) as run_lease:  # its warnings: lease.warn, "[comgan] warning: ..." (progress.tell)
         check_run_config(cfg, layout)
         place_workers(cfg)
         summary = {"run": layout.root}
@@ -196,7 +196,7 @@ def run_pipeline(cfg: Config, stage1_only: bool = False, callbacks: tuple = ()) 
         summary["wall_seconds"] = time.time() - started
         run_lease.check()
         write_bytes(layout.summary, (json.dumps(redacted(summary), indent=2, default=str) + "\n").encode())
-    say(f"[comgan] finished in {time.time() - started:.0f}s; TensorBoard: tensorboard --logdir "
+    tell(f"finished in {time.time() - started:.0f}s; TensorBoard: tensorboard --logdir "
         f"{layout.path('tensorboard')}")
     return summary
 
@@ -208,7 +208,7 @@ def prepare_run(cfg: Config) -> RunLayout:
     folders, not the run's, which no run lease could guard.)"""
     resolve_urls(cfg)
     layout = RunLayout(absolute_url(cfg.run.storage), cfg.run_name)
-    say(f"[comgan] run {cfg.run_name}: {layout.root}")
+    tell(f"run {cfg.run_name}: {layout.root}")
     faults.from_environment()  # a mistyped COMGAN_FAULT fails here, before any worker starts
     if cfg.stage2.generator:
         check_generator(cfg.stage2.generator, cfg)
@@ -234,21 +234,21 @@ def place_workers(cfg: Config) -> None:
     cfg.run.cpus_per_worker = placement.cpus_per_worker(cfg, nodes)
     waiting = placement.check_placement(cfg, cfg.run.cpus_per_worker, nodes, fixed_cluster)
     if waiting:
-        say(f"[comgan] {waiting}")
+        tell(f"{waiting}")
 
 
 def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tuple = ()) -> str:
     """Stage 1, unless its artifact exists or is given; returns the generator's URL."""
     if cfg.stage2.generator:
-        say(f"[comgan] stage1: skipped, stage 2 learns from {cfg.stage2.generator}")
+        tell(f"stage1: skipped, stage 2 learns from {cfg.stage2.generator}")
         summary["generator"] = cfg.stage2.generator
         return cfg.stage2.generator
     collapsed = collapsed_attempts(layout)
     if collapsed:
         summary["stage1_collapsed"] = collapsed
     if checkpoints.artifact_done(layout.generator, "comgan.generator",
-                                 warn=lambda message: say(f"[comgan] stage1: warning: {message}")):
-        say(f"[comgan] stage1: {layout.generator} exists, not retraining")
+                                 warn=lambda message: tell(f"stage1: warning: {message}")):
+        tell(f"stage1: {layout.generator} exists, not retraining")
         return layout.generator
     while True:
         attempt = len(collapsed)
@@ -261,15 +261,15 @@ def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tu
             break
         collapsed.append(set_attempt_aside(layout, attempt + 1, attempt_record(metrics)))
         summary["stage1_collapsed"] = collapsed
-        say(f"[comgan] stage1: trivial solution at step {metrics.get('step')} ({reason}); attempt set aside in "
+        tell(f"stage1: trivial solution at step {metrics.get('step')} ({reason}); attempt set aside in "
             f"{layout.collapsed(attempt + 1)}, starting again with run.seed={cfg.run.seed + COLLAPSE_SEED_STRIDE * (attempt + 1)} "
             f"(restart {attempt + 1} of {cfg.run.collapse_restarts})")
     if reason:
         metrics = keep_the_healthiest_attempt(layout, metrics, collapsed)
-        say(f"[comgan] stage1: the watchdog still finds a trivial solution ({metrics.get('watch/now')}) and no "
+        tell(f"stage1: the watchdog still finds a trivial solution ({metrics.get('watch/now')}) and no "
             f"restart is left (run.collapse_restarts={cfg.run.collapse_restarts}): stage 2 learns from it anyway")
     summary["stage1"] = metrics
-    say(f"[comgan] stage1: {metrics.get('step')} steps in {metrics.get('perf/seconds', 0):.0f}s, "
+    tell(f"stage1: {metrics.get('step')} steps in {metrics.get('perf/seconds', 0):.0f}s, "
         f"{metrics.get('perf/images_per_s', 0):.0f} img/s, mask mean {metrics.get('mask/mean', float('nan')):.2f}, "
         f"empty masks {100 * metrics.get('mask/empty_fraction', float('nan')):.1f} %")
     return layout.generator
@@ -303,7 +303,7 @@ def keep_the_healthiest_attempt(layout: RunLayout, metrics: dict, collapsed: lis
     collapsed.append(set_attempt_aside(layout, len(collapsed) + 1, last))
     checkpoints.export_artifact(layout.generator,
                                 read_bytes(join_url(layout.collapsed(best["attempt"]), "stage1", "generator.pt")))
-    say(f"[comgan] stage1: attempt {best['attempt']} (run.seed={best['seed']}) was the healthiest "
+    tell(f"stage1: attempt {best['attempt']} (run.seed={best['seed']}) was the healthiest "
         f"({best['health']:.3f} against {last['health']:.3f} of the last): its generator.pt is handed on")
     return {**best["metrics"], "attempt": best["attempt"]}
 
@@ -340,16 +340,16 @@ def set_attempt_aside(layout: RunLayout, attempt: int, record: dict) -> dict:
 
 def train_segmenter(cfg: Config, layout: RunLayout, generator: str, summary: dict, callbacks: tuple = ()) -> None:
     if checkpoints.artifact_done(layout.segmenter, "comgan.segmenter",
-                                 warn=lambda message: say(f"[comgan] stage2: warning: {message}")):
-        say(f"[comgan] stage2: {layout.segmenter} exists, not retraining")
+                                 warn=lambda message: tell(f"stage2: warning: {message}")):
+        tell(f"stage2: {layout.segmenter} exists, not retraining")
         return
     metrics = run_stage("stage2", cfg, layout, artifact=layout.segmenter, generator=generator, callbacks=callbacks)
     summary["stage2"] = metrics
-    say(f"[comgan] stage2: {metrics.get('step')} steps in {metrics.get('perf/seconds', 0):.0f}s")
+    tell(f"stage2: {metrics.get('step')} steps in {metrics.get('perf/seconds', 0):.0f}s")
     warning = segmenter_warning(metrics, cfg)
     if warning:
         metrics["watch/segmenter"] = warning
-        say(f"[comgan] stage2: warning: {warning}")
+        tell(f"stage2: warning: {warning}")
 
 
 def segmenter_warning(metrics: dict, cfg: Config) -> str | None:
@@ -373,7 +373,7 @@ def evaluate_run(cfg: Config, layout: RunLayout, started: float) -> dict:
     results, grid = evaluate.evaluate(layout.segmenter, cfg.data.eval, batch_size=INFERENCE_BATCH,
                                       score_resolution=cfg.data.eval_resolution or None, grabcut=cfg.data.eval_grabcut)
     if any(results["data_problems"].values()):
-        say(f"[comgan] evaluation skipped or repaired bad samples: {results['data_problems']}")
+        tell(f"evaluation skipped or repaired bad samples: {results['data_problems']}")
     results["wall_seconds"] = time.time() - started
     evaluate.save_report(results, grid, layout.eval_json, layout.eval_grid)
     writer = RunWriter(layout.tensorboard("eval"))
@@ -382,5 +382,5 @@ def evaluate_run(cfg: Config, layout: RunLayout, started: float) -> dict:
     writer.scalars({f"data/{k}": v for k, v in results["data_problems"].items()}, 0)
     writer.close()
     print(evaluate.format_table(results), flush=True)
-    say(f"[comgan] wrote {layout.eval_json} and {layout.eval_grid}")
+    tell(f"wrote {layout.eval_json} and {layout.eval_grid}")
     return results

@@ -33,7 +33,7 @@ from comgan.config import ConfigError
 from comgan.inference import INFERENCE_BATCH
 from comgan.watchdog import WATCH_SAMPLES, health_score, measure
 from data_shards.io import arrow_filesystem, read_bytes, write_bytes
-from data_shards.progress import say
+from data_shards.progress import tell
 
 from . import faults, pipeline, placement
 from .config import Config
@@ -109,7 +109,7 @@ class SweepProgress(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         values = ", ".join(f"{key}={cell(trial.config.get(key))}" for key in self.sweep.varied_keys)
-        say(f"[comgan] trial {trial.trial_id} started: {values}")
+        tell(f"trial {trial.trial_id} started: {values}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.ended += 1
@@ -117,11 +117,11 @@ class SweepProgress(tune.Callback):
         how = stop_reason(self.sweep, last, None)
         if how == "finished":
             how = f"finished, {self.sweep.objective} {last['objective']:.4f}"
-        say(f"[comgan] trial {trial.trial_id} {how} after {last.get('time_total_s', 0):.0f}s ({self.count()})")
+        tell(f"trial {trial.trial_id} {how} after {last.get('time_total_s', 0):.0f}s ({self.count()})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ended += 1
-        say(f"[comgan] trial {trial.trial_id} failed: see its log above ({self.count()})")
+        tell(f"trial {trial.trial_id} failed: see its log above ({self.count()})")
 
     def count(self) -> str:
         return f"{self.ended}{f'/{self.total}' if self.total else ''} trials ended"
@@ -198,7 +198,7 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=settings), TRIAL_DRIVER)
     if not resume:
         write_bytes(sweep.path(SETTINGS), (json.dumps(sweep_settings(sweep), indent=2) + "\n").encode())
-    say(f"[comgan] sweep {sweep.name}: {sweep.root} ({sweep.search} search, objective {sweep.objective} "
+    tell(f"sweep {sweep.name}: {sweep.root} ({sweep.search} search, objective {sweep.objective} "
                  f"({sweep.mode}), {at_once} trial(s) at once, {cfg.run.workers} worker(s) x "
                  f"{cfg.run.cpus_per_worker} CPU each)")
     started = time.time()
@@ -220,5 +220,5 @@ def run_sweep(sweep: Sweep, resume: bool = False) -> list[dict]:
     grid = tuner.fit()
     rows = [result_row(sweep, result) for result in grid]
     write_results(sweep, rows)
-    say(f"[comgan] sweep ended after {time.time() - started:.0f}s")
+    tell(f"sweep ended after {time.time() - started:.0f}s")
     return rows

@@ -31,6 +31,12 @@ def say(line: str, stream: TextIO | None = None) -> None:
     print(redact(line), file=stream if stream is not None else sys.stdout, flush=True)
 
 
+def tell(line: str) -> None:
+    """A driver's line in a job's log, "[comgan] " first: what the pipeline and a sweep say, told
+    apart from the workers' "[stage1] ..." lines."""
+    say("[comgan] " + line)
+
+
 class Progress:
     """Counts processed items against an optional total and reports on `stream`."""
 
