@@ -52,6 +52,9 @@ class ConfigError(UserError, ValueError):  # ValueError: _coerce catches it as o
     """A user mistake in a config file or override; printed as one line, never a traceback."""
 
 
+VARIANTS = ("ds-comgan", "comgan", "pi1", "pi2")  # ModelConfig.variant's values
+
+
 @dataclass
 class ModelConfig:
     resolution: int = 32        # image side; power of two >= 16 (paper: 128)
@@ -63,6 +66,11 @@ class ModelConfig:
     info_width: int = 32        # D_f / D_b base width (paper: 64)
     seg_width: int = 16         # U-Net base filters, doubled at each level (paper: 64)
     seg_depth: int = 3          # U-Net down-sampling levels (paper: 4)
+    # The model: ds-comgan (the paper's DS-ComGAN: M, F and B share Phi(z); D_f and D_b tie x_f to f
+    # and x_b to b), or one of the paper's trivial-solution study (the `study` preset), trained
+    # without D_f and D_b: comgan (shared Phi), pi1 (B on its own Phi: FineGAN-like) or pi2 (M and
+    # B each on their own: PerturbGAN-like). comgan/networks.py Generator.
+    variant: str = "ds-comgan"
 
 
 @dataclass
@@ -89,10 +97,6 @@ class Stage1Config:
     # Weight of a frozen D_f reading f from the composite x_bar too (not in the paper: 0): an object
     # style drawn by the background branch under a faint mask hides f there, so it asks for visible masks.
     composite_info_weight: float = 0.25
-    # Share of the composites D_z judges whose background layer is the next sample's (not in the
-    # paper: 0): an object drawn by the background branch then shows beside another sample's object,
-    # and a mask wider than its object shows a foreign seam around it; D_z can reject both.
-    background_shuffle: float = 0.0
     orient_mask: bool = True    # at export, swap F/B if the mask covers the border (the background)
 
 
@@ -294,6 +298,8 @@ MAX_RESOLUTION = 2048  # the largest image side a model (and an artifact) may ha
 
 def validate_model(m: ModelConfig) -> None:
     """The model section's ranges, shared by configs and the artifacts' saved model sections."""
+    if m.variant not in VARIANTS:
+        raise ConfigError(f"model.variant must be one of {', '.join(VARIANTS)}, got {m.variant!r}")
     if m.resolution < 16 or m.resolution > MAX_RESOLUTION or m.resolution & (m.resolution - 1):
         raise ConfigError(f"model.resolution must be a power of two from 16 to {MAX_RESOLUTION}, got {m.resolution}")
     if m.num_categories < 1:
@@ -338,8 +344,6 @@ def validate_stages(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage2.self_train.area_guard must be in [0, 1) (0 = off), got {st.area_guard}")
     if s2.lam < 0:
         raise ConfigError(f"stage2.lam (lambda) must be >= 0, got {s2.lam}")
-    if not 0 <= s1.background_shuffle <= 1:
-        raise ConfigError(f"stage1.background_shuffle must be in [0, 1] (a share of the batch), got {s1.background_shuffle}")
     if s1.beta_warmup < 0:
         raise ConfigError(f"stage1.beta_warmup must be >= 0 steps (0 = off), got {s1.beta_warmup}")
     for stage_name, stage in (("stage1", s1), ("stage2", s2)):

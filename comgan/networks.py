@@ -199,7 +199,24 @@ class GeneratorOutput:
     global_image: torch.Tensor  # x_bar_z, the global-feature image (eq. 7)
 
 
+class OwnFeatures(nn.Module):
+    """An independent Phi and shared-feature head for one branch of the study's variants: z -> phi."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.phi_net = FeatureGenerator(cfg)
+        self.shared = SharedFeatures(self.phi_net.out_channels)
+
+    def forward(self, z):
+        return self.shared(self.phi_net(z))
+
+
 class Generator(nn.Module):
+    """x_bar = m * x_f + (1 - m) * x_b. `cfg.variant` says which parts read the shared Phi(z): all
+    three in (DS-)ComGAN; M and F in Pi1, while B has a generator of its own on z (FineGAN-like);
+    only F in Pi2, M and B each having their own (three independent generators, PerturbGAN-like).
+    Pi1 and Pi2 are the paper's degenerate relatives (its section 3.1, Figure 2)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -211,13 +228,25 @@ class Generator(nn.Module):
         self.mask_net = Subnet(c_phi, 0, w, c_last, num_res=1, c_out=1, activation=nn.Sigmoid())
         self.fg_net = Subnet(c_phi, n, w, c_last, num_res=2, c_out=3, activation=nn.Tanh())
         self.bg_net = Subnet(c_phi, n, w, c_last, num_res=2, c_out=3, activation=nn.Tanh())
+        self.independent_layers = cfg.variant in ("pi1", "pi2")
+        self.bg_features = OwnFeatures(cfg) if self.independent_layers else None
+        self.mask_features = OwnFeatures(cfg) if cfg.variant == "pi2" else None
+        if self.independent_layers:
+            # Pi1 is not symmetric in F and B (F shares M's features), so its layers are swapped
+            # by this flag rather than by exchanging subnets; Pi2 follows it for one code path.
+            self.register_buffer("layers_swapped", torch.zeros((), dtype=torch.bool))
 
     def forward(self, z, f, b) -> GeneratorOutput:
+        swapped = self.independent_layers and bool(self.layers_swapped)
+        if swapped:  # the first code drives the foreground, whichever subnet draws it
+            f, b = b, f
         acts = self.phi_net(z)
         phi = self.shared(acts)
-        mask = self.mask_net(phi)
+        mask = self.mask_net(phi if self.mask_features is None else self.mask_features(z))
         fg = self.fg_net(phi, f)
-        bg = self.bg_net(phi, b)
+        bg = self.bg_net(phi if self.bg_features is None else self.bg_features(z), b)
+        if swapped:
+            mask, fg, bg = 1 - mask, bg, fg
         image = mask * fg + (1 - mask) * bg
         return GeneratorOutput(image, mask, fg, bg, self.global_head(acts[-1]))
 
@@ -225,11 +254,15 @@ class Generator(nn.Module):
     def swap_foreground_background_(self) -> None:
         """Exchange the roles of F and B: mask -> 1 - mask, x_f <-> x_b, same composite.
 
-        The architecture is symmetric in F and B, so a run may learn the mask of the background.
-        Negating the bias-free last conv of M turns sigmoid(a) into sigmoid(-a) = 1 - sigmoid(a);
-        since f and b are independent and identically distributed, swapping the subnets leaves the
-        distribution of generated images unchanged. Only the names of the parts change.
+        A run may learn the mask of the background. In ComGAN, symmetric in F and B, negating the
+        bias-free last conv of M turns sigmoid(a) into sigmoid(-a) = 1 - sigmoid(a); since f and
+        b are independent and identically distributed, swapping the subnets leaves the
+        distribution of generated images unchanged. Only the names of the parts change. Pi1
+        and Pi2 flip a saved flag instead (see __init__).
         """
+        if self.independent_layers:
+            self.layers_swapped.logical_not_()
+            return
         conv = self.mask_net.to_out[0]
         assert conv.bias is None, "the mask head must be bias-free for an exact swap"
         conv.weight.neg_()

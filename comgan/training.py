@@ -153,12 +153,10 @@ class Stage1Step(_Step):
         def aug(x):  # D_z sees every image, real or fake, through the same random augmentation
             return diff_augment(x, policy=policy)
 
-        judged = composite_with_borrowed_backgrounds(out, cfg.stage1.background_shuffle)
-
         # Phase Dz: real -> 1, composite and global-feature image -> 0.
         state.D_z.requires_grad_(True)
         opt_D.zero_grad(set_to_none=True)
-        d_real, d_fake, d_global = D_z(aug(real)), D_z(aug(judged.detach())), D_z(aug(out.global_image.detach()))
+        d_real, d_fake, d_global = D_z(aug(real)), D_z(aug(out.image.detach())), D_z(aug(out.global_image.detach()))
         loss_d = losses.bce_real(d_real) + losses.bce_fake(d_fake) + losses.bce_fake(d_global)
         self.backward(loss_d)
         opt_D.step()
@@ -166,13 +164,15 @@ class Stage1Step(_Step):
         # Phase Gmain: G, D_f, D_b together (InfoGAN-style); the plain D_z, frozen, judges.
         state.D_z.requires_grad_(False)
         opt_G.zero_grad(set_to_none=True)
-        adv = losses.bce_real(state.D_z(aug(judged))) + losses.bce_real(state.D_z(aug(out.global_image)))
+        adv = losses.bce_real(state.D_z(aug(out.image))) + losses.bce_real(state.D_z(aug(out.global_image)))
         info_f, info_b, composite_info = self.info_losses(out, f_idx, b_idx)
         if out.mask.requires_grad:
             out.mask.retain_grad()  # the gradient that reaches the mask: the paper's Figure 4 gauge
         entropy = losses.binary_entropy(out.mask)
         area = losses.mask_area_hinge(out.mask, cfg.stage1.mask_area_max)
-        loss_g = adv + info_f + info_b + warmed_beta(cfg.stage1.beta, state.step, cfg.stage1.beta_warmup) * entropy
+        loss_g = adv + warmed_beta(cfg.stage1.beta, state.step, cfg.stage1.beta_warmup) * entropy
+        if cfg.model.variant == "ds-comgan":  # the study's variants are the plain ComGAN's losses
+            loss_g = loss_g + info_f + info_b
         if cfg.stage1.mask_area_weight:
             loss_g = loss_g + cfg.stage1.mask_area_weight * area
         if composite_info is not None:
@@ -213,20 +213,6 @@ class Stage1Step(_Step):
         composite = losses.info_loss(reader(out.image), f_idx)
         reader.requires_grad_(True)
         return info_f, info_b, composite
-
-
-def composite_with_borrowed_backgrounds(out, share: float) -> torch.Tensor:
-    """The composites D_z judges: x_bar, except that the first round(share * batch) samples take
-    the next sample's background layer, m_i * x_f,i + (1 - m_i) * x_b,i+1 (cyclic in the batch).
-    Codes are drawn independently, so a background must suit any foreground: an object keyed by z
-    in x_b, or a mask wider than its object, gives itself away in a borrowed background."""
-    batch = out.image.shape[0]
-    borrowing = round(share * batch) if batch > 1 else 0
-    if not borrowing:
-        return out.image
-    lender = torch.arange(batch, device=out.image.device)
-    lender[:borrowing] = (lender[:borrowing] + 1) % batch
-    return out.mask * out.fg + (1 - out.mask) * out.bg[lender]
 
 
 def mask_gradient_norms(mask: torch.Tensor, G: nn.Module) -> dict[str, torch.Tensor]:

@@ -71,3 +71,21 @@ def test_an_artifact_written_with_keys_retired_since_still_loads():
     old["model"].update(z_scale=4.0, dm_width=32, dz_aux_logits=20)
     _, saved = load_segmenter(from_bytes(to_bytes(old)))
     assert saved == model
+
+
+@pytest.mark.parametrize("variant", ["ds-comgan", "pi1", "pi2"])
+def test_a_generator_of_any_variant_comes_back_from_its_artifact_swapped_or_not(variant):
+    """The artifact's model section names the variant, so loading builds the same generator, with
+    its layers swapped as they were exported."""
+    import torch
+    from comgan.artifacts import generator_artifact
+    from comgan.networks import Generator, sample_codes
+
+    model = ModelConfig(resolution=16, ngf=8, subnet_width=8, num_categories=3, variant=variant)
+    g = Generator(model).eval()
+    g.swap_foreground_background_()
+    loaded, saved = load_generator(from_bytes(to_bytes(generator_artifact(g, model))))
+    assert saved.variant == variant
+    z, f, b, _, _ = sample_codes(3, model)
+    torch.testing.assert_close(loaded(z, f, b).mask, g(z, f, b).mask)
+    torch.testing.assert_close(loaded(z, f, b).image, g(z, f, b).image)

@@ -94,29 +94,19 @@ def test_mask_area_hinge_weights_only_degenerate_masks(cfg):
     torch.testing.assert_close(st["loss/G_total"] - l0, 100.0 * st["loss/mask_area_hinge"], rtol=1e-4, atol=1e-4)
 
 
-def test_borrowed_backgrounds_take_the_next_samples_background_layer():
-    from comgan.networks import GeneratorOutput
-    from comgan.training import composite_with_borrowed_backgrounds
-
+def test_the_study_variants_train_without_info_terms(cfg):
+    """The study's variants (the `study` preset): G's loss is the adversarial and binary terms
+    (the area and composite terms off too), and D_f / D_b get no update."""
     torch.manual_seed(0)
-    mask, fg, bg = torch.rand(4, 1, 2, 2), torch.rand(4, 3, 2, 2), torch.rand(4, 3, 2, 2)
-    out = GeneratorOutput(mask * fg + (1 - mask) * bg, mask, fg, bg, torch.zeros(4, 3, 2, 2))
-    assert composite_with_borrowed_backgrounds(out, 0.0) is out.image
-    half = composite_with_borrowed_backgrounds(out, 0.5)
-    torch.testing.assert_close(half[:2], mask[:2] * fg[:2] + (1 - mask[:2]) * bg[1:3])
-    torch.testing.assert_close(half[2:], out.image[2:])
-    every = composite_with_borrowed_backgrounds(out, 1.0)
-    torch.testing.assert_close(every, mask * fg + (1 - mask) * bg.roll(-1, dims=0))  # the last borrows the first's
-
-
-def test_borrowed_backgrounds_reach_what_d_z_judges(cfg):
-    """Same seeds, same networks: only the judged composites differ, so the adversarial losses
-    move and the composite the info and mask terms see does not."""
-    plain = stage1_step_stats(copy.deepcopy(cfg), background_shuffle=0.0)
-    shuffled = stage1_step_stats(copy.deepcopy(cfg), background_shuffle=1.0)
-    assert shuffled["loss/D_z"] != plain["loss/D_z"] and shuffled["loss/G_adv"] != plain["loss/G_adv"]
-    torch.testing.assert_close(shuffled["loss/binary_entropy"], plain["loss/binary_entropy"])
-    torch.testing.assert_close(shuffled["loss/D_b_info"], plain["loss/D_b_info"])
+    study = copy.deepcopy(cfg)
+    study.model.variant, study.stage1.mask_area_weight, study.stage1.composite_info_weight = "comgan", 0.0, 0.0
+    state = Stage1State.create(study)
+    before = {n: snapshot(getattr(state, n)) for n in ("D_f", "D_b")}
+    st = Stage1Step(state, study)(real_batch(study))
+    for name in ("D_f", "D_b"):  # their BatchNorm statistics follow the batches; their weights stay
+        assert not params(getattr(state, name)) & changed(before[name], getattr(state, name)), name
+    torch.testing.assert_close(st["loss/G_total"], st["loss/G_adv"] + study.stage1.beta * st["loss/binary_entropy"])
+    assert st["loss/D_f_info"] > 0, "still measured, for the logs"
 
 
 def test_mask_border_loss_is_orientation_free_and_weighted(cfg):
