@@ -347,6 +347,33 @@ def print_table(rows: list[dict]) -> None:
               f"{s['poor_unflagged']:>13} {s['median_wall_s']:>8.0f}")
 
 
+def print_gauges(rows: list[dict]) -> None:
+    """Whether stage 1 foretells a poor draw: per screened draw (worst first), strict IoU, the mean
+    2-norm of the gradient on M's weights and on the mask over steps 551-800 (the paper's Figure 4
+    gauge), and the faint-mask share at each watchdog check; then how well each gauge splits the
+    draws under POOR_IOU from the rest (the best threshold's share of draws it puts on the right side)."""
+    draws = [r for r in rows if r["mode"] == "screen" and r.get("grad_curve") and r.get("iou") is not None
+             and not r.get("generators_of")]
+    gauges = {}
+    for r in sorted(draws, key=lambda r: r["iou"]):
+        late = [g for g in r["grad_curve"] if g[0] > 550] or r["grad_curve"]
+        soft = {c["step"]: c["soft"] for c in r.get("checks", [])}
+        g = {"grad M late": statistics.mean(x[2] for x in late), "grad mask late": statistics.mean(x[1] for x in late),
+             **{f"faint {step}": share for step, share in sorted(soft.items())}}
+        gauges[id(r)] = g
+        print(f"{r['label'][:18]:18} {r['numerics']:>6} seed {r['seed']:>2}  IoU {r['iou']:.3f}  "
+              + "  ".join(f"{k} {v:.2f}" for k, v in g.items()))
+    poor = {id(r) for r in draws if r["iou"] < POOR_IOU}
+    names = dict.fromkeys(k for g in gauges.values() for k in g)
+    for name in names:
+        values = sorted((g[name], key in poor) for key, g in gauges.items() if name in g)
+        # A high value flags a poor draw: the best cut's accuracy, over every cut between values.
+        best = max(sum((v >= cut) == bad for v, bad in values) for cut, _ in values) / len(values)
+        none_poor = sum(not bad for _, bad in values) / len(values)
+        print(f"{name:>16}: the best threshold puts {best:.0%} of {len(values)} draws on the right side "
+              f"(calling every draw good: {none_poor:.0%})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -359,6 +386,8 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "robustness.json"))
     p.add_argument("--storage", default=str(ROOT / "benchmarks" / "out" / "runs"), help="job mode: runs folder")
     p.add_argument("--table", metavar="JSON", help="print the table of a results file and stop")
+    p.add_argument("--gauges", metavar="JSON", help="print, per screened draw of a results file, its IoU next to "
+                   "what stage 1 showed (late gradient on M, faint-mask shares) and stop")
     p.add_argument("--draw", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     p.add_argument("--grid", default="", help=argparse.SUPPRESS)
@@ -371,6 +400,9 @@ def main() -> None:
     if a.draw:
         print(json.dumps(screen_draw(a.seed, a.numerics[0] if isinstance(a.numerics, list) else a.numerics,
                                      a.config, a.overrides, a.grid, a.generator, a.curve_every)))
+        return
+    if a.gauges:
+        print_gauges(load_rows(Path(a.gauges)))
         return
     if a.table:
         rows = load_rows(Path(a.table))
