@@ -23,7 +23,7 @@ Rows are appended to `--out` as each draw ends, and draws already there (same mo
 overrides) are skipped, so an interrupted benchmark continues where it stopped.
 
     python benchmarks/robustness.py --seeds 0-7                      # screen today's default
-    python benchmarks/robustness.py --seeds 0-7 --label bg-scale2 -- model.bg_scale=2
+    python benchmarks/robustness.py --seeds 0-7 --label warmup150 -- stage1.beta_warmup=150
     python benchmarks/robustness.py --mode job --seeds 0-7 --out benchmarks/results/robustness_job.json
     python benchmarks/robustness.py --seeds 0-7 --label s2-x --generators-of default -- stage2.lr=5e-4
     python benchmarks/robustness.py --table benchmarks/results/robustness_screen.json

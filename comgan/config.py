@@ -28,7 +28,6 @@ RETIRED_KEYS = {
        for stage in ("stage1", "stage2") for i in (1, 2)},
     "stage1.mask_border_ring": "no longer a setting (1/16 of the side: comgan/training.py MASK_BORDER_RING)",
     "stage1.mask_area_min": "no longer a setting (0.05 changed nothing: comgan/losses.py MASK_AREA_MIN)",
-    "stage1.beta_warmup": "removed: it lost 6 of 10 paired draws (issue 26; benchmarks/results/README.md)",
     "stage1.ema_decay": "no longer a setting (0.999: comgan/training.py G_EMA_DECAY)",
     "stage1.bn_recalibration_batches": "no longer a setting (20: comgan/export.py BN_RECALIBRATION_BATCHES)",
     "stage2.self_train_confidence": "no longer a setting (0.8: comgan/training.py SELF_TRAIN_CONFIDENCE)",
@@ -72,9 +71,6 @@ class ModelConfig:
     # without D_f and D_b: comgan (shared Phi), pi1 (B on its own Phi: FineGAN-like) or pi2 (M and
     # B each on their own: PerturbGAN-like). comgan/networks.py Generator.
     variant: str = "ds-comgan"
-    # B draws its layer at 1/bg_scale of the resolution, upsampled (1 = the paper's full-resolution B):
-    # the paper's "light B" (its Corollary 1) taken further, so a sharp-edged object cannot hide in it.
-    bg_scale: int = 1
 
 
 @dataclass
@@ -83,6 +79,9 @@ class Stage1Config:
     batch_size: int = 32        # global batch, split evenly across workers
     lr: float = 2e-4            # Adam learning rate of both optimisers (the paper's)
     beta: float = 1.0           # weight of the mask binary-entropy term
+    # Steps over which beta rises linearly from ~0 (0 = full from the first step): the entropy term
+    # can drive an early faint mask to 0 and leave its object style to the background for good.
+    beta_warmup: int = 0
     # Weight of a hinge keeping each mask's area in [min, max] (not in the paper: 0): the background
     # branch can otherwise draw a whole object style under an empty mask.
     mask_area_weight: float = 20.0
@@ -299,9 +298,6 @@ MAX_RESOLUTION = 2048  # the largest image side a model (and an artifact) may ha
 
 def validate_model(m: ModelConfig) -> None:
     """The model section's ranges, shared by configs and the artifacts' saved model sections."""
-    if m.bg_scale not in (1, 2, 4) or m.resolution // m.bg_scale < 8:
-        raise ConfigError(f"model.bg_scale must be 1, 2 or 4 and leave B at least 8 px, got {m.bg_scale} "
-                          f"at resolution {m.resolution}")
     if m.variant not in VARIANTS:
         raise ConfigError(f"model.variant must be one of {', '.join(VARIANTS)}, got {m.variant!r}")
     if m.resolution < 16 or m.resolution > MAX_RESOLUTION or m.resolution & (m.resolution - 1):
@@ -348,6 +344,8 @@ def validate_stages(cfg: ComGANConfig) -> None:
         raise ConfigError(f"stage2.self_train.area_guard must be in [0, 1) (0 = off), got {st.area_guard}")
     if s2.lam < 0:
         raise ConfigError(f"stage2.lam (lambda) must be >= 0, got {s2.lam}")
+    if s1.beta_warmup < 0:
+        raise ConfigError(f"stage1.beta_warmup must be >= 0 steps (0 = off), got {s1.beta_warmup}")
     for stage_name, stage in (("stage1", s1), ("stage2", s2)):
         if stage.steps < 0:
             raise ConfigError(f"{stage_name}.steps must be >= 0, got {stage.steps}")

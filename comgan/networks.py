@@ -228,37 +228,27 @@ class Generator(nn.Module):
         self.mask_net = Subnet(c_phi, 0, w, c_last, num_res=1, c_out=1, activation=nn.Sigmoid())
         self.fg_net = Subnet(c_phi, n, w, c_last, num_res=2, c_out=3, activation=nn.Tanh())
         self.bg_net = Subnet(c_phi, n, w, c_last, num_res=2, c_out=3, activation=nn.Tanh())
-        self.bg_features = OwnFeatures(cfg) if cfg.variant in ("pi1", "pi2") else None
+        self.independent_layers = cfg.variant in ("pi1", "pi2")
+        self.bg_features = OwnFeatures(cfg) if self.independent_layers else None
         self.mask_features = OwnFeatures(cfg) if cfg.variant == "pi2" else None
-        self.bg_scale = cfg.bg_scale
-        # Pi1 (F shares M's features, B does not) and a coarser B are not symmetric in F and B, so
-        # their layers are swapped by this saved flag rather than by exchanging subnets; Pi2 too,
-        # for one code path.
-        self.asymmetric = cfg.variant in ("pi1", "pi2") or cfg.bg_scale > 1
-        if self.asymmetric:
+        if self.independent_layers:
+            # Pi1 is not symmetric in F and B (F shares M's features), so its layers are swapped
+            # by this flag rather than by exchanging subnets; Pi2 follows it for one code path.
             self.register_buffer("layers_swapped", torch.zeros((), dtype=torch.bool))
 
     def forward(self, z, f, b) -> GeneratorOutput:
-        swapped = self.asymmetric and bool(self.layers_swapped)
+        swapped = self.independent_layers and bool(self.layers_swapped)
         if swapped:  # the first code drives the foreground, whichever subnet draws it
             f, b = b, f
         acts = self.phi_net(z)
         phi = self.shared(acts)
         mask = self.mask_net(phi if self.mask_features is None else self.mask_features(z))
         fg = self.fg_net(phi, f)
-        bg = self.background(phi if self.bg_features is None else self.bg_features(z), b)
+        bg = self.bg_net(phi if self.bg_features is None else self.bg_features(z), b)
         if swapped:
             mask, fg, bg = 1 - mask, bg, fg
         image = mask * fg + (1 - mask) * bg
         return GeneratorOutput(image, mask, fg, bg, self.global_head(acts[-1]))
-
-    def background(self, phi, b):
-        """B's layer; with model.bg_scale > 1, drawn from phi average-pooled by that factor and
-        upsampled bilinearly: a smooth layer, in which a sharp-edged object costs realism."""
-        if self.bg_scale == 1:
-            return self.bg_net(phi, b)
-        coarse = self.bg_net(F.avg_pool2d(phi, self.bg_scale), b)
-        return F.interpolate(coarse, scale_factor=self.bg_scale, mode="bilinear", align_corners=False)
 
     @torch.no_grad()
     def swap_foreground_background_(self) -> None:
@@ -267,10 +257,10 @@ class Generator(nn.Module):
         A run may learn the mask of the background. In ComGAN, symmetric in F and B, negating the
         bias-free last conv of M turns sigmoid(a) into sigmoid(-a) = 1 - sigmoid(a); since f and
         b are independent and identically distributed, swapping the subnets leaves the
-        distribution of generated images unchanged. Only the names of the parts change. The
-        asymmetric generators flip a saved flag instead (see __init__).
+        distribution of generated images unchanged. Only the names of the parts change. Pi1
+        and Pi2 flip a saved flag instead (see __init__).
         """
-        if self.asymmetric:
+        if self.independent_layers:
             self.layers_swapped.logical_not_()
             return
         conv = self.mask_net.to_out[0]

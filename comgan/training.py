@@ -170,7 +170,7 @@ class Stage1Step(_Step):
             out.mask.retain_grad()  # the gradient that reaches the mask: the paper's Figure 4 gauge
         entropy = losses.binary_entropy(out.mask)
         area = losses.mask_area_hinge(out.mask, cfg.stage1.mask_area_max)
-        loss_g = adv + cfg.stage1.beta * entropy
+        loss_g = adv + warmed_beta(cfg.stage1.beta, state.step, cfg.stage1.beta_warmup) * entropy
         if cfg.model.variant == "ds-comgan":  # the study's variants are the plain ComGAN's losses
             loss_g = loss_g + info_f + info_b
         if cfg.stage1.mask_area_weight:
@@ -297,6 +297,12 @@ class Stage2Step(_Step):
         confident = confident * unguarded.view(-1, 1, 1, 1)
         return (*diff_augment(real, pseudo, confident, policy=parse_policy(SELF_TRAIN_AUGMENT)),
                 unguarded)
+
+
+def warmed_beta(beta: float, step: int, warmup: int) -> float:
+    """beta, rising linearly from beta / warmup at step 0 to beta from step warmup - 1 on (warmup
+    0: beta throughout). A function of the step alone, so a resumed run follows the same schedule."""
+    return beta if warmup <= 0 else beta * min(1.0, (step + 1) / warmup)
 
 
 def area_within(masks: torch.Tensor, reference_area: torch.Tensor, guard: float) -> torch.Tensor:

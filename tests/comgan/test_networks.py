@@ -99,9 +99,9 @@ def test_each_variant_shares_phi_where_the_paper_says(variant):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g.mask_net.to_out.parameters())
 
 
-@pytest.mark.parametrize("overrides", [["model.variant=pi1"], ["model.variant=pi2"], ["model.bg_scale=2"]])
-def test_swapping_the_layers_of_an_asymmetric_generator_is_exact_and_saved(overrides):
-    cfg = load_config("tiny", overrides).model
+@pytest.mark.parametrize("variant", ["pi1", "pi2"])
+def test_swapping_the_layers_of_a_study_variant_is_exact_and_saved(variant):
+    cfg = load_config("tiny", [f"model.variant={variant}"]).model
     g = build_stage1_networks(cfg)["G"].eval()
     z, f, b, _, _ = sample_codes(4, cfg)
     before = g(z, f, b)
@@ -114,19 +114,3 @@ def test_swapping_the_layers_of_an_asymmetric_generator_is_exact_and_saved(overr
     loaded = build_stage1_networks(cfg)["G"].eval()
     loaded.load_state_dict(g.state_dict())  # how an exported generator comes back
     torch.testing.assert_close(loaded(z, b, f).mask, after.mask)
-
-
-def test_a_coarse_background_layer_is_drawn_at_a_fraction_of_the_resolution():
-    """model.bg_scale 2: B runs on phi pooled to half the side and its layer is upsampled, so x_b is
-    smoother than x_f (less energy between neighbouring pixels) from the first step on."""
-    cfg = load_config("default", ["model.bg_scale=2"]).model
-    g = build_stage1_networks(cfg)["G"].eval()
-    seen = []
-    g.bg_net.register_forward_hook(lambda module, inputs, output: seen.append(output.shape[-1]))
-    out = g(*sample_codes(16, cfg)[:3])
-    assert seen == [cfg.resolution // 2] and out.bg.shape[-1] == cfg.resolution
-
-    def roughness(x):
-        return (x[..., 1:] - x[..., :-1]).abs().mean()
-    assert roughness(out.bg) < roughness(out.fg)
-    assert count_parameters(g) == count_parameters(build_stage1_networks(load_config("default").model)["G"])

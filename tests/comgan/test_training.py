@@ -69,6 +69,12 @@ def test_mask_gradient_norms_are_reported(cfg):
     assert st["grad/mask"] > 0 and st["grad/mask_net"] > 0
 
 
+def test_beta_rises_linearly_over_its_warmup_steps():
+    from comgan.training import warmed_beta
+    assert [warmed_beta(2.0, step, 4) for step in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert warmed_beta(2.0, 0, 0) == 2.0
+
+
 def test_beta_weights_binary_entropy(cfg):
     l0 = stage1_step_stats(cfg, beta=0.0)["loss/G_total"]
     st = stage1_step_stats(cfg, beta=10.0)
