@@ -171,7 +171,7 @@ class Stage1Step(_Step):
         entropy = losses.binary_entropy(out.mask)
         area = losses.mask_area_hinge(out.mask, cfg.stage1.mask_area_max)
         loss_g = adv + warmed_beta(cfg.stage1.beta, state.step, cfg.stage1.beta_warmup) * entropy
-        if cfg.model.variant == "ds-comgan":  # the study's variants are the plain ComGAN's losses
+        if info_f is not None:
             loss_g = loss_g + info_f + info_b
         if cfg.stage1.mask_area_weight:
             loss_g = loss_g + cfg.stage1.mask_area_weight * area
@@ -188,12 +188,14 @@ class Stage1Step(_Step):
         state.step += 1
         update_ema(state.G_ema, state.G, ema_decay_at(state.step, G_EMA_DECAY))
         stats = {
-            "loss/D_z": loss_d, "loss/G_adv": adv, "loss/D_f_info": info_f, "loss/D_b_info": info_b,
+            "loss/D_z": loss_d, "loss/G_adv": adv,
             "loss/binary_entropy": entropy, "loss/mask_area_hinge": area,
             "loss/mask_border": border, "loss/G_total": loss_g,
             "D_z/real_score": torch.sigmoid(d_real).mean(), "D_z/fake_score": torch.sigmoid(d_fake).mean(),
             **mask_statistics(out.mask), **grads,
         }
+        if info_f is not None:
+            stats.update({"loss/D_f_info": info_f, "loss/D_b_info": info_b})
         if composite_info is not None:
             stats["loss/composite_info"] = composite_info
         return {k: v.detach() for k, v in stats.items()}
@@ -203,9 +205,13 @@ class Stage1Step(_Step):
         0). D_f learns from x_f only; on the composite the plain D_f, frozen, reads f as a judge
         (like D_z in this phase). Trained on composites too, it learnt to read f from the faint
         tint a mask lends an object drawn by the background branch, and the term lost its point
-        (seed 1 of the default job: CE 0.11 on the composite with 24 % faint masks)."""
-        info_f = losses.info_loss(self.use("D_f")(out.fg), f_idx)
-        info_b = losses.info_loss(self.use("D_b")(out.bg), b_idx)
+        (seed 1 of the default job: CE 0.11 on the composite with 24 % faint masks).
+        The study's variants (plain ComGAN's losses) have no info terms: D_f and D_b do not run
+        (None), so no data-parallel reducer waits on their gradients."""
+        info_f = info_b = None
+        if self.cfg.model.variant == "ds-comgan":
+            info_f = losses.info_loss(self.use("D_f")(out.fg), f_idx)
+            info_b = losses.info_loss(self.use("D_b")(out.bg), b_idx)
         if not self.cfg.stage1.composite_info_weight:
             return info_f, info_b, None
         reader = self.state.D_f
