@@ -49,6 +49,7 @@ NUMERICS = {
     "threads1": {},  # the thread count is set in the draw
 }
 POOR_IOU = 0.80  # a draw below this strict IoU failed (issue: no draw below 0.80)
+LATE_STEP = 550  # "late" stage 1: the steps after this one (of the default's 800)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -262,6 +263,18 @@ def save_rows(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def draw_picture(out, label: str, numerics: str, seed: int) -> Path:
+    """Where a screen draw of results file `out` leaves its picture; its generator is beside it, .pt."""
+    return Path(out).with_suffix("") / f"{label}_{numerics}_seed{seed}.png"
+
+
+def late_mean(row: dict, column: int) -> float:
+    """The mean of a draw's grad_curve column (1: the mask, 2: M's weights) after LATE_STEP (all
+    of it in runs shorter than that)."""
+    curve = row["grad_curve"]
+    return statistics.mean(g[column] for g in ([g for g in curve if g[0] > LATE_STEP] or curve))
+
+
 def run_draws(a) -> None:
     out = Path(a.out)
     rows = load_rows(out)
@@ -276,14 +289,14 @@ def run_draws(a) -> None:
             continue
         print(f"[robustness] draw {i}/{len(draws)}: {a.label} seed {seed} under {numerics}", flush=True)
         if a.mode == "screen":
-            grid = Path(a.out).with_suffix("") / f"{a.label}_{numerics}_seed{seed}.png"
+            grid = draw_picture(a.out, a.label, numerics, seed)
             cmd = [sys.executable, __file__, "--draw", f"--seed={seed}", f"--numerics={numerics}",
                    f"--config={a.config}", f"--grid={grid}", f"--curve-every={a.curve_every}", "--", *a.overrides]
             source = None
             if a.generators_of:  # stage 2 only, on the generator that label's draw saved
                 source = next((r for r in rows if r["mode"] == "screen" and r["label"] == a.generators_of
                                and r["numerics"] == numerics and r["seed"] == seed and "error" not in r), None)
-                saved = grid.with_name(f"{a.generators_of}_{numerics}_seed{seed}.pt")
+                saved = draw_picture(a.out, a.generators_of, numerics, seed).with_suffix(".pt")
                 if source is None or not saved.exists():
                     print(f"  no saved generator of {a.generators_of} for this draw: skipped", flush=True)
                     continue
@@ -356,9 +369,8 @@ def print_gauges(rows: list[dict]) -> None:
              and not r.get("generators_of")]
     gauges = {}
     for r in sorted(draws, key=lambda r: r["iou"]):
-        late = [g for g in r["grad_curve"] if g[0] > 550] or r["grad_curve"]
         soft = {c["step"]: c["soft"] for c in r.get("checks", [])}
-        g = {"grad M late": statistics.mean(x[2] for x in late), "grad mask late": statistics.mean(x[1] for x in late),
+        g = {"grad M late": late_mean(r, 2), "grad mask late": late_mean(r, 1),
              **{f"faint {step}": share for step, share in sorted(soft.items())}}
         gauges[id(r)] = g
         print(f"{r['label'][:18]:18} {r['numerics']:>6} seed {r['seed']:>2}  IoU {r['iou']:.3f}  "

@@ -35,11 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from robustness import load_rows, parse_seeds  # noqa: E402  (the screen draws' format and runner)
+from robustness import draw_picture, late_mean, load_rows, parse_seeds  # noqa: E402  (the screen draws' format)
 
 VARIANTS = ("comgan", "pi1", "pi2")
 BETAS = (0.1, 1.0)
-LATE = 550  # "late" stage 1: the steps after this one (of the default's 800)
 
 
 def label(variant: str, beta: float) -> str:
@@ -57,11 +56,6 @@ def run(a) -> None:
                 raise SystemExit(f"study: the runs of {label(variant, beta)} failed; see above")
 
 
-def late_gradient(row: dict) -> float:
-    late = [g[2] for g in row["grad_curve"] if g[0] > LATE] or [g[2] for g in row["grad_curve"]]
-    return statistics.mean(late)
-
-
 def table(rows: list[dict], variants, betas) -> None:
     print(f"{'variant':>8} {'beta':>5} {'runs':>4} {'trivial at end':>14} {'IoU min':>7} {'IoU median':>10} "
           f"{'grad M late':>11}")
@@ -73,7 +67,7 @@ def table(rows: list[dict], variants, betas) -> None:
             ious = [r["iou"] for r in group]
             trivial = sum(bool(r.get("final_reason")) for r in group)
             print(f"{variant:>8} {beta:>5g} {len(group):>4} {trivial:>14} {min(ious):>7.3f} "
-                  f"{statistics.median(ious):>10.3f} {statistics.median(late_gradient(r) for r in group):>11.2f}")
+                  f"{statistics.median(ious):>10.3f} {statistics.median(late_mean(r, 2) for r in group):>11.2f}")
 
 
 def gradient_figure(rows: list[dict], variants, betas, path: Path) -> None:
@@ -113,7 +107,7 @@ def mask_figure(rows: list[dict], variants, betas, out: Path, path: Path, count:
             group = sorted((r for r in rows if r["label"] == label(variant, beta)), key=lambda r: r["seed"])
             if not group:
                 continue
-            saved = out.with_suffix("") / f"{label(variant, beta)}_native_seed{group[0]['seed']}.pt"
+            saved = draw_picture(out, label(variant, beta), "native", group[0]["seed"]).with_suffix(".pt")
             if not saved.exists():
                 continue
             generator, model = load_generator(from_bytes(saved.read_bytes()))

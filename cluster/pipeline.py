@@ -234,7 +234,7 @@ def place_workers(cfg: Config) -> None:
     cfg.run.cpus_per_worker = placement.cpus_per_worker(cfg, nodes)
     waiting = placement.check_placement(cfg, cfg.run.cpus_per_worker, nodes, fixed_cluster)
     if waiting:
-        tell(f"{waiting}")
+        tell(waiting)
 
 
 def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tuple = ()) -> str:
