@@ -178,6 +178,9 @@ def run_pipeline(cfg: Config, stage1_only: bool = False, callbacks: tuple = ()) 
     """Run (or resume) the whole job; `stage1_only` stops after exporting the generator;
     `callbacks` go to both stages' trainers."""
     started = time.time()
+    if stage1_only and cfg.model.variant == "redo":
+        raise ConfigError("--stage1-only has nothing to do with model.variant=redo: ReDO has no stage 1 "
+                          "(its one stage exports stage2/segmenter.pt)")
     layout = prepare_run(cfg)
     # One run, one writer: the lease is taken before this driver writes anything into the run
     # folder, renewed while it runs and released however it ends (cluster/lease.py).
@@ -210,6 +213,9 @@ def prepare_run(cfg: Config) -> RunLayout:
     layout = RunLayout(absolute_url(cfg.run.storage), cfg.run_name)
     tell(f"run {cfg.run_name}: {layout.root}")
     faults.from_environment()  # a mistyped COMGAN_FAULT fails here, before any worker starts
+    if cfg.stage2.generator and cfg.model.variant == "redo":
+        raise ConfigError("stage2.generator has no use with model.variant=redo: ReDO learns from the photos "
+                          "alone (leave stage2.generator empty)")
     if cfg.stage2.generator:
         check_generator(cfg.stage2.generator, cfg)
     ensure_data(cfg)
@@ -238,7 +244,11 @@ def place_workers(cfg: Config) -> None:
 
 
 def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tuple = ()) -> str:
-    """Stage 1, unless its artifact exists or is given; returns the generator's URL."""
+    """Stage 1, unless its artifact exists or is given; returns the generator's URL ("" for ReDO,
+    which has no generator)."""
+    if cfg.model.variant == "redo":
+        tell("stage1: none for ReDO (model.variant=redo): its one stage trains the segmenter on the photos")
+        return ""
     if cfg.stage2.generator:
         tell(f"stage1: skipped, stage 2 learns from {cfg.stage2.generator}")
         summary["generator"] = cfg.stage2.generator
@@ -346,7 +356,7 @@ def train_segmenter(cfg: Config, layout: RunLayout, generator: str, summary: dic
     metrics = run_stage("stage2", cfg, layout, artifact=layout.segmenter, generator=generator, callbacks=callbacks)
     summary["stage2"] = metrics
     tell(f"stage2: {metrics.get('step')} steps in {metrics.get('perf/seconds', 0):.0f}s")
-    warning = segmenter_warning(metrics, cfg)
+    warning = segmenter_warning(metrics, cfg) or redo_warning(metrics, cfg)
     if warning:
         metrics["watch/segmenter"] = warning
         tell(f"stage2: warning: {warning}")
@@ -367,6 +377,17 @@ def segmenter_warning(metrics: dict, cfg: Config) -> str | None:
                    f"stage2.self_train.weight than {cfg.stage2.self_train.weight:g}, or "
                    f"stage2.self_train.weight=0 to see the segmenter without it)")
     return reason
+
+
+def redo_warning(metrics: dict, cfg: Config) -> str | None:
+    """ReDO's known failure, a region that takes the whole photo (or none of it), found by the
+    watchdog at any check: it is said, and the run goes on (its authors restart early collapses
+    and stop long runs early; here the user decides)."""
+    if cfg.model.variant != "redo" or not metrics.get("watch/reason"):
+        return None
+    return (f"the watchdog found ReDO's masks degenerate at step {metrics.get('watch/trivial_at_step')} "
+            f"({metrics['watch/reason']}); at the end: {metrics.get('watch/now') or 'healthy'}. ReDO's authors "
+            f"start collapsed runs over with another seed (run.seed) and stop long runs early (stage2.steps)")
 
 
 def evaluate_run(cfg: Config, layout: RunLayout, started: float) -> dict:

@@ -131,6 +131,9 @@ def check_sweep(sweep: Sweep) -> None:
     if sweep.objective == "iou" and not sweep.base.data.eval:
         raise ConfigError("the iou objective needs labelled shards in data.eval; without labels use "
                           "--objective health (or fid with --inception)")
+    if sweep.objective == "fid" and sweep.base.model.variant == "redo":
+        raise ConfigError("the fid objective scores a generator's images, and ReDO (model.variant=redo) has no "
+                          "generator: use --objective iou (with data.eval) or health")
     if sweep.objective == "fid" and not sweep.inception:
         raise ConfigError("the fid objective needs --inception PATH_OR_URL (StyleGAN2-ADA's inception-2015-12-05.pt)")
     if sweep.search == "optuna":

@@ -67,6 +67,8 @@ def objective_value(sweep: dict, cfg: Config, layout: RunLayout, summary: dict) 
     if kind == "fid":
         return float(fidelity(layout.generator, cfg.data.train, sweep["inception"], num_generated=sweep["fid_samples"],
                               num_real=sweep["fid_samples"], batch=INFERENCE_BATCH)["fid"])
+    if cfg.model.variant == "redo":  # no generator: the mask network's last watchdog measures, on photos
+        return health_score(summary["stage2"])
     generator, _ = load_generator(from_bytes(read_bytes(layout.generator), layout.generator), cfg.model,
                                   what=layout.generator)
     return health_score(measure(generator, cfg.model, WATCH_SAMPLES, INFERENCE_BATCH))

@@ -27,7 +27,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast
 from comgan import speed
 from comgan.artifacts import from_bytes, load_generator, to_bytes
 from comgan.inference import INFERENCE_BATCH
-from comgan.stages import PREVIEW_COUNT, STAGES, StageSpec
+from comgan.stages import PREVIEW_COUNT, StageSpec, stage_spec
 from comgan.training import Snapshot
 from comgan.watchdog import WATCH_SAMPLES, counts_toward_streak, health_score, trivial_reason
 from data_shards.io import read_bytes, redacted
@@ -46,7 +46,7 @@ from .tensorboard import RunWriter
 @dataclass(frozen=True)
 class StageJob:
     """What the driver hands every worker of one stage (as Ray's train_loop_config["job"])."""
-    stage: str                  # a key of comgan.stages.STAGES
+    stage: str                  # stage1 / stage2 (comgan.stages.stage_spec)
     config: dict                # the resolved Config, as Config.to_dict()
     cpus_per_worker: int        # torch threads per worker: the CPUs Ray reserved for it
     stage_dir: str              # <run>/<stage>: Ray Train's checkpoints
@@ -146,14 +146,15 @@ class StageRun:
     resumed_from: int
     writer: RunWriter | None = None   # rank 0 only, like the preview images
     preview: torch.Tensor | None = None
+    photos: torch.Tensor | None = None  # the spec's fixed watch photos (rank 0), for watch and export
     watched: dict = field(default_factory=dict)  # the watchdog's last measures
     trivial: dict = field(default_factory=dict)  # its first finding: watch/reason, watch/trivial_at_step
     abandoned: bool = False           # stopped early on the watchdog (job.stop_when_trivial)
 
     @classmethod
     def start(cls, job: StageJob) -> "StageRun":
-        spec = STAGES[job.stage]
         cfg = setup_worker(job)
+        spec = stage_spec(job.stage, cfg)
         accelerator = make_accelerator(cfg)
         device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
         if job.fault:
@@ -189,6 +190,9 @@ class StageRun:
             run.writer = RunWriter(job.tensorboard)
             run.preview = next(iter(train_loader(cfg.data.train, PREVIEW_COUNT, seed=5, num_workers=0,
                                                  resolution=cfg.model.resolution, hflip=False))).images.to(device)
+            if spec.watch_photos:
+                run.photos = next(iter(train_loader(cfg.data.train, spec.watch_photos, seed=6, num_workers=0,
+                                                    resolution=cfg.model.resolution, hflip=False))).images.to(device)
         return run
 
     def train(self) -> dict:
@@ -264,7 +268,7 @@ class StageRun:
                 f"{self.cfg.run.watch_patience} checks in a row ({self.watched.get('watch/now')})",
                 sys.__stdout__)
         elif acc.is_main_process:
-            artifact, metrics = self.spec.export(state, self.cfg, INFERENCE_BATCH)
+            artifact, metrics = self.spec.export(state, self.cfg, INFERENCE_BATCH, self.photos)
             checkpoints.export_artifact(self.job.artifact, to_bytes(artifact))  # with its sha256 beside it
             final.update(metrics)  # summary.json: e.g. the mask statistics of what is handed to stage 2
             self.log_images(state.step)
@@ -284,7 +288,7 @@ class StageRun:
     def watch(self, step: int) -> None:
         """The watchdog's measures to TensorBoard; the first trivial solution to the log and, with
         the last measures, to the stage's final metrics (summary.json)."""
-        stats = self.spec.watch(self.state, self.cfg, WATCH_SAMPLES, INFERENCE_BATCH)
+        stats = self.spec.watch(self.state, self.cfg, WATCH_SAMPLES, INFERENCE_BATCH, self.photos)
         reason = trivial_reason(stats, final=step == self.spec.settings(self.cfg).steps)
         # How many checks in a row found a trivial solution: a sweep stops a trial (and a run starts
         # stage 1 over) on a streak, not on one check early in training; faint masks that are

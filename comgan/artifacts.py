@@ -2,7 +2,7 @@
 
 Training checkpoints hold every network, optimiser, step counter, RNG state and the resolved
 config. Exported artifacts (the stage handoff) hold one network and the model config it needs:
-`generator.pt` (G_ema) and `segmenter.pt` (S). Loading an artifact checks its kind, its saved model
+`generator.pt` (G_ema) and `segmenter.pt` (S, or ReDO's mask network). Loading an artifact checks its kind, its saved model
 section (a config's ranges, and bounded sizes: it may come from any URL) and that its architecture
 fits the config it is used with, naming both values on a mismatch, all before a network is built.
 """
@@ -18,6 +18,7 @@ import torch
 from .config import ConfigError, ModelConfig, model_config_from_dict
 from .errors import UserError
 from .networks import Generator, UNet
+from .redo import ObjectMask
 
 FORMAT_VERSION = 1
 GENERATOR_KEYS = ("resolution", "z_dim", "num_categories", "ngf", "subnet_width")
@@ -126,8 +127,13 @@ def load_generator(obj: dict, expected: ModelConfig | None = None, what: str = "
     return build_checked(lambda: Generator(cfg), cfg, GENERATOR_KEYS, obj, what), cfg
 
 
-def load_segmenter(obj: dict, expected: ModelConfig | None = None, what: str = "segmenter") -> tuple[UNet, ModelConfig]:
+def load_segmenter(obj: dict, expected: ModelConfig | None = None,
+                   what: str = "segmenter") -> tuple[torch.nn.Module, ModelConfig]:
+    """The segmenter an artifact holds: DS-ComGAN's U-Net S, or ReDO's mask network (model.variant
+    redo); either maps images [B, 3, H, W] to object probabilities [B, 1, H, W]."""
     if obj.get("kind") != "comgan.segmenter":
         raise ArtifactError(f"{what} is a {obj.get('kind')!r} file, not a segmenter (comgan.segmenter)")
     cfg = check_fits(obj, expected, SEGMENTER_KEYS, what)
+    if cfg.variant == "redo":
+        return build_checked(lambda: ObjectMask(cfg.seg_width), cfg, SEGMENTER_KEYS, obj, what), cfg
     return build_checked(lambda: UNet(cfg.seg_width, cfg.seg_depth), cfg, SEGMENTER_KEYS, obj, what), cfg

@@ -52,7 +52,7 @@ class ConfigError(UserError, ValueError):  # ValueError: _coerce catches it as o
     """A user mistake in a config file or override; printed as one line, never a traceback."""
 
 
-VARIANTS = ("ds-comgan", "comgan", "pi1", "pi2")  # ModelConfig.variant's values
+VARIANTS = ("ds-comgan", "comgan", "pi1", "pi2", "redo")  # ModelConfig.variant's values
 
 
 @dataclass
@@ -69,7 +69,9 @@ class ModelConfig:
     # The model: ds-comgan (the paper's DS-ComGAN: M, F and B share Phi(z); D_f and D_b tie x_f to f
     # and x_b to b), or one of the paper's trivial-solution study (the `study` preset), trained
     # without D_f and D_b: comgan (shared Phi), pi1 (B on its own Phi: FineGAN-like) or pi2 (M and
-    # B each on their own: PerturbGAN-like). comgan/networks.py Generator.
+    # B each on their own: PerturbGAN-like). comgan/networks.py Generator. Or redo: the ReDO
+    # baseline (comgan/redo.py), which has no stage 1: its one stage trains a mask network on the
+    # photos, under stage2's steps, batch size and learning rate, and exports it as the segmenter.
     variant: str = "ds-comgan"
 
 

@@ -1,4 +1,5 @@
-"""The two training stages, each described by one small spec that a generic loop runs.
+"""The two training stages, each described by one small spec that a generic loop runs (and ReDO's
+one stage, which takes the segmenter stage's place under model.variant redo).
 
 A spec says what a stage trains (its state: networks, optimisers, step), how one step goes,
 what its image previews show and what it exports at the end. Everything here is pure PyTorch;
@@ -18,6 +19,7 @@ from .artifacts import generator_artifact, segmenter_artifact
 from .config import ComGANConfig
 from .export import export_generator
 from .networks import sample_codes
+from .redo import REGIONS, ReDOState, ReDOStep, export_segmenter
 from .training import Snapshot, Stage1State, Stage1Step, Stage2State, Stage2Step, plain_backward
 from .visualize import image_grid
 
@@ -41,7 +43,10 @@ class StageSpec:
     # Training images seen before this stage starts (cfg) -> int: stage 2 continues stage 1's
     # count, so `progress/images` only grows across a whole job (Tune's schedulers compare on it).
     images_before: Callable[[ComGANConfig], int]
-    watch: Callable[..., dict[str, float]] | None = None  # (state, cfg, samples, chunk) -> watchdog measures
+    watch: Callable[..., dict[str, float]] | None = None  # (state, cfg, samples, chunk, photos) -> watchdog measures
+    # Fixed training photos the worker loads for `watch` and `export` (their `photos`; None when 0):
+    # a method that segments photos directly is watched, and oriented, on photos.
+    watch_photos: int = 0
 
     def settings(self, cfg: ComGANConfig):
         return getattr(cfg, self.name)
@@ -77,13 +82,13 @@ def _stage1_previews(state: Stage1State, cfg, generator, real) -> dict:
             image_grid([out.image, out.fg, out.bg, out.mask, out.global_image])}
 
 
-def _stage1_export(state: Stage1State, cfg, chunk: int) -> tuple[dict, dict]:
+def _stage1_export(state: Stage1State, cfg, chunk: int, photos=None) -> tuple[dict, dict]:
     g, done, health = export_generator(state.G_ema, cfg, chunk)
     artifact = generator_artifact(g, cfg.model, {"step": state.step, "export": done})
     return artifact, {**health, "swapped_fg_bg": done["swapped_fg_bg"]}
 
 
-def _stage1_watch(state: Stage1State, cfg, samples: int, chunk: int) -> dict[str, float]:
+def _stage1_watch(state: Stage1State, cfg, samples: int, chunk: int, photos=None) -> dict[str, float]:
     return watchdog.measure(state.G_ema, cfg.model, samples, chunk)
 
 
@@ -116,7 +121,7 @@ def _stage2_previews(state: Stage2State, cfg, generator, real) -> dict:
     return _eval_mode(state.S, grids)
 
 
-def _stage2_export(state: Stage2State, cfg, chunk: int) -> tuple[dict, dict]:
+def _stage2_export(state: Stage2State, cfg, chunk: int, photos=None) -> tuple[dict, dict]:
     network = "S_teacher" if cfg.stage2.self_train.export_teacher else "S"
     return segmenter_artifact(getattr(state, network), cfg.model, {"step": state.step, "network": network}), {}
 
@@ -129,4 +134,59 @@ STAGE2 = StageSpec(
     data_seed_offset=7919, images_before=lambda cfg: cfg.stage1.steps * cfg.stage1.batch_size,
 )
 
+
+
+# ---------------------------------------------------------------------------------------------
+# ReDO (model.variant redo): the segmenter stage, trained on the photos instead of a generator
+
+
+REDO_WATCH_PHOTOS = 64  # fixed training photos ReDO's watchdog and export read
+
+
+def _redo_step(state, cfg, generator=None, backward=plain_backward, prepared=None):
+    return ReDOStep(state, cfg, backward=backward, prepared=prepared or {})
+
+
+def _redo_previews(state: ReDOState, cfg, generator, real) -> dict:
+    """Rows: the photos, M's first region, each region redrawn from fixed codes."""
+    z = torch.randn(real.shape[0], cfg.model.z_dim, generator=torch.Generator().manual_seed(PREVIEW_SEED)).to(real)
+
+    def grids():
+        masks = state.M(real)
+        rows = [real, masks[:, :1]]
+        for k in range(REGIONS):
+            m, region = masks[:, k:k + 1], torch.full((real.shape[0],), k, device=real.device)
+            rows.append(m * state.G(m, z, region) + (1 - m) * real)
+        return {"redo/rows_x_region1_redrawn1_redrawn2": image_grid(rows)}
+
+    return _eval_mode(state.G, lambda: _eval_mode(state.M, grids))
+
+
+def _redo_export(state: ReDOState, cfg, chunk: int, photos=None) -> tuple[dict, dict]:
+    segmenter = export_segmenter(state.M, cfg.model, photos, chunk)
+    region = int(segmenter.region)
+    return segmenter_artifact(segmenter, cfg.model, {"step": state.step, "network": "M", "object_region": region}), \
+        {"object_region": region}
+
+
+def _redo_watch(state: ReDOState, cfg, samples: int, chunk: int, photos=None) -> dict[str, float]:
+    return watchdog.measure_segmenter(export_segmenter(state.M, cfg.model, photos, chunk), photos, chunk)
+
+
+REDO = StageSpec(
+    name="stage2", checkpoint_kind="comgan.redo_checkpoint", needs_generator=False,
+    create=ReDOState.create,
+    make_step=_redo_step, previews=_redo_previews, export=_redo_export,
+    progress_keys=("loss/D", "loss/G_adv", "loss/info_z", "mask/min_region"),
+    data_seed_offset=7919, images_before=lambda cfg: 0,
+    watch=_redo_watch, watch_photos=REDO_WATCH_PHOTOS,
+)
+
 STAGES = {spec.name: spec for spec in (STAGE1, STAGE2)}
+
+
+def stage_spec(stage: str, cfg: ComGANConfig) -> StageSpec:
+    """What runs as `stage` under cfg: ReDO's one stage takes the segmenter stage's place."""
+    if cfg.model.variant == "redo" and stage == "stage2":
+        return REDO
+    return STAGES[stage]

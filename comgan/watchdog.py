@@ -23,6 +23,9 @@ with the generator in eval mode. A composite can look right while its layers are
 The mask depends on z alone (docs/DESIGN.md, section 3), so the mask *area* cannot differ between
 foreground categories; what a category changes is x_f, hence the per-category layer gap.
 
+ReDO's mask network, which segments photos directly, is watched with the mask measures alone, on
+fixed photos (`measure_segmenter`): it has no layers to compare and no categories.
+
 `trivial_reason` turns the measures into the reason a run has gone trivial, or None.
 `health_score` folds them into one number in [0, 1] (higher is healthier), the objective of sweeps
 without labelled data and the measure ASHA compares trials on: 0 for a trivial solution, else the
@@ -80,35 +83,61 @@ def measure(generator: torch.nn.Module, cfg: ModelConfig, samples: int = 256, ch
     z, f, b, f_idx = watch_codes(cfg, samples, device)
     was_training = generator.training
     generator.eval()
-    areas, binary, gaps, small, soft = [], [], [], [], []
+    per_sample, gaps = [], []
     try:
         for i in range(0, samples, chunk):
             out = generator(z[i:i + chunk], f[i:i + chunk], b[i:i + chunk])
             m = out.mask.float()
-            areas.append(m.mean((1, 2, 3)))
-            binary.append(((m < 0.1) | (m > 0.9)).float().mean((1, 2, 3)))
-            unsure = ((m > 0.1) & (m < 0.9)).float().mean((1, 2, 3))
-            smaller = torch.minimum((m > 0.1).float().mean((1, 2, 3)), (m < 0.9).float().mean((1, 2, 3)))
-            soft.append((smaller > 0.01) & (unsure > 0.5 * smaller))
+            per_sample.append(mask_measures(m))
             diff = (out.fg - out.bg).abs().mean(1, keepdim=True) / 2
             gaps.append((m * diff).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1e-6))
-            small.append(F.adaptive_avg_pool2d(m, 16).flatten(1))
     finally:
         generator.train(was_training)
-    area, gap = torch.cat(areas).cpu(), torch.cat(gaps).cpu()
+    gap = torch.cat(gaps).cpu()
     per_category = torch.stack([gap[f_idx == k].mean() for k in range(cfg.num_categories)])
     stats = {
-        "watch/mask_mean": area.mean(), "watch/mask_binary": torch.cat(binary).mean(),
-        "watch/mask_empty": (area < EMPTY_AREA).float().mean(), "watch/mask_full": (area > FULL_AREA).float().mean(),
-        "watch/mask_degenerate": ((area < EMPTY_AREA) | (area > FULL_AREA)).float().mean(),
-        "watch/mask_diversity": torch.cat(small).std(0).mean(),
-        "watch/mask_soft": torch.cat(soft).float().mean(),
+        **mask_stats(per_sample),
         "watch/layer_gap": gap.mean(),
         "watch/fg_gap_min_ratio": per_category.min() / per_category.median().clamp_min(1e-6),
     }
     if cfg.num_categories <= PER_CATEGORY_TAGS:
         stats.update({f"watch/fg_gap/{k}": v for k, v in enumerate(per_category)})
     return {k: float(v) for k, v in stats.items()}
+
+
+@torch.no_grad()
+def measure_segmenter(segmenter: torch.nn.Module, photos: torch.Tensor, chunk: int = 32) -> dict[str, float]:
+    """The mask measures of a network that segments photos directly (ReDO's mask network as an
+    exported segmenter), on fixed photos. No layers, no categories: no layer gap is measured."""
+    was_training = segmenter.training
+    segmenter.eval()
+    try:
+        per_sample = [mask_measures(segmenter(photos[i:i + chunk]).float()) for i in range(0, photos.shape[0], chunk)]
+    finally:
+        segmenter.train(was_training)
+    return {k: float(v) for k, v in mask_stats(per_sample).items()}
+
+
+def mask_measures(m: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per sample of a chunk of masks [B, 1, H, W]: its area, binary share, whether it is soft, and
+    its 16x16 thumbnail (for the spread across samples)."""
+    unsure = ((m > 0.1) & (m < 0.9)).float().mean((1, 2, 3))
+    smaller = torch.minimum((m > 0.1).float().mean((1, 2, 3)), (m < 0.9).float().mean((1, 2, 3)))
+    return {"area": m.mean((1, 2, 3)), "binary": ((m < 0.1) | (m > 0.9)).float().mean((1, 2, 3)),
+            "soft": ((smaller > 0.01) & (unsure > 0.5 * smaller)).float(),
+            "small": F.adaptive_avg_pool2d(m, 16).flatten(1)}
+
+
+def mask_stats(per_sample: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The watchdog's mask measures over all samples, from mask_measures of each chunk."""
+    area, binary, soft, small = (torch.cat([c[k] for c in per_sample]).cpu() for k in ("area", "binary", "soft", "small"))
+    return {
+        "watch/mask_mean": area.mean(), "watch/mask_binary": binary.mean(),
+        "watch/mask_empty": (area < EMPTY_AREA).float().mean(), "watch/mask_full": (area > FULL_AREA).float().mean(),
+        "watch/mask_degenerate": ((area < EMPTY_AREA) | (area > FULL_AREA)).float().mean(),
+        "watch/mask_diversity": small.std(0).mean(),
+        "watch/mask_soft": soft.mean(),
+    }
 
 
 def trivial_reason(stats: dict[str, float], final: bool = False) -> str | None:
@@ -123,7 +152,7 @@ def trivial_reason(stats: dict[str, float], final: bool = False) -> str | None:
         return f"mask collapsed ({side}): one branch draws the whole image in {degenerate:.0%} of samples"
     if stats["watch/mask_diversity"] < MIN_DIVERSITY:
         return f"constant mask: per-pixel spread {stats['watch/mask_diversity']:.3f} across samples"
-    if stats["watch/layer_gap"] < MIN_LAYER_GAP:
+    if stats.get("watch/layer_gap", math.inf) < MIN_LAYER_GAP:
         return f"no decomposition: x_f and x_b differ by {stats['watch/layer_gap']:.3f} under the mask"
     if degenerate > MIN_PARTIAL:
         return (f"partial collapse: one branch draws the whole image in {degenerate:.0%} of samples "
@@ -136,7 +165,7 @@ def trivial_reason(stats: dict[str, float], final: bool = False) -> str | None:
         # strict IoU 0.28 with 62 %, whose segmenter missed most objects.
         return (f"masks never settled: faint in {stats['watch/mask_soft']:.0%} of samples at the end of training "
                 "(objects only tinted by the mask)")
-    if stats["watch/fg_gap_min_ratio"] < MIN_FG_GAP_RATIO:
+    if stats.get("watch/fg_gap_min_ratio", math.inf) < MIN_FG_GAP_RATIO:
         return (f"partial collapse: a foreground category differs from the background "
                 f"{stats['watch/fg_gap_min_ratio']:.0%} as much as the median category")
     return None
@@ -165,7 +194,7 @@ def health_score(stats: dict[str, float], gated: bool = True) -> float:
     if gated and trivial_reason(stats):
         return 0.0
     diversity = min(1.0, stats["watch/mask_diversity"] / HEALTHY_DIVERSITY)
-    categories = min(1.0, stats["watch/fg_gap_min_ratio"] / HEALTHY_FG_GAP_RATIO)
+    categories = min(1.0, stats.get("watch/fg_gap_min_ratio", math.inf) / HEALTHY_FG_GAP_RATIO)
     split = (1 - stats["watch/mask_degenerate"]) * (1 - stats["watch/mask_soft"])
     return float(split * stats["watch/mask_binary"] * diversity * categories)
 

@@ -21,7 +21,7 @@ def test_overrides_and_round_trip():
     ("model.resolution=4096", "power of two from 16 to 2048"),
     ("model.resolution=8", "power of two from 16 to 2048"),
     ("model.resolution=abc", "model.resolution must be an integer"),
-    ("model.variant=pi3", "model.variant must be one of ds-comgan, comgan, pi1, pi2, got 'pi3'"),
+    ("model.variant=pi3", "model.variant must be one of ds-comgan, comgan, pi1, pi2, redo, got 'pi3'"),
     ("stage1.batch_size=7", "divide evenly"),
     ("stage1.mask_border_weight=-1", "stage1.mask_border_weight must be >= 0"),
     ("stage1.composite_info_weight=-0.5", "stage1.composite_info_weight must be >= 0"),

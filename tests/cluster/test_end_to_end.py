@@ -160,3 +160,56 @@ def test_a_segmenter_whose_masks_on_the_real_images_vanished_is_reported():
     assert "shrank" in plain and "self-training" not in plain
     assert segmenter_warning({"seg/pred_real_mean": 0.26, "seg/pred_fake_mean": 0.25}, load_config("tiny")) is None
     assert segmenter_warning({"step": 4}, load_config("tiny")) is None  # nothing measured: nothing said
+
+
+@pytest.mark.ray
+def test_redo_runs_through_the_same_pipeline_and_its_segmenter_through_the_jobs(local_ray, tiny_shards, tmp_path,
+                                                                                 capsys):
+    """Issue 29: ReDO (--config redo) on 2 workers: no stage 1, its one stage exports the mask
+    network as stage2/segmenter.pt, scored by the run and taken by jobs/evaluate.py and
+    jobs/segment_images.py unchanged; the watchdog watches it."""
+    import importlib.util
+
+    from cluster.pipeline import run_pipeline
+    from comgan.redo import ObjectMask
+    from tests.helpers import exit_code
+
+    tiny = ["model.resolution=16", "model.ngf=8", "model.seg_width=8", "model.dz_width=8", "model.info_width=8",
+            "stage2.steps=4", "stage2.batch_size=8", "run.log_every=2", "run.image_every=2", "run.watch_every=2",
+            "run.checkpoint_every=2", "run.cpus_per_worker=1", "data.loader_workers=0"]
+    cfg = load_config("redo", [*tiny_data(tiny_shards), *tiny, f"run.storage={tmp_path}", "run.name=redo",
+                               "run.workers=2"])
+    summary = run_pipeline(cfg)
+    run = tmp_path / "redo"
+    assert not (run / "stage1").exists() and "stage1" not in summary
+    m = summary["stage2"]
+    assert m["num_processes"] == 2 and m["replicas_in_sync"] is True and m["step"] == 4
+    assert "watch/mask_degenerate" in m and m["object_region"] in (0, 1)
+    s, saved = load_segmenter(from_bytes((run / "stage2" / "segmenter.pt").read_bytes()), cfg.model)
+    assert isinstance(s, ObjectMask) and saved.variant == "redo"
+    assert s(torch.zeros(2, 3, 16, 16)).shape == (2, 1, 16, 16)
+    assert json.loads((run / "eval.json").read_text())["num_images"] == load_config("tiny").data.synthetic_eval_size
+
+    tags = tensorboard_tags(run / "tensorboard" / "stage2")
+    for tag in ("loss/D", "loss/G_adv", "loss/info_z", "grad/mask_net", "mask/min_region", "watch/mask_empty"):
+        assert tag in tags["scalars"], tag
+    assert "redo/rows_x_region1_redrawn1_redrawn2" in tags["images"]
+
+    def job(name):
+        spec = importlib.util.spec_from_file_location(f"jobs_{name}", Path(__file__).parents[2] / "jobs" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main
+
+    segmenter = run / "stage2" / "segmenter.pt"
+    assert exit_code(job("evaluate"), "--segmenter", segmenter, "--data", tiny_shards / "eval",
+                     "--out", tmp_path / "again.json") == 0
+    again = json.loads((tmp_path / "again.json").read_text())["segmenter"]
+    assert again == pytest.approx(json.loads((run / "eval.json").read_text())["segmenter"])
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    from PIL import Image
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(pictures / "a.png")
+    assert exit_code(job("segment_images"), "--photos", pictures, "--segmenter", segmenter,
+                     "--out", tmp_path / "masks", "--quiet") == 0
+    assert Image.open(tmp_path / "masks" / "a.png").size == (40, 30)

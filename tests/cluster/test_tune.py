@@ -154,6 +154,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_its_finished_trial(local_r
     (["lam=loguniform:0.5:8"], "cannot be searched on a grid"),
     ([], "the search space is empty"),
     (["beta=0,1", "--objective", "fid"], "needs --inception"),
+    (["stage2.lr=0.0001,0.0002", "--config", "redo", "--objective", "fid"], "ReDO (model.variant=redo) has no generator"),
     (["beta=0,1", "--set", "data.eval=", "--objective", "iou"], "needs labelled shards"),
     (["--resume", "beta=0,1"], "--resume continues a sweep exactly as it was started"),
     (["--resume", "--name", "never-started"], "no sweep to resume"),

@@ -25,6 +25,8 @@ def test_help():
     (["run.mixed_precision=fp16"], "run.mixed_precision=fp16 needs GPUs"),
     (["run.mixed_precision=fp32"], "run.mixed_precision must be one of no, bf16, fp16"),
     (["run.keep_checkpoints=0"], "run.keep_checkpoints must be >= 1"),
+    (["--config", "redo", "--stage1-only"], "ReDO has no stage 1"),
+    (["--config", "redo", "stage2.generator=runs/x/stage1/generator.pt"], "ReDO learns from the photos alone"),
 ])
 def test_bad_config_is_one_line(args, message):
     p = run_train(*args)
