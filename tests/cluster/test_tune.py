@@ -235,3 +235,19 @@ def test_optuna_searches_the_space_and_learns_only_from_final_objectives():
     assert search.suggest("t2") is not None
     study = search.searcher._ot_study
     assert [t.value for t in study.trials if t.value is not None] == [0.7]
+
+
+def test_a_redo_trials_health_is_its_mask_networks_last_watchdog_measures():
+    """ReDO has no generator to measure: the health objective reads the watchdog's last measures of
+    its mask network on photos, which the stage reports with its final metrics."""
+    from cluster.config import load_config
+    from cluster.tune import objective_value
+    from comgan.watchdog import health_score
+
+    cfg = load_config("redo")
+    healthy = {"watch/mask_mean": 0.3, "watch/mask_binary": 0.9, "watch/mask_empty": 0.0, "watch/mask_full": 0.0,
+               "watch/mask_degenerate": 0.0, "watch/mask_diversity": 0.2, "watch/mask_soft": 0.1}
+    value = objective_value({"objective": "health"}, cfg, None, {"stage2": healthy})
+    assert value == pytest.approx(0.9 * 0.9) == health_score(healthy)
+    collapsed = {**healthy, "watch/mask_empty": 0.8, "watch/mask_degenerate": 0.8}
+    assert objective_value({"objective": "health"}, cfg, None, {"stage2": collapsed}) == 0
