@@ -385,9 +385,12 @@ def redo_warning(metrics: dict, cfg: Config) -> str | None:
     and stop long runs early; here the user decides)."""
     if cfg.model.variant != "redo" or not metrics.get("watch/reason"):
         return None
-    return (f"the watchdog found ReDO's masks degenerate at step {metrics.get('watch/trivial_at_step')} "
-            f"({metrics['watch/reason']}); at the end: {metrics.get('watch/now') or 'healthy'}. ReDO's authors "
-            f"start collapsed runs over with another seed (run.seed) and stop long runs early (stage2.steps)")
+    found = f"the watchdog found at step {metrics.get('watch/trivial_at_step')}: {metrics['watch/reason']}"
+    now = metrics.get("watch/now") or "nothing"
+    if now != metrics["watch/reason"]:
+        found += f"; at the end: {now}"
+    return (f"ReDO's masks: {found}. ReDO's authors start collapsed runs over with another seed (run.seed) "
+            "and stop long runs early (stage2.steps)")
 
 
 def evaluate_run(cfg: Config, layout: RunLayout, started: float) -> dict:

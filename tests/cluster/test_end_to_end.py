@@ -213,3 +213,15 @@ def test_redo_runs_through_the_same_pipeline_and_its_segmenter_through_the_jobs(
     assert exit_code(job("segment_images"), "--photos", pictures, "--segmenter", segmenter,
                      "--out", tmp_path / "masks", "--quiet") == 0
     assert Image.open(tmp_path / "masks" / "a.png").size == (40, 30)
+
+
+def test_a_watchdog_finding_on_redos_masks_is_said_with_what_to_do():
+    from cluster.pipeline import redo_warning
+
+    found = {"watch/reason": "mask collapsed (empty): ...", "watch/trivial_at_step": 250, "watch/now": ""}
+    line = redo_warning(found, load_config("redo"))
+    assert "at step 250: mask collapsed (empty)" in line and "at the end: nothing" in line and "run.seed" in line
+    still = redo_warning({**found, "watch/now": "mask collapsed (empty): ..."}, load_config("redo"))
+    assert "at the end" not in still
+    assert redo_warning({"step": 4}, load_config("redo")) is None
+    assert redo_warning(found, load_config("tiny")) is None  # DS-ComGAN's stage 2 has its own warning

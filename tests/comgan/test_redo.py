@@ -144,6 +144,12 @@ def test_the_object_is_the_region_that_stays_off_the_frames_edge():
     inside[..., 8:24, 8:24] = 1
     assert object_region(torch.cat([1 - inside, inside], 1)) == 1
     assert object_region(torch.cat([inside, 1 - inside], 1)) == 0
+    # What ReDO's M did on the synthetic scenes: unsure (0.5) on the last two pixels all round,
+    # where a ring that thin cannot tell the regions apart; the band around them still can.
+    unsure = inside.clone()
+    unsure[..., :2, :] = unsure[..., -2:, :] = unsure[..., :, :2] = unsure[..., :, -2:] = 0.5
+    assert object_region(torch.cat([1 - unsure, unsure], 1)) == 1
+    assert object_region(torch.cat([unsure, 1 - unsure], 1)) == 0
 
 
 def test_the_exported_segmenter_is_the_object_region_and_survives_the_artifact(cfg):
