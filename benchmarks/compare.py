@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import photos  # noqa: E402  (the photo collections' split, shards and runs)
 from cluster.cli import OneLineParser  # noqa: E402
-from robustness import cpu_model, draw_env  # noqa: E402
+from robustness import cpu_model, draw_env, load_rows, save_rows  # noqa: E402  (the same results-file shape)
 
 OUT = ROOT / "benchmarks" / "out" / "compare"
 RESULTS = ROOT / "benchmarks" / "results" / "compare.json"
@@ -148,17 +148,6 @@ def table(rows: list[dict]) -> str:
     lines.append("published on Oxford-102 Flowers (paper convention): GrabCut 0.692, ReDO 0.764, DS-ComGAN 0.769")
     lines.append("CPU: " + "; ".join(sorted({r["cpu"] for r in rows})))
     return "\n".join(lines)
-
-
-def load_rows(path: Path) -> list[dict]:
-    return json.loads(path.read_text())["rows"] if path.exists() else []
-
-
-def save_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
