@@ -134,11 +134,15 @@ def validate(cfg: Config) -> None:
     if r.workers < 1:
         raise ConfigError(f"run.workers must be >= 1, got {r.workers}")
     validate_model_and_stages(cfg)
-    for stage_name in ("stage1", "stage2"):
+    redo = cfg.model.variant == "redo"
+    for stage_name in ("stage2",) if redo else ("stage1", "stage2"):  # ReDO runs no stage 1
         batch = getattr(cfg, stage_name).batch_size
         if batch % r.workers:
             raise ConfigError(f"{stage_name}.batch_size={batch} is the global batch and must divide "
                               f"evenly across run.workers={r.workers}")
+    if redo and cfg.stage2.batch_size < 2 * r.workers:
+        raise ConfigError(f"stage2.batch_size={cfg.stage2.batch_size} gives each of run.workers={r.workers} fewer "
+                          "than 2 images: ReDO redraws each of its 2 regions on part of every worker's batch")
     if r.cpus_per_worker < 0:
         raise ConfigError(f"run.cpus_per_worker must be >= 0 (0: auto), got {r.cpus_per_worker}")
     for name in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints"):

@@ -178,8 +178,10 @@ def trial_config(base: dict, params: dict, trial_id: str, runs_url: str) -> Conf
 
 
 def planned_images(cfg: Config) -> int:
-    """The training images a whole run of `cfg` sees (both stages): where progress/images ends."""
-    return cfg.stage1.steps * cfg.stage1.batch_size + cfg.stage2.steps * cfg.stage2.batch_size
+    """The training images a whole run of `cfg` sees (both stages; ReDO's one): where
+    progress/images ends."""
+    stage2 = cfg.stage2.steps * cfg.stage2.batch_size
+    return stage2 if cfg.model.variant == "redo" else cfg.stage1.steps * cfg.stage1.batch_size + stage2
 
 
 def planned_trials(sweep: Sweep) -> int | None:

@@ -28,12 +28,14 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
-from comgan.artifacts import from_bytes, load_generator
+from comgan.artifacts import from_bytes, load_generator, load_segmenter
 from comgan.config import ConfigError
 from comgan.inference import INFERENCE_BATCH
-from comgan.watchdog import WATCH_SAMPLES, health_score, measure
+from comgan.stages import REDO_WATCH_PHOTOS, WATCH_PHOTOS_SEED
+from comgan.watchdog import WATCH_SAMPLES, health_score, measure, measure_segmenter
 from data_shards.io import arrow_filesystem, read_bytes, write_bytes
 from data_shards.progress import tell
+from data_shards.reader import train_loader
 
 from . import faults, pipeline, placement
 from .config import Config
@@ -67,11 +69,19 @@ def objective_value(sweep: dict, cfg: Config, layout: RunLayout, summary: dict) 
     if kind == "fid":
         return float(fidelity(layout.generator, cfg.data.train, sweep["inception"], num_generated=sweep["fid_samples"],
                               num_real=sweep["fid_samples"], batch=INFERENCE_BATCH)["fid"])
-    if cfg.model.variant == "redo":  # no generator: the mask network's last watchdog measures, on photos
-        return health_score(summary["stage2"])
+    if cfg.model.variant == "redo":  # no generator: the exported mask network, measured on fixed photos
+        return health_score(redo_measures(layout, cfg))
     generator, _ = load_generator(from_bytes(read_bytes(layout.generator), layout.generator), cfg.model,
                                   what=layout.generator)
     return health_score(measure(generator, cfg.model, WATCH_SAMPLES, INFERENCE_BATCH))
+
+
+def redo_measures(layout: RunLayout, cfg: Config) -> dict[str, float]:
+    """The watchdog's measures of a ReDO run's exported segmenter on the photos its watchdog read."""
+    segmenter, _ = load_segmenter(from_bytes(read_bytes(layout.segmenter), layout.segmenter), what=layout.segmenter)
+    photos = next(iter(train_loader(cfg.data.train, REDO_WATCH_PHOTOS, seed=WATCH_PHOTOS_SEED, num_workers=0,
+                                    resolution=cfg.model.resolution, hflip=False))).images
+    return measure_segmenter(segmenter, photos, INFERENCE_BATCH)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,13 +159,14 @@ def scheduler(sweep: Sweep):
     if sweep.scheduler == "fifo":
         return FIFOScheduler()
     cfg = sweep.base
-    stage1 = cfg.stage1.steps * cfg.stage1.batch_size
-    first_check = max(cfg.run.watch_every, 1) * cfg.stage1.batch_size
-    # Rungs on stage 1's health from the second watchdog check on (stage 2 reports no health: its
-    # rungs let every trial through). ASHA ends a trial that reaches max_t, so max_t lies beyond
-    # the trial's last report, which then always comes from the evaluation, not from ASHA.
+    watched = cfg.stage2 if cfg.model.variant == "redo" else cfg.stage1  # the stage the watchdog measures
+    first_check = max(cfg.run.watch_every, 1) * watched.batch_size
+    # Rungs on the watched stage's health from the second watchdog check on (DS-ComGAN's stage 2
+    # reports no health: its rungs let every trial through). ASHA ends a trial that reaches max_t,
+    # so max_t lies beyond the trial's last report, which then always comes from the evaluation.
     return ASHAScheduler(time_attr=PROGRESS, metric="watch/health", mode="max", max_t=planned_images(cfg) + 1,
-                         grace_period=max(1, min(2 * first_check, stage1)), reduction_factor=2)
+                         grace_period=max(1, min(2 * first_check, watched.steps * watched.batch_size)),
+                         reduction_factor=2)
 
 
 def result_row(sweep: Sweep, result) -> dict:

@@ -27,7 +27,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast
 from comgan import speed
 from comgan.artifacts import from_bytes, load_generator, to_bytes
 from comgan.inference import INFERENCE_BATCH
-from comgan.stages import PREVIEW_COUNT, StageSpec, stage_spec
+from comgan.stages import PREVIEW_COUNT, WATCH_PHOTOS_SEED, StageSpec, stage_spec
 from comgan.training import Snapshot
 from comgan.watchdog import WATCH_SAMPLES, counts_toward_streak, health_score, trivial_reason
 from data_shards.io import read_bytes, redacted
@@ -191,7 +191,7 @@ class StageRun:
             run.preview = next(iter(train_loader(cfg.data.train, PREVIEW_COUNT, seed=5, num_workers=0,
                                                  resolution=cfg.model.resolution, hflip=False))).images.to(device)
             if spec.watch_photos:
-                run.photos = next(iter(train_loader(cfg.data.train, spec.watch_photos, seed=6, num_workers=0,
+                run.photos = next(iter(train_loader(cfg.data.train, spec.watch_photos, seed=WATCH_PHOTOS_SEED, num_workers=0,
                                                     resolution=cfg.model.resolution, hflip=False))).images.to(device)
         return run
 

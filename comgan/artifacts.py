@@ -18,7 +18,7 @@ import torch
 from .config import ConfigError, ModelConfig, model_config_from_dict
 from .errors import UserError
 from .networks import Generator, UNet
-from .redo import ObjectMask
+from .redo import REGIONS, ObjectMask
 
 FORMAT_VERSION = 1
 GENERATOR_KEYS = ("resolution", "z_dim", "num_categories", "ngf", "subnet_width")
@@ -135,5 +135,8 @@ def load_segmenter(obj: dict, expected: ModelConfig | None = None,
         raise ArtifactError(f"{what} is a {obj.get('kind')!r} file, not a segmenter (comgan.segmenter)")
     cfg = check_fits(obj, expected, SEGMENTER_KEYS, what)
     if cfg.variant == "redo":
-        return build_checked(lambda: ObjectMask(cfg.seg_width), cfg, SEGMENTER_KEYS, obj, what), cfg
+        net = build_checked(lambda: ObjectMask(cfg.seg_width), cfg, SEGMENTER_KEYS, obj, what)
+        if not 0 <= int(net.region) < REGIONS:
+            raise ArtifactError(f"{what}: its object region is {int(net.region)}; ReDO has regions 0 to {REGIONS - 1}")
+        return net, cfg
     return build_checked(lambda: UNet(cfg.seg_width, cfg.seg_depth), cfg, SEGMENTER_KEYS, obj, what), cfg

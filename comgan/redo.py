@@ -47,17 +47,24 @@ ORTHOGONAL_GAIN = 0.8     # the authors' code default
 BAND = 1 / 8
 
 
-def sn(module: nn.Module) -> nn.Module:
-    return spectral_norm(module)
+def orthogonal(layer: nn.Module) -> nn.Module:
+    nn.init.orthogonal_(layer.weight, ORTHOGONAL_GAIN)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def sn(layer: nn.Module) -> nn.Module:
+    """A layer initialised orthogonally, then spectrally normalised (so the power iteration's
+    vectors start from the initialised weight)."""
+    return spectral_norm(orthogonal(layer))
 
 
 def orthogonal_init(module: nn.Module) -> None:
+    """Orthogonal initialisation of the layers `sn` did not initialise (M's)."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
-            nn.init.orthogonal_(weight, ORTHOGONAL_GAIN)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not hasattr(m, "parametrizations"):
+            orthogonal(m)
 
 
 def levels(resolution: int) -> int:
@@ -203,11 +210,13 @@ class RegionGenerators(nn.Module):
         self.regions = nn.ModuleList(RegionGenerator(width, resolution, z_dim) for _ in range(REGIONS))
 
     def forward(self, mask, z, region):
-        out = mask.new_empty(mask.shape[0], 3, *mask.shape[-2:])
+        out = None
         for k, generator in enumerate(self.regions):
             chosen = (region == k).nonzero().squeeze(1)
             if chosen.numel():  # in training every region has images (draw_regions); a preview may ask for one
-                out = out.index_put((chosen,), generator(mask[chosen], z[chosen]))
+                drawn = generator(mask[chosen], z[chosen])  # bf16 under CPU autocast, whatever mask is
+                out = drawn.new_empty(mask.shape[0], *drawn.shape[1:]) if out is None else out
+                out = out.index_put((chosen,), drawn.to(out.dtype))
         return out
 
 
@@ -293,32 +302,30 @@ def region_statistics(masks: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @dataclass
 class ReDOState(Snapshot):
-    """M, G, D, Z and their optimisers; M is what the stage exports."""
+    """M, G, D, Z and their optimisers; M is what the stage exports. M, G and Z, updated together
+    from one loss, share one Adam (M's parameter group at its own rate and weight decay: the same
+    updates as three optimisers, and one loss-scaler step under fp16)."""
     M: nn.Module
     G: nn.Module
     D: nn.Module
     Z: nn.Module
-    opt_M: torch.optim.Optimizer
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
-    opt_Z: torch.optim.Optimizer
     step: int = 0
     TRAINED: ClassVar = ("M", "G", "D", "Z")
     CARRIED: ClassVar = ()
-    OPTIMIZERS: ClassVar = ("opt_M", "opt_G", "opt_D", "opt_Z")
+    OPTIMIZERS: ClassVar = ("opt_G", "opt_D")
 
     @classmethod
     def create(cls, cfg: ComGANConfig) -> "ReDOState":
         nets = build_redo_networks(cfg.model)
         speed.prepare_networks(nets.values(), cfg.speed)
         lr = cfg.stage2.lr
-
-        def adam(name, rate, decay=0.0):
-            return speed.adam(nets[name].parameters(), cfg.stage2, cfg.speed, lr=rate, betas=ADAM_BETAS,
-                              weight_decay=decay)
-
-        return cls(nets["M"], nets["G"], nets["D"], nets["Z"], adam("M", lr * MASK_LR_RATIO, MASK_WEIGHT_DECAY),
-                   adam("G", lr), adam("D", lr), adam("Z", lr))
+        groups = [{"params": nets["M"].parameters(), "lr": lr * MASK_LR_RATIO, "weight_decay": MASK_WEIGHT_DECAY},
+                  {"params": [*nets["G"].parameters(), *nets["Z"].parameters()]}]
+        return cls(nets["M"], nets["G"], nets["D"], nets["Z"],
+                   speed.adam(groups, cfg.stage2, cfg.speed, betas=ADAM_BETAS),
+                   speed.adam(nets["D"].parameters(), cfg.stage2, cfg.speed, betas=ADAM_BETAS))
 
 
 class ReDOStep(_Step):
@@ -328,22 +335,19 @@ class ReDOStep(_Step):
     def __call__(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         state, cfg = self.state, self.cfg
         M, G, D, Z = (self.use(name) for name in ("M", "G", "D", "Z"))
-        optimizers = [self.use(name) for name in ("opt_M", "opt_G", "opt_Z")]
+        opt_G, opt_D = self.use("opt_G"), self.use("opt_D")
         real = speed.as_input(real, cfg.speed)
 
         state.D.requires_grad_(False)
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
+        opt_G.zero_grad(set_to_none=True)
         redrawn, region, z, masks = redraw(M, G, real, cfg.model.z_dim)
         adv = -state.D(redrawn).mean()
         info = (Z(redrawn, region) - z).pow(2).mean()
         self.backward(adv + LAMBDA_Z * info)
         mask_grad = gradient_norm(state.M)
-        for opt in optimizers:
-            opt.step()
+        opt_G.step()
         state.D.requires_grad_(True)
 
-        opt_D = self.use("opt_D")
         opt_D.zero_grad(set_to_none=True)
         with torch.no_grad():
             fake = redraw(state.M, state.G, real, cfg.model.z_dim)[0]
@@ -361,14 +365,15 @@ class ReDOStep(_Step):
 def gradient_norm(module: nn.Module) -> torch.Tensor:
     """2-norm of the gradient on a module's weights (ComGAN's Figure 4 gauge, here on M)."""
     grads = [p.grad.norm() for p in module.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(grads)) if grads else next(module.parameters()).new_zeros(())
 
 
 @torch.no_grad()
 def export_segmenter(M: nn.Module, cfg: ModelConfig, photos: torch.Tensor, chunk: int) -> ObjectMask:
     """M as the segmenter: an ObjectMask holding M's weights and the object region, told apart on
     `photos` by where it lies in the frame (object_region)."""
-    segmenter = ObjectMask(cfg.seg_width).to(photos.device)
+    with torch.random.fork_rng(devices=[]):  # building it draws initial weights: not from training's stream
+        segmenter = ObjectMask(cfg.seg_width).to(photos.device)
     segmenter.net.load_state_dict(M.state_dict())
     segmenter.eval()
     masks = torch.cat([segmenter.net(photos[i:i + chunk]) for i in range(0, photos.shape[0], chunk)])

@@ -76,12 +76,11 @@ def as_input(x: torch.Tensor, speed: SpeedConfig) -> torch.Tensor:
 ADAM_BETAS = (0.5, 0.999)  # the paper's (beta1, beta2), for every optimiser of both stages
 
 
-def adam(params, stage_cfg, speed: SpeedConfig, lr: float | None = None, betas=ADAM_BETAS,
-         weight_decay: float = 0.0) -> torch.optim.Adam:
-    """Adam (at the stage's learning rate unless `lr` is given) with one fused kernel over all
-    parameters where the switch asks for it (CPU and CUDA both have one): the same update as the
-    per-parameter loop, up to rounding."""
-    return torch.optim.Adam(params, lr=stage_cfg.lr if lr is None else lr, betas=betas, weight_decay=weight_decay,
+def adam(params, stage_cfg, speed: SpeedConfig, betas=ADAM_BETAS) -> torch.optim.Adam:
+    """Adam at the stage's learning rate (parameter groups may set their own) with one fused kernel
+    over all parameters where the switch asks for it (CPU and CUDA both have one): the same update
+    as the per-parameter loop, up to rounding."""
+    return torch.optim.Adam(params, lr=stage_cfg.lr, betas=betas,
                             fused=True if formulation(speed).fused_optimizer else None)
 
 

@@ -242,3 +242,23 @@ def test_the_driver_log_names_data_urls_without_their_credentials(capsys):
     out = capsys.readouterr().out
     assert "training shards: memory://REDACTED@bucket/train" in out
     assert "secret" not in out
+
+
+def test_redo_checks_only_the_stage_it_runs_and_needs_two_images_a_worker():
+    """ReDO runs no stage 1 (its batch is not checked) and redraws each of its 2 regions on part of
+    every worker's batch."""
+    cfg = load_config("redo", ["run.workers=5"])  # 25 splits 5 ways; stage 1's 32 would not
+    assert cfg.stage2.batch_size == 25
+    with pytest.raises(ConfigError, match="fewer than 2 images"):
+        load_config("redo", ["stage2.batch_size=5", "run.workers=5"])
+    with pytest.raises(ConfigError, match="stage2.batch_size=25 is the global batch"):
+        load_config("redo", ["run.workers=2"])
+
+
+def test_a_redo_sweep_counts_only_redos_images():
+    from cluster.sweep import planned_images
+
+    cfg = load_config("redo")
+    assert planned_images(cfg) == cfg.stage2.steps * cfg.stage2.batch_size
+    default = load_config("default")
+    assert planned_images(default) == default.stage1.steps * 32 + default.stage2.steps * 32

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import ROOT, exit_code, one_line_error, tiny_data
 
@@ -237,17 +238,30 @@ def test_optuna_searches_the_space_and_learns_only_from_final_objectives():
     assert [t.value for t in study.trials if t.value is not None] == [0.7]
 
 
-def test_a_redo_trials_health_is_its_mask_networks_last_watchdog_measures():
-    """ReDO has no generator to measure: the health objective reads the watchdog's last measures of
-    its mask network on photos, which the stage reports with its final metrics."""
+
+def test_a_redo_trials_health_is_its_exported_mask_networks_on_the_photos(tiny_shards, tmp_path):
+    """ReDO has no generator to measure: the health objective measures the exported mask network on
+    the photos its watchdog read (also when a resumed trial found segmenter.pt already there)."""
     from cluster.config import load_config
-    from cluster.tune import objective_value
+    from cluster.storage import RunLayout
+    from cluster.tune import objective_value, redo_measures
+    from comgan.artifacts import segmenter_artifact, to_bytes
+    from comgan.redo import ObjectMask
     from comgan.watchdog import health_score
 
-    cfg = load_config("redo")
-    healthy = {"watch/mask_mean": 0.3, "watch/mask_binary": 0.9, "watch/mask_empty": 0.0, "watch/mask_full": 0.0,
-               "watch/mask_degenerate": 0.0, "watch/mask_diversity": 0.2, "watch/mask_soft": 0.1}
-    value = objective_value({"objective": "health"}, cfg, None, {"stage2": healthy})
-    assert value == pytest.approx(0.9 * 0.9) == health_score(healthy)
-    collapsed = {**healthy, "watch/mask_empty": 0.8, "watch/mask_degenerate": 0.8}
-    assert objective_value({"objective": "health"}, cfg, None, {"stage2": collapsed}) == 0
+    cfg = load_config("redo", ["model.resolution=16", "model.seg_width=8", f"data.train={tiny_shards / 'train'}"])
+    layout = RunLayout(str(tmp_path), "r")
+    segmenter = ObjectMask(cfg.model.seg_width)
+    with torch.no_grad():  # region 0 nowhere: the object mask is empty on every photo
+        last = segmenter.net.decoder[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([-20.0, 20.0]))
+    (tmp_path / "r" / "stage2").mkdir(parents=True)
+    (tmp_path / "r" / "stage2" / "segmenter.pt").write_bytes(to_bytes(segmenter_artifact(segmenter, cfg.model)))
+    assert objective_value({"objective": "health"}, cfg, layout, {}) == 0
+    with torch.no_grad():
+        last.bias.zero_()
+    (tmp_path / "r" / "stage2" / "segmenter.pt").write_bytes(to_bytes(segmenter_artifact(segmenter, cfg.model)))
+    measured = redo_measures(layout, cfg)
+    assert measured["watch/mask_empty"] < 1 and 0 < measured["watch/mask_mean"] < 1
+    assert objective_value({"objective": "health"}, cfg, layout, {}) == health_score(measured)

@@ -79,12 +79,14 @@ def test_spectral_norm_on_every_network_but_the_mask_network(cfg):
 
 def test_the_papers_optimiser_settings(cfg):
     state = ReDOState.create(cfg)
-    for name in ("opt_M", "opt_G", "opt_D", "opt_Z"):
-        group = getattr(state, name).param_groups[0]
-        assert group["betas"] == (0.0, 0.9), name
-    assert state.opt_G.param_groups[0]["lr"] == cfg.stage2.lr == 1e-4
-    assert state.opt_M.param_groups[0]["lr"] == pytest.approx(1e-5), "M learns at a tenth of the rate"
-    assert state.opt_M.param_groups[0]["weight_decay"] == redo.MASK_WEIGHT_DECAY
+    mask_group, others = state.opt_G.param_groups
+    assert {id(p) for p in mask_group["params"]} == {id(p) for p in state.M.parameters()}
+    assert {id(p) for p in others["params"]} == {id(p) for p in [*state.G.parameters(), *state.Z.parameters()]}
+    assert mask_group["lr"] == pytest.approx(1e-5), "M learns at a tenth of the rate"
+    assert mask_group["weight_decay"] == redo.MASK_WEIGHT_DECAY and others["weight_decay"] == 0
+    for group in (mask_group, others, *state.opt_D.param_groups):
+        assert group["betas"] == (0.0, 0.9)
+    assert others["lr"] == state.opt_D.param_groups[0]["lr"] == cfg.stage2.lr == 1e-4
 
 
 def test_the_information_term_reaches_the_mask_network_and_only_the_drawn_regions_head(cfg):
@@ -189,3 +191,24 @@ def test_the_watchdog_finds_a_region_that_takes_the_whole_photo(cfg):
 class LeftHalf(HalfMasks):
     def forward(self, x):
         return super().forward(x)[:, :1]
+
+
+def test_a_step_under_bf16_autocast_on_the_cpu(cfg):
+    """What run.mixed_precision=bf16 does to every prepared network's forward: each region
+    generator returns bf16 where M's masks are fp32."""
+    torch.manual_seed(0)
+    state = ReDOState.create(cfg)
+    step = ReDOStep(state, cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stats = step(photos(cfg))
+    assert all(torch.isfinite(v) for v in stats.values())
+
+
+def test_watchdog_checks_and_exports_leave_trainings_random_stream_alone(cfg):
+    state = ReDOState.create(cfg)
+    torch.manual_seed(5)
+    export_segmenter(state.M, cfg.model, photos(cfg), chunk=4)
+    after_export = torch.rand(3)
+    torch.manual_seed(5)
+    photos(cfg)  # the photos themselves were drawn before: what matters is nothing else is
+    assert torch.equal(after_export, torch.rand(3))
