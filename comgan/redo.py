@@ -7,8 +7,8 @@ region's mask, and the redrawn image is m_i * V + (1 - m_i) * I. A discriminator
 from redrawn ones (hinge loss), so M must cut along boundaries where a redrawn region still looks
 real; an information network Z (the paper's delta) recovers z from the redrawn image, so no region
 may be empty (an empty region hides its z). M is the segmenter: exported in the segmenter
-artifact format (the object region picked by where it lies in the frame), so evaluation and segmenting new
-photos work on it unchanged.
+artifact format (the object region picked by where it lies in the frame), so evaluation and
+segmenting new photos work on it unchanged.
 
 As in the paper: orthogonal initialisation, spectral normalisation on every network but M,
 conditional batch norm on z in G, Adam betas (0, 0.9), M's learning rate a tenth of the others',
