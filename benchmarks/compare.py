@@ -130,13 +130,15 @@ def table(rows: list[dict]) -> str:
     methods = [m for m in (*METHODS, *BASELINES) if any(r["method"] == m for r in rows)]
     head = f"{'method':<16}" + "".join(f"{c:^30}" for c in collections)
     sub = f"{'':<16}" + "".join(f"{'IoU':>9}{'IoU*':>9}{'wall min':>10}  " for _ in collections)
-    lines = ["Median over seeds; IoU strict, IoU* paper convention (the better of the mask and its complement)", head, sub]
+    lines = ["Median over seeds; IoU strict, IoU* paper convention (the better of the mask and its complement)",
+             head, sub]
     for m in methods:
         cells = ""
         for c in collections:
             rs = [r for r in rows if r["method"] == m and r["collection"] == c]
             iou, paper, wall = (median([r.get(k) for r in rs]) for k in ("iou", "iou_paper", "wall_s"))
-            cells += ("-" if iou is None else f"{iou:.3f}").rjust(9) + ("-" if paper is None else f"{paper:.3f}").rjust(9)
+            for value in (iou, paper):
+                cells += ("-" if value is None else f"{value:.3f}").rjust(9)
             cells += ("-" if wall is None else f"{wall / 60:.0f}").rjust(10) + "  "
         lines.append(f"{m:<16}{cells}")
     for c in collections:

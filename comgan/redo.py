@@ -193,7 +193,8 @@ class RegionGenerator(nn.Module):
         self.start = channels[0]
         self.fc = sn(nn.Linear(z_dim, 16 * channels[0]))
         self.blocks = nn.ModuleList(UpBlock(a, b, z_dim) for a, b in zip(channels, channels[1:]))
-        self.out = nn.Sequential(nn.BatchNorm2d(channels[-1]), nn.ReLU(), sn(nn.Conv2d(channels[-1], 3, 3, 1, 1)), nn.Tanh())
+        self.out = nn.Sequential(nn.BatchNorm2d(channels[-1]), nn.ReLU(), sn(nn.Conv2d(channels[-1], 3, 3, 1, 1)),
+                                 nn.Tanh())
 
     def forward(self, mask, z):
         h = self.fc(z).view(-1, self.start, 4, 4)
@@ -244,7 +245,8 @@ class Encoder(nn.Module):
         super().__init__()
         n = levels(resolution)
         channels = [3] + [width * min(2 ** i, 8) for i in range(n)]
-        self.blocks = nn.Sequential(*[DownBlock(a, b, first=i == 0) for i, (a, b) in enumerate(zip(channels, channels[1:]))])
+        pairs = enumerate(zip(channels, channels[1:]))
+        self.blocks = nn.Sequential(*[DownBlock(a, b, first=i == 0) for i, (a, b) in pairs])
         self.head = sn(nn.Linear(channels[-1], outputs))
 
     def forward(self, x):
