@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from comgan.config import ComGANConfig, ConfigError, apply_mapping, current_keys, set_key
+from comgan.config import ComGANConfig, ConfigError, apply_mapping, current_keys, set_key, trained_stages
 from comgan.config import validate as validate_model_and_stages
 from data_shards.config import DataConfig, StorageConfig
 from data_shards.io import redacted
@@ -134,13 +134,12 @@ def validate(cfg: Config) -> None:
     if r.workers < 1:
         raise ConfigError(f"run.workers must be >= 1, got {r.workers}")
     validate_model_and_stages(cfg)
-    redo = cfg.model.variant == "redo"
-    for stage_name in ("stage2",) if redo else ("stage1", "stage2"):  # ReDO runs no stage 1
+    for stage_name in trained_stages(cfg):  # a stage that does not run (ReDO's stage 1) is not checked
         batch = getattr(cfg, stage_name).batch_size
         if batch % r.workers:
             raise ConfigError(f"{stage_name}.batch_size={batch} is the global batch and must divide "
                               f"evenly across run.workers={r.workers}")
-    if redo and cfg.stage2.batch_size < 2 * r.workers:
+    if cfg.model.variant == "redo" and cfg.stage2.batch_size < 2 * r.workers:
         raise ConfigError(f"stage2.batch_size={cfg.stage2.batch_size} gives each of run.workers={r.workers} fewer "
                           "than 2 images: ReDO redraws each of its 2 regions on part of every worker's batch")
     if r.cpus_per_worker < 0:

@@ -25,6 +25,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from comgan.artifacts import from_bytes, load_generator
+from comgan.config import trained_stages
 from comgan.inference import INFERENCE_BATCH
 from comgan.watchdog import health_score, segmenter_reason
 from data_shards.config import SYNTHETIC_HOMES
@@ -246,7 +247,7 @@ def place_workers(cfg: Config) -> None:
 def train_generator(cfg: Config, layout: RunLayout, summary: dict, callbacks: tuple = ()) -> str:
     """Stage 1, unless its artifact exists or is given; returns the generator's URL ("" for ReDO,
     which has no generator)."""
-    if cfg.model.variant == "redo":
+    if "stage1" not in trained_stages(cfg):
         tell("stage1: none for ReDO (model.variant=redo): its one stage trains the segmenter on the photos")
         return ""
     if cfg.stage2.generator:

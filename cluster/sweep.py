@@ -30,7 +30,7 @@ import math
 from collections import Counter
 from dataclasses import MISSING, asdict, dataclass, fields
 
-from comgan.config import ConfigError, set_key
+from comgan.config import ConfigError, set_key, trained_stages
 from data_shards.io import list_tree, read_bytes, redact, redacted, remove_tree, url_exists, write_bytes
 
 from . import placement
@@ -180,8 +180,7 @@ def trial_config(base: dict, params: dict, trial_id: str, runs_url: str) -> Conf
 def planned_images(cfg: Config) -> int:
     """The training images a whole run of `cfg` sees (both stages; ReDO's one): where
     progress/images ends."""
-    stage2 = cfg.stage2.steps * cfg.stage2.batch_size
-    return stage2 if cfg.model.variant == "redo" else cfg.stage1.steps * cfg.stage1.batch_size + stage2
+    return sum(getattr(cfg, s).steps * getattr(cfg, s).batch_size for s in trained_stages(cfg))
 
 
 def planned_trials(sweep: Sweep) -> int | None:

@@ -29,13 +29,12 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from comgan.artifacts import from_bytes, load_generator, load_segmenter
-from comgan.config import ConfigError
+from comgan.config import ConfigError, trained_stages
 from comgan.inference import INFERENCE_BATCH
-from comgan.stages import REDO_WATCH_PHOTOS, WATCH_PHOTOS_SEED
+from comgan.stages import stage_spec
 from comgan.watchdog import WATCH_SAMPLES, health_score, measure, measure_segmenter
 from data_shards.io import arrow_filesystem, read_bytes, write_bytes
 from data_shards.progress import tell
-from data_shards.reader import train_loader
 
 from . import faults, pipeline, placement
 from .config import Config
@@ -45,6 +44,7 @@ from .storage import RunLayout, absolute_url
 from .sweep import (PROGRESS, SETTINGS, Sweep, cell, check_sweep, check_sweep_folder, planned_images,
                     planned_trials, stop_reason, sweep_settings, trial_config, trial_row, trials_at_once,
                     write_results)
+from .worker import WATCH_PHOTOS_SEED, fixed_photos
 
 TRIAL_DRIVER = {"CPU": 0, "memory": 256 * 2 ** 20}
 
@@ -79,8 +79,7 @@ def objective_value(sweep: dict, cfg: Config, layout: RunLayout, summary: dict) 
 def redo_measures(layout: RunLayout, cfg: Config) -> dict[str, float]:
     """The watchdog's measures of a ReDO run's exported segmenter on the photos its watchdog read."""
     segmenter, _ = load_segmenter(from_bytes(read_bytes(layout.segmenter), layout.segmenter), what=layout.segmenter)
-    photos = next(iter(train_loader(cfg.data.train, REDO_WATCH_PHOTOS, seed=WATCH_PHOTOS_SEED, num_workers=0,
-                                    resolution=cfg.model.resolution, hflip=False))).images
+    photos = fixed_photos(cfg, stage_spec("stage2", cfg).watch_photos, WATCH_PHOTOS_SEED)
     return measure_segmenter(segmenter, photos, INFERENCE_BATCH)
 
 
@@ -159,7 +158,7 @@ def scheduler(sweep: Sweep):
     if sweep.scheduler == "fifo":
         return FIFOScheduler()
     cfg = sweep.base
-    watched = cfg.stage2 if cfg.model.variant == "redo" else cfg.stage1  # the stage the watchdog measures
+    watched = getattr(cfg, trained_stages(cfg)[0])  # the stage the watchdog measures: the first one
     first_check = max(cfg.run.watch_every, 1) * watched.batch_size
     # Rungs on the watched stage's health from the second watchdog check on (DS-ComGAN's stage 2
     # reports no health: its rungs let every trial through). ASHA ends a trial that reaches max_t,

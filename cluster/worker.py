@@ -27,7 +27,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast
 from comgan import speed
 from comgan.artifacts import from_bytes, load_generator, to_bytes
 from comgan.inference import INFERENCE_BATCH
-from comgan.stages import PREVIEW_COUNT, WATCH_PHOTOS_SEED, StageSpec, stage_spec
+from comgan.stages import PREVIEW_COUNT, StageSpec, stage_spec
 from comgan.training import Snapshot
 from comgan.watchdog import WATCH_SAMPLES, counts_toward_streak, health_score, trivial_reason
 from data_shards.io import read_bytes, redacted
@@ -85,6 +85,17 @@ def setup_worker(job: StageJob) -> Config:
     speed.set_backend_flags()
     configure_storage(cfg)
     return cfg
+
+
+PREVIEW_PHOTOS_SEED = 5  # the orders of data.train the preview photos and a spec's watch photos are the first of
+WATCH_PHOTOS_SEED = 6
+
+
+def fixed_photos(cfg: Config, count: int, seed: int) -> torch.Tensor:
+    """The first `count` training photos in the order `seed` gives, unflipped: the same photos at
+    every check and in every process that asks (previews, ReDO's watchdog, export and objective)."""
+    return next(iter(train_loader(cfg.data.train, count, seed=seed, num_workers=0, resolution=cfg.model.resolution,
+                                  hflip=False))).images
 
 
 def replicas_in_sync(accelerator: Accelerator, module: torch.nn.Module) -> bool:
@@ -188,11 +199,9 @@ class StageRun:
                   resumed_from=state.step if saved else 0)
         if accelerator.is_main_process:
             run.writer = RunWriter(job.tensorboard)
-            run.preview = next(iter(train_loader(cfg.data.train, PREVIEW_COUNT, seed=5, num_workers=0,
-                                                 resolution=cfg.model.resolution, hflip=False))).images.to(device)
+            run.preview = fixed_photos(cfg, PREVIEW_COUNT, PREVIEW_PHOTOS_SEED).to(device)
             if spec.watch_photos:
-                run.photos = next(iter(train_loader(cfg.data.train, spec.watch_photos, seed=WATCH_PHOTOS_SEED, num_workers=0,
-                                                    resolution=cfg.model.resolution, hflip=False))).images.to(device)
+                run.photos = fixed_photos(cfg, spec.watch_photos, WATCH_PHOTOS_SEED).to(device)
         return run
 
     def train(self) -> dict:

@@ -287,6 +287,12 @@ def check_finite(obj, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{f.name} must be a finite number, got {value}")
 
 
+def trained_stages(cfg: ComGANConfig) -> tuple[str, ...]:
+    """The stage sections a run of `cfg` trains, in order: ReDO (model.variant redo) trains only the
+    segmenter stage, from the photos."""
+    return ("stage2",) if cfg.model.variant == "redo" else ("stage1", "stage2")
+
+
 def validate(cfg: ComGANConfig) -> None:
     """Model and stage settings; the run config adds its own checks (cluster/config.py). The
     finiteness walk covers every section of `cfg`, those of a run config included."""

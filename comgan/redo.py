@@ -32,7 +32,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from . import speed
 from .config import ComGANConfig, ModelConfig
 from .metrics import border_mean
-from .training import Snapshot, _Step
+from .training import Snapshot, _Step, build_networks
 
 REGIONS = 2               # object and background
 LAMBDA_Z = 5.0            # weight of the information-conservation term (the authors' code default)
@@ -320,8 +320,7 @@ class ReDOState(Snapshot):
 
     @classmethod
     def create(cls, cfg: ComGANConfig) -> "ReDOState":
-        nets = build_redo_networks(cfg.model)
-        speed.prepare_networks(nets.values(), cfg.speed)
+        nets = build_networks(build_redo_networks, cfg)
         lr = cfg.stage2.lr
         groups = [{"params": nets["M"].parameters(), "lr": lr * MASK_LR_RATIO, "weight_decay": MASK_WEIGHT_DECAY},
                   {"params": [*nets["G"].parameters(), *nets["Z"].parameters()]}]

@@ -141,7 +141,6 @@ STAGE2 = StageSpec(
 
 
 REDO_WATCH_PHOTOS = 64  # fixed training photos ReDO's watchdog and export read
-WATCH_PHOTOS_SEED = 6   # the order of data.train they are the first of (the previews' seed is 5)
 
 
 def _redo_step(state, cfg, generator=None, backward=plain_backward, prepared=None):
