@@ -25,6 +25,9 @@ For each collection:
          --resolution 128 --grabcut --out <run>/eval128_trained.json --overwrite
    Runs of a variant other than `preset` are named photos-<variant>-<collection>-seed<S>, runs
    under --numerics avx2 get -avx2 appended: each setting has its own run folder.
+   With --generators-of V, stage 2 alone is trained (jobs/segment.py, same data, seed and
+   scoring) on the generator that variant V's run of the same collection, seed and numerics
+   exported: stage-2 settings compared on one generator, in a quarter of a run's time.
 4. Appends one row per run to --out as it ends: strict IoU and paper-convention IoU (each image
    scored as the better of the mask and its complement; comgan/metrics.py iou_strict, iou_paper)
    of the segmenter on the held-out and on the trained-on photos, GrabCut's strict IoU on the
@@ -42,6 +45,8 @@ paper-convention IoU on the related Oxford-102 Flowers (GrabCut 0.692, ReDO 0.76
     python benchmarks/photos.py --collections flowers --seeds 0
     python benchmarks/photos.py --variant beta2 stage1.beta=2 --variant preset
     python benchmarks/photos.py --numerics avx2              # training under AVX2 kernels (benchmarks/robustness.py)
+    python benchmarks/photos.py --numerics avx2 --generators-of preset --variant s2-base \
+        --variant s2-nocolour stage2.self_train.colour_bins=0          # stage 2 alone, on the preset's generators
     python benchmarks/photos.py --source horses=/data/weizmann_horse --shards-only
     python benchmarks/photos.py --table
 """
@@ -206,8 +211,9 @@ def torch_capability(numerics: str) -> dict:
 
 
 def run_one(variant: str, overrides: list[str], collection: str, seed: int, numerics: str, urls: dict,
-            storage: Path) -> dict | None:
-    """Train, score on the trained-on photos, and return the row (None if a command failed)."""
+            storage: Path, generators_of: str | None = None) -> dict | None:
+    """Train (both stages, or stage 2 alone on the generator of variant `generators_of`), score on
+    the trained-on photos, and return the row (None if a command failed or the generator is missing)."""
     name = run_name(variant, collection, seed, numerics)
     run = storage / name
     resumed = run.exists()
@@ -223,7 +229,14 @@ def run_one(variant: str, overrides: list[str], collection: str, seed: int, nume
             return None
         return time.time() - t0
 
-    train_s = command("train.py", "--config", "photos", f"data.train={urls['train']}",
+    script, stage1 = "train.py", []
+    if generators_of:
+        generator = storage / run_name(generators_of, collection, seed, numerics) / "stage1" / "generator.pt"
+        if not generator.exists():
+            print(f"[photos] {name}: no generator of {generators_of!r} at {generator}: skipped", flush=True)
+            return None
+        script, stage1 = "segment.py", ["--generator", str(generator)]
+    train_s = command(script, "--config", "photos", *stage1, f"data.train={urls['train']}",
                       f"data.eval={urls['eval-heldout']}", f"run.seed={seed}", "--storage", str(storage),
                       "--name", name, *overrides)
     if train_s is None:
@@ -234,8 +247,9 @@ def run_one(variant: str, overrides: list[str], collection: str, seed: int, nume
                      urls["eval-trained"], "--resolution", str(SIZE), "--grabcut", "--out", str(report), "--overwrite")
     if eval_s is None:
         return None
-    return make_row(variant, overrides, collection, seed, numerics, name, summary, json.loads(report.read_text()),
-                    train_s, eval_s, resumed)
+    row = make_row(variant, overrides, collection, seed, numerics, name, summary, json.loads(report.read_text()),
+                   train_s, eval_s, resumed)
+    return row | {"generators_of": generators_of} if generators_of else row
 
 
 def make_row(variant: str, overrides: list[str], collection: str, seed: int, numerics: str, run: str,
@@ -292,7 +306,8 @@ def summarise(rows: list[dict]) -> list[dict]:
     for (collection, variant, numerics), rs in sorted(groups.items(), key=lambda kv: order.get(kv[0][0], len(order))):
         entry = {"collection": collection, "variant": variant, "numerics": numerics,
                  "seeds": sorted(r["seed"] for r in rs), "wall_s": spread([r.get("wall_s") for r in rs]),
-                 "cpus": sorted({f"{r.get('cpu')} ({r.get('torch_capability')})" for r in rs})}
+                 "cpus": sorted({f"{r.get('cpu')} ({r.get('torch_capability')})" for r in rs}),
+                 "generators_of": rs[0].get("generators_of")}
         entry.update({key: spread([r.get(key) for r in rs]) for key, _ in FIGURES})
         out.append(entry)
     return out
@@ -301,7 +316,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     fmt = lambda s: "-" if s is None else f"{s[0]:.3f}/{s[1]:.3f}"  # noqa: E731
     entries = summarise(rows)
-    label = lambda e: e["variant"] + ("" if e["numerics"] == "native" else f" {e['numerics']}")  # noqa: E731
+    label = lambda e: (e["variant"] + ("" if e["numerics"] == "native" else f" {e['numerics']}")  # noqa: E731
+                       + (f" (stage 2 on {e['generators_of']})" if e["generators_of"] else ""))
     seeds = lambda e: ",".join(map(str, e["seeds"]))  # noqa: E731
     vw = max([len("variant"), *(len(label(e)) for e in entries)]) + 2
     sw = max([len("seeds"), *(len(seeds(e)) for e in entries)]) + 2
@@ -321,7 +337,8 @@ def table(rows: list[dict]) -> str:
         lines.append(f"{'':<11}{REFERENCES.get(last, '')}")
     cpus = sorted({c for e in entries for c in e["cpus"]})
     lines.append("IoU strict, IoU* paper convention (better of the mask and its complement), GrabCut strict IoU on "
-                 "the same photos; wall: median minutes of a run (training + scoring the trained-on photos)")
+                 "the same photos; wall: median minutes of a run (training + scoring the trained-on photos; "
+                 "stage 2 alone where it says so)")
     lines.append("CPU (torch capability): " + "; ".join(cpus) if cpus else "no rows yet")
     return "\n".join(lines)
 
@@ -345,6 +362,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--numerics", choices=NUMERICS, default="native",
                    help="native: the machine's kernels; avx2: training and scoring with ATEN_CPU_CAPABILITY=avx2 "
                         "ONEDNN_MAX_CPU_ISA=AVX2 (what an AVX2-only CPU computes; changes nothing on one)")
+    p.add_argument("--generators-of", metavar="VARIANT",
+                   help="train stage 2 alone (jobs/segment.py) on the generator that VARIANT's run of the same "
+                        "collection, seed and numerics exported (a run already in --storage); the variants' "
+                        "overrides should then be stage-2 keys")
     p.add_argument("--storage", default=str(OUT / "runs"), help="where the run folders go (default: %(default)s)")
     p.add_argument("--out", default=str(RESULTS), help="results JSON, appended to (default: %(default)s)")
     p.add_argument("--shards-only", action="store_true", help="write the collections' shards and stop")
@@ -400,6 +421,13 @@ def main(argv=None) -> int:
             return 0
         rows = load_rows(out)
         chosen = variants(a, rows)
+        if a.generators_of and a.generators_of in chosen:
+            raise BenchmarkError(f"--generators-of {a.generators_of}: a variant cannot train on its own generator")
+        mixed = [r for r in rows if r["variant"] in chosen and r.get("generators_of") != a.generators_of]
+        if mixed:
+            trained = lambda g: f"stage 2 alone on {g!r}'s generators" if g else "both stages"  # noqa: E731
+            raise BenchmarkError(f"variant {mixed[0]['variant']!r} has rows of {trained(mixed[0].get('generators_of'))}, "
+                                 f"this command trains {trained(a.generators_of)}; give it another name")
         folders = sources(a)
         for name, source in folders.items():
             check_source(name, source)   # every source before the first (hour-long) run
@@ -422,7 +450,8 @@ def main(argv=None) -> int:
             for seed in a.seeds:
                 if (variant, a.numerics, collection, seed) in done:
                     continue
-                row = run_one(variant, overrides, collection, seed, a.numerics, urls[collection], Path(a.storage))
+                row = run_one(variant, overrides, collection, seed, a.numerics, urls[collection], Path(a.storage),
+                              a.generators_of)
                 if row is None:
                     failed += 1
                     continue

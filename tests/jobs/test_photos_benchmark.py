@@ -122,7 +122,7 @@ def test_rows_are_appended_as_runs_end_and_a_rerun_skips_them(photos, tmp_path, 
     monkeypatch.setattr(photos, "OUT", tmp_path / "out")
     calls = []
 
-    def fake_run(variant, overrides, collection, seed, numerics, urls, storage):
+    def fake_run(variant, overrides, collection, seed, numerics, urls, storage, generators_of=None):
         calls.append((variant, collection, seed))
         if seed == 2:
             return None   # a failed run: no row
@@ -141,6 +141,44 @@ def test_rows_are_appended_as_runs_end_and_a_rerun_skips_them(photos, tmp_path, 
     assert calls == [("b2", "toy", 2)]                     # only the run without a row
     assert photos.main([*argv[:-2], "b2", "stage1.beta=3"]) == 2   # same name, other overrides: refused
     assert len(json.loads(out.read_text())) == 2
+
+
+def test_stage_two_alone_trains_on_the_named_variants_generator_and_says_so(photos, tmp_path, monkeypatch, capsys):
+    storage = tmp_path / "runs"
+    urls = {"train": "T", "eval-heldout": "H", "eval-trained": "E"}
+    # No run of the named variant for this seed: nothing is started.
+    monkeypatch.setattr(photos.subprocess, "call", lambda *a, **k: pytest.fail("a job was started"))
+    assert photos.run_one("s2-x", ["stage2.lam=1"], "toy", 0, "native", urls, storage, "preset") is None
+
+    generator = storage / photos.run_name("preset", "toy", 0, "native") / "stage1" / "generator.pt"
+    generator.parent.mkdir(parents=True)
+    generator.write_bytes(b"")
+    commands = []
+    monkeypatch.setattr(photos.subprocess, "call", lambda cmd, **k: commands.append(cmd) or 1)  # the job fails
+    assert photos.run_one("s2-x", ["stage2.lam=1"], "toy", 0, "native", urls, storage, "preset") is None
+    (cmd,) = commands
+    assert cmd[1].endswith("jobs/segment.py") and cmd[cmd.index("--generator") + 1] == str(generator)
+    assert cmd[cmd.index("--name") + 1] == "photos-s2-x-toy-seed0" and cmd[-1] == "stage2.lam=1"
+
+    rows = [row(photos, "toy", 0, 0.5) | {"variant": "s2-x", "overrides": ["stage2.lam=1"], "generators_of": "preset"}]
+    assert "s2-x (stage 2 on preset)" in photos.table(rows)
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps(rows))
+    fake_collection(tmp_path / "toy", 8)
+    monkeypatch.setattr(photos, "OUT", tmp_path / "out")
+    calls = []
+    monkeypatch.setattr(photos, "run_one", lambda *a: calls.append(a) or row(photos, "toy", a[3], 0.6)
+                        | {"variant": a[0], "overrides": a[1], "generators_of": a[7]})
+    base = ["--collections", "toy", "--source", f"toy={tmp_path / 'toy'}", "--out", str(out), "--seeds", "0", "1"]
+    assert photos.main([*base, "--generators-of", "preset", "--variant", "s2-x", "stage2.lam=1"]) == 0
+    assert [(c[0], c[3], c[7]) for c in calls] == [("s2-x", 1, "preset")]    # seed 0's row was there
+    assert [r["generators_of"] for r in json.loads(out.read_text())] == ["preset", "preset"]
+    # A variant's rows are of one kind: both stages, or stage 2 alone on one variant's generators.
+    assert photos.main([*base, "--variant", "s2-x", "stage2.lam=1"]) == 2
+    assert "has rows of stage 2 alone on 'preset'" in capsys.readouterr().err
+    assert photos.main([*base, "--generators-of", "s2-x", "--variant", "s2-x", "stage2.lam=1"]) == 2
+    assert "cannot train on its own generator" in capsys.readouterr().err
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("args, message", [
