@@ -208,7 +208,7 @@ def test_the_photos_preset_is_sized_for_an_hour_and_reads_the_users_shards(tmp_p
 
     cfg = load_config("photos")
     assert (cfg.stage1.steps, cfg.stage1.batch_size, cfg.stage2.steps, cfg.stage2.batch_size,
-            cfg.stage2.self_train.start) == (2000, 16, 1200, 16, 600)
+            cfg.stage2.self_train.start) == (2000, 16, 1800, 16, 600)
     assert (cfg.run.checkpoint_every, cfg.run.image_every, cfg.run.mixed_precision) == (250, 250, "no")
     assert (cfg.data.eval_resolution, cfg.data.eval_grabcut, cfg.data.synthetic) == (128, True, False)
     assert "benchmarks" not in cfg.data.train + cfg.data.eval and cfg.data.eval == ""
