@@ -52,8 +52,8 @@ METHODS = ("ds-comgan", "redo")
 BASELINES = ("grabcut", "centred_box", "all_foreground")
 # ReDO on the photos: the photos preset's data and scoring, ReDO's own settings (cluster/configs/
 # redo.yaml), and steps that take about the preset's wall time on a 2-core CPU (an estimate, 1.4 s
-# a step at 64 px and batch 25, against the preset's 34-40 minutes; the rows record the real time).
-REDO_ON_PHOTOS = ["model.variant=redo", "model.z_dim=32", "stage2.lr=1e-4", "stage2.batch_size=25", "stage2.steps=1500"]
+# a step at 64 px and batch 25, against the preset's 40-47 minutes; the rows record the real time).
+REDO_ON_PHOTOS = ["model.variant=redo", "model.z_dim=32", "stage2.lr=1e-4", "stage2.batch_size=25", "stage2.steps=1900"]
 SYNTHETIC_CONFIG = {"ds-comgan": [], "redo": ["--config", "redo"]}
 
 
