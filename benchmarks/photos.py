@@ -27,7 +27,7 @@ For each collection:
    under --numerics avx2 get -avx2 appended: each setting has its own run folder.
    With --generators-of V, stage 2 alone is trained (jobs/segment.py, same data, seed and
    scoring) on the generator that variant V's run of the same collection, seed and numerics
-   exported: stage-2 settings compared on one generator, in a quarter of a run's time.
+   exported: stage-2 settings compared on one generator, in about half a run's time.
 4. Appends one row per run to --out as it ends: strict IoU and paper-convention IoU (each image
    scored as the better of the mask and its complement; comgan/metrics.py iou_strict, iou_paper)
    of the segmenter on the held-out and on the trained-on photos, GrabCut's strict IoU on the
@@ -421,8 +421,15 @@ def main(argv=None) -> int:
             return 0
         rows = load_rows(out)
         chosen = variants(a, rows)
-        if a.generators_of and a.generators_of in chosen:
-            raise BenchmarkError(f"--generators-of {a.generators_of}: a variant cannot train on its own generator")
+        if a.generators_of is not None:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", a.generators_of):
+                raise BenchmarkError(f"--generators-of {a.generators_of!r}: a variant name (letters, digits, '.', "
+                                     "'_' and '-')")
+            if PRESET in chosen:
+                raise BenchmarkError(f"--generators-of trains stage 2 alone: name the variant (--variant NAME "
+                                     f"[KEY=VALUE ...]); '{PRESET}' is the whole preset")
+            if a.generators_of in chosen:
+                raise BenchmarkError(f"--generators-of {a.generators_of}: a variant cannot train on its own generator")
         mixed = [r for r in rows if r["variant"] in chosen and r.get("generators_of") != a.generators_of]
         if mixed:
             trained = lambda g: f"stage 2 alone on {g!r}'s generators" if g else "both stages"  # noqa: E731

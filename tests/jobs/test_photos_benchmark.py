@@ -178,6 +178,13 @@ def test_stage_two_alone_trains_on_the_named_variants_generator_and_says_so(phot
     assert "has rows of stage 2 alone on 'preset'" in capsys.readouterr().err
     assert photos.main([*base, "--generators-of", "s2-x", "--variant", "s2-x", "stage2.lam=1"]) == 2
     assert "cannot train on its own generator" in capsys.readouterr().err
+    assert photos.main([*base, "--generators-of", "preset"]) == 2          # no --variant: the preset itself
+    assert "name the variant" in capsys.readouterr().err
+    assert photos.main([*base, "--generators-of", "../x", "--variant", "s2-y"]) == 2
+    assert "a variant name" in capsys.readouterr().err
+    out.write_text(json.dumps([row(photos, "toy", 0, 0.5) | {"variant": "full", "overrides": []}]))
+    assert photos.main([*base, "--generators-of", "preset", "--variant", "full"]) == 2
+    assert "has rows of both stages" in capsys.readouterr().err
     assert len(calls) == 1
 
 
