@@ -146,7 +146,7 @@ def test_the_self_training_keys_are_one_section_and_their_old_names_say_where_th
         load_config("default", ["stage2.self_train=0"])
     photos = load_config("photos").stage2.self_train
     assert (photos.weight, photos.start, photos.colour_bins, photos.area_guard, photos.export_teacher) == (
-        1, 300, 8, 0.5, True)
+        1, 600, 8, 0.5, True)
     assert load_config("tiny").stage2.self_train.start == 2 and load_config("paper").stage2.self_train.weight == 0
 
 
