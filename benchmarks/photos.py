@@ -95,6 +95,7 @@ REFERENCES = {
 FIGURES = [("heldout_iou", "IoU"), ("heldout_iou_paper", "IoU*"), ("heldout_grabcut", "GrabCut"),
            ("trained_iou", "IoU"), ("trained_iou_paper", "IoU*"), ("trained_grabcut", "GrabCut")]
 RESERVED = ("data.train=", "data.eval=", "run.seed=")  # the benchmark sets these itself
+VARIANT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"   # a variant's name is part of its run folders' names
 
 
 class BenchmarkError(Exception):
@@ -388,9 +389,15 @@ def sources(a: argparse.Namespace) -> dict[str, Path]:
 
 
 def variants(a: argparse.Namespace, rows: list[dict]) -> dict[str, list[str]]:
+    """The variants to run, name -> overrides, each checked against the command and the rows already
+    in the results (same overrides, and the same kind of run: both stages, or stage 2 alone on the
+    same variant's generators)."""
+    if a.generators_of is not None and not re.fullmatch(VARIANT_NAME, a.generators_of):
+        raise BenchmarkError(f"--generators-of {a.generators_of!r}: a variant name (letters, digits, '.', '_' and '-')")
+    trained = lambda g: f"stage 2 alone on {g!r}'s generators" if g else "both stages"  # noqa: E731
     chosen: dict[str, list[str]] = {}
     for name, *overrides in a.variant or [[PRESET]]:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        if not re.fullmatch(VARIANT_NAME, name):
             raise BenchmarkError(f"variant name {name!r}: letters, digits, '.', '_' and '-' only")
         if name == PRESET and overrides:
             raise BenchmarkError(f"'{PRESET}' is the preset without overrides; give the variant another name")
@@ -402,10 +409,19 @@ def variants(a: argparse.Namespace, rows: list[dict]) -> dict[str, list[str]]:
             if o.startswith(RESERVED):
                 raise BenchmarkError(f"variant {name}: {o!r}: the benchmark sets "
                                      f"{', '.join(k.rstrip('=') for k in RESERVED)} itself")
+        if a.generators_of is not None and name == PRESET:
+            raise BenchmarkError(f"--generators-of trains stage 2 alone: name the variant (--variant NAME "
+                                 f"[KEY=VALUE ...]); '{PRESET}' is the whole preset")
+        if name == a.generators_of:
+            raise BenchmarkError(f"--generators-of {name}: a variant cannot train on its own generator")
         other = {tuple(r["overrides"]) for r in rows if r["variant"] == name} - {tuple(overrides)}
         if other:
             raise BenchmarkError(f"variant {name!r} has rows in the results with other overrides "
                                  f"({' '.join(next(iter(other))) or 'none'}); give this one another name")
+        kinds = {r.get("generators_of") for r in rows if r["variant"] == name} - {a.generators_of}
+        if kinds:
+            raise BenchmarkError(f"variant {name!r} has rows of {trained(next(iter(kinds)))}, this command trains "
+                                 f"{trained(a.generators_of)}; give it another name")
         chosen[name] = overrides
     return chosen
 
@@ -421,20 +437,6 @@ def main(argv=None) -> int:
             return 0
         rows = load_rows(out)
         chosen = variants(a, rows)
-        if a.generators_of is not None:
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", a.generators_of):
-                raise BenchmarkError(f"--generators-of {a.generators_of!r}: a variant name (letters, digits, '.', "
-                                     "'_' and '-')")
-            if PRESET in chosen:
-                raise BenchmarkError(f"--generators-of trains stage 2 alone: name the variant (--variant NAME "
-                                     f"[KEY=VALUE ...]); '{PRESET}' is the whole preset")
-            if a.generators_of in chosen:
-                raise BenchmarkError(f"--generators-of {a.generators_of}: a variant cannot train on its own generator")
-        mixed = [r for r in rows if r["variant"] in chosen and r.get("generators_of") != a.generators_of]
-        if mixed:
-            trained = lambda g: f"stage 2 alone on {g!r}'s generators" if g else "both stages"  # noqa: E731
-            raise BenchmarkError(f"variant {mixed[0]['variant']!r} has rows of {trained(mixed[0].get('generators_of'))}, "
-                                 f"this command trains {trained(a.generators_of)}; give it another name")
         folders = sources(a)
         for name, source in folders.items():
             check_source(name, source)   # every source before the first (hour-long) run
